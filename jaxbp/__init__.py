@@ -1,0 +1,41 @@
+"""jaxbp: hand-derived backpropagation in JAX.
+
+The δ recursions of the seed derivations (shared/seeds/) as a `jax.custom_vjp`, checked
+against `jax.grad` and finite differences.
+"""
+
+from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
+from jaxbp.backprop import (
+    Residuals,
+    apply,
+    backward_from_output_delta,
+    forward_with_residuals,
+    loss_and_grad,
+    loss_value,
+    output_delta,
+    per_example_grads,
+)
+from jaxbp.losses import LOSSES, Loss
+from jaxbp.mlp import MLP, Params, forward_autodiff, forward_logits, init_params
+
+__all__ = (
+    "ACTIVATIONS",
+    "HIDDEN_ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "OUTPUT_ACTIVATIONS",
+    "Activation",
+    "Loss",
+    "Params",
+    "Residuals",
+    "apply",
+    "backward_from_output_delta",
+    "forward_autodiff",
+    "forward_logits",
+    "forward_with_residuals",
+    "init_params",
+    "loss_and_grad",
+    "loss_value",
+    "output_delta",
+    "per_example_grads",
+)

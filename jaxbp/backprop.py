@@ -1,0 +1,264 @@
+"""The hand-written backward pass: the δ recursion as a `jax.custom_vjp`.
+
+The recursion (seed 002 §3.1-3.6, seed 003 Summary of Gradients, for a batch of rows)::
+
+    δ^[L] = ḡ ∘ f'(z^[L])                       (softmax: s ∘ (ḡ − ⟨ḡ, s⟩))
+    δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])        k = L−1, ..., 1
+    ∂/∂W^[k] = δ^[k]ᵀ a^[k−1]      ∂/∂b^[k] = Σ_batch δ^[k]      ∂/∂x = δ^[1] W^[1]
+
+The residuals kept between the forward and backward pass are the activations
+``a^[0] = x, a^[1], ..., a^[L]`` and the weights: every g' here is a function of its
+output (σ' = σ(1 − σ), tanh' = 1 − a², ...), so no pre-activation is stored.
+
+`loss_and_grad` runs the same recursion from a loss's hand-written ∂L/∂ŷ, with no
+``jax.grad`` or ``jax.vjp`` anywhere: the derivation alone.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp import activations
+from jaxbp import losses as losses_lib
+from jaxbp import mlp as mlp_lib
+from jaxbp.mlp import MLP, Params
+
+Array = jax.Array
+
+BACKWARDS = ("custom", "autodiff")
+
+
+class Residuals(NamedTuple):
+    """What the backward pass keeps from the forward pass.
+
+    Attributes:
+      weights: ``W^[k]: (n_k, n_{k-1})`` for k = 1..L (needed to send δ back a layer).
+      activations: ``a^[0] = x: (batch, n0)``, then ``a^[k]: (batch, n_k)`` up to ŷ = a^[L].
+    """
+
+    weights: tuple[Array, ...]
+    activations: tuple[Array, ...]
+
+
+def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array, Array, Residuals]:
+    """Forward pass keeping the residuals of the δ recursion.
+
+    Args:
+      model: the network.
+      params: its parameters (`init_params` layout).
+      x: ``(batch, n0)``.
+
+    Returns:
+      ``(z_L, y_hat, residuals)``: the output logits ``(batch, nL)``, ``ŷ = f(z^[L])`` and
+      the `Residuals` (whose last activation is ŷ).
+    """
+    a = x
+    acts = [x]
+    z = x
+    for layer, act in zip(params, model.layer_activations, strict=True):
+        z = mlp_lib.layer_forward(a, layer)
+        a = act.fn(z)
+        acts.append(a)
+    weights = tuple(layer["W"] for layer in params)
+    return z, a, Residuals(weights, tuple(acts))
+
+
+def backward_from_output_delta(
+    model: MLP, residuals: Residuals, delta: Array, *, input_grad: bool = True
+) -> tuple[Params, Array | None]:
+    """Runs the δ recursion down from ``δ^[L]``.
+
+    Args:
+      model: the network.
+      residuals: from `forward_with_residuals`.
+      delta: ``δ^[L] = ∂L/∂z^[L]: (batch, nL)``.
+      input_grad: whether to form ``∂/∂x`` (one more matmul; None when False).
+
+    Returns:
+      ``(grads, x_bar)``: one ``{"W", "b"}`` dict per layer with ``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]``
+      and ``∂/∂b^[k] = Σ_batch δ^[k]`` (seed 003, Summary of Gradients; seed 002 §3.3), and
+      ``∂/∂x = δ^[1] W^[1]``.
+    """
+    grads: list[dict[str, Array]] = [{} for _ in residuals.weights]
+    hidden = activations.ACTIVATIONS[model.activation]
+    for k in reversed(range(model.num_layers)):
+        a_prev = residuals.activations[k]
+        grads[k]["W"] = delta.T @ a_prev
+        if model.use_bias:
+            grads[k]["b"] = jnp.sum(delta, axis=0)
+        if k == 0:
+            return grads, (delta @ residuals.weights[0] if input_grad else None)
+        # seed 002 §3.5 (with W^(k+1), which the seed writes as W^(L) for k = L): the
+        # error of layer k is the next layer's error sent back through its weights.
+        delta = hidden.vjp(a_prev, delta @ residuals.weights[k])
+    raise AssertionError("unreachable: an MLP has at least one layer")
+
+
+def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:
+    """``δ^[L] = ḡ ∘ f'(z^[L])`` (seed 003, Step 1), or ``s ∘ (ḡ − ⟨ḡ, s⟩)`` for softmax."""
+    return model.layer_activations[-1].vjp(y_hat, g_bar)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _apply_custom(model: MLP, params: Params, x: Array) -> Array:
+    return mlp_lib.forward_autodiff(model, params, x)
+
+
+def _apply_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
+    _, y_hat, residuals = forward_with_residuals(model, params, x)
+    return y_hat, residuals
+
+
+def _apply_custom_bwd(model: MLP, residuals: Residuals, g_bar: Array) -> tuple[Params, Array]:
+    delta = output_delta(model, residuals.activations[-1], g_bar)
+    return backward_from_output_delta(model, residuals, delta)
+
+
+_apply_custom.defvjp(_apply_custom_fwd, _apply_custom_bwd)
+
+_FORWARD_MODE_HINT = (
+    "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function, which supports "
+    "reverse mode only (jax.grad, jax.vjp, grad-of-grad Hessian-vector products). For "
+    "jax.jvp, jax.jacfwd or jax.hessian use backward='autodiff'."
+)
+
+
+def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
+    """The network's output ``ŷ = f(z^[L])`` (seed 003, Forward Propagation).
+
+    Args:
+      model: the network.
+      params: its parameters (`init_params` layout).
+      x: ``(batch, n0)`` rows, or one example ``(n0,)``.
+      backward: ``"custom"``: differentiated by the hand-written δ recursion (a
+        `jax.custom_vjp`, reverse mode only); ``"autodiff"``: plain jnp code that
+        ``jax.grad`` differentiates.
+
+    Returns:
+      ``ŷ: (batch, nL)``, or ``(nL,)`` for a single example.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 2))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> jaxbp.apply(model, params, jax.numpy.ones((5, 3))).shape
+      (5, 2)
+    """
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r}: expected one of {', '.join(BACKWARDS)}.")
+    mlp_lib.check_params(model, params)
+    mlp_lib.check_inputs(model, x)
+    x = jnp.asarray(x)
+    single = x.ndim == 1
+    if single:
+        x = x[None]
+    if backward == "autodiff":
+        y_hat = mlp_lib.forward_autodiff(model, params, x)
+    else:
+        try:
+            y_hat = _apply_custom(model, params, x)
+        except TypeError as e:
+            if "forward-mode" not in str(e) and "jvp" not in str(e):
+                raise
+            raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
+    return y_hat[0] if single else y_hat
+
+
+def _prepare(model: MLP, loss: str, params: Params, x: Array, y: Array):
+    loss_fn = losses_lib.get_loss(loss, model.output_activation)
+    mlp_lib.check_params(model, params)
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}: loss_and_grad takes a batch (batch, "
+            f"{model.sizes[0]}); for one example use x[None]."
+        )
+    mlp_lib.check_inputs(model, x)
+    y = mlp_lib.check_targets(model, x, y)
+    return loss_fn, x, y
+
+
+def loss_and_grad(
+    model: MLP, loss: str, params: Params, x: Array, y: Array
+) -> tuple[Array, Params]:
+    """The loss and its gradient by the derivation alone: no ``jax.grad``/``jax.vjp``.
+
+    ∂L/∂ŷ from the loss's hand-written rule (seed 000 eq. 11, seed 003 Step 1), then the δ
+    recursion (seed 002 §3.6, seed 003 Summary of Gradients). For ``"bce"`` and
+    ``"softmax_cross_entropy"`` the output δ is fused, ``δ^[L] = (ŷ − y)/n``, and the value
+    is computed from the logits, so saturated outputs stay finite.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+
+    Returns:
+      ``(loss_value, grads)`` with ``grads`` shaped like ``params``.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 1))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> value, grads = jaxbp.loss_and_grad(model, "mse", params, jax.numpy.ones((5, 3)),
+      ...                                    jax.numpy.zeros((5, 1)))
+      >>> grads[0]["W"].shape
+      (4, 3)
+    """
+    loss_fn, x, y = _prepare(model, loss, params, x, y)
+    return _loss_and_grad(model, loss_fn, params, x, y)
+
+
+def _loss_and_grad(
+    model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
+) -> tuple[Array, Params]:
+    z_out, y_hat, residuals = forward_with_residuals(model, params, x)
+    if loss_fn.delta_from_output is not None:
+        value = loss_fn.value_from_logits(z_out, y)
+        delta = loss_fn.delta_from_output(y_hat, y)
+    else:
+        value = loss_fn.value(y_hat, y)
+        delta = output_delta(model, y_hat, loss_fn.grad(y_hat, y))
+    grads, _ = backward_from_output_delta(model, residuals, delta, input_grad=False)
+    return value, grads
+
+
+def loss_value(
+    model: MLP, loss: str, params: Params, x: Array, y: Array, *, backward: str = "autodiff"
+) -> Array:
+    """The loss as a differentiable function of ``params`` (for ``jax.grad``).
+
+    With ``backward="autodiff"`` it is plain jnp code (fused losses from the logits): the
+    oracle that `gradcheck` compares against. With ``backward="custom"`` the network goes
+    through `apply`'s custom_vjp and the loss is taken on ŷ.
+    """
+    loss_fn, x, y = _prepare(model, loss, params, x, y)
+    if backward == "autodiff" and loss_fn.value_from_logits is not None:
+        return loss_fn.value_from_logits(mlp_lib.forward_logits(model, params, x), y)
+    return loss_fn.value(apply(model, params, x, backward=backward), y)
+
+
+def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
+    """Per-example gradients ``∂L_i/∂θ`` by `vmap` of the hand-written backward.
+
+    Seed 000 eqs. 3-4: ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
+    leading axis equals the batch gradient (for ``"sse"``, a sum, the sum does).
+
+    Args:
+      model, loss, params: as for `loss_and_grad`.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)``.
+
+    Returns:
+      A pytree like ``params`` with a leading ``batch`` axis on every leaf.
+    """
+    loss_fn, x, y = _prepare(model, loss, params, x, y)
+
+    def one(x_i: Array, y_i: Array) -> Params:
+        return _loss_and_grad(model, loss_fn, params, x_i[None], y_i[None])[1]
+
+    return jax.vmap(one)(x, y)
