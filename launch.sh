@@ -45,7 +45,7 @@ fi
 cmd="${1:-main}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  main) exec "$python" -m experiments.gradcheck "$@" ;;
+  main) exec "$python" -m experiments.train "$@" ;;
   train) exec "$python" -m experiments.train "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   seeds) exec "$python" -m experiments.seeds "$@" ;;

@@ -1,0 +1,396 @@
+"""A training run as a researcher expects one: data, compiled epochs, logs, checkpoints.
+
+`run(config)` loads a data set, trains an MLP with compiled epochs (`jaxbp.train`), and
+leaves in ``config.workdir``: ``metrics.jsonl`` (one line per evaluation), TensorBoard
+events, ``curves.png``, ``summary.json`` and orbax checkpoints. Re-running with the same
+workdir resumes from the last checkpoint, and ends exactly where a straight run would.
+Uses the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib, scikit-learn).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import data as data_lib
+from jaxbp import losses, parallel, train
+from jaxbp.mlp import MLP, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (the flags of experiments/train.py)."""
+
+    dataset: str = "digits"
+    hidden_sizes: tuple[int, ...] = (128,)
+    sizes: tuple[int, ...] | None = None  # full (n0, ..., nL); checked against the data
+    activation: str = "tanh"
+    output_activation: str = "softmax"
+    loss: str = "softmax_cross_entropy"
+    use_bias: bool = True
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    batch_size: int = 32
+    epochs: int = 30
+    seed: int = 0
+    backward: str = "custom"
+    precision: str = "float32"
+    workdir: str = ""
+    checkpoint_interval: int = 5
+    eval_interval: int = 1
+    data_dir: str | None = None
+    data_path: str | None = None
+    target_column: str | None = None
+    num_samples: int | None = None
+    num_devices: int | None = None
+
+
+# Per-data-set defaults: `--dataset=NAME` alone gives a good run (targets in README.md).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {},
+    # seed 000's network: one sigmoid unit on the 30 features, MSE.
+    "breast_cancer": dict(
+        hidden_sizes=(),
+        output_activation="sigmoid",
+        loss="mse",
+        learning_rate=0.05,
+        schedule="constant",
+        epochs=20,
+        optimizer="sgd",
+    ),
+    "iris": dict(hidden_sizes=(16,), batch_size=8, epochs=60, learning_rate=1e-2),
+    "wine": dict(hidden_sizes=(16,), batch_size=8, epochs=40, learning_rate=1e-2),
+    "diabetes": dict(
+        hidden_sizes=(32,),
+        activation="relu",
+        output_activation="identity",
+        loss="mse",
+        learning_rate=3e-3,
+        epochs=60,
+    ),
+    # The classic 2-2-1 sigmoid network on the 4 points of the truth table.
+    "xor": dict(
+        hidden_sizes=(2,),
+        activation="sigmoid",
+        output_activation="sigmoid",
+        loss="bce",
+        learning_rate=0.1,
+        batch_size=4,
+        epochs=2000,
+        schedule="constant",
+        checkpoint_interval=500,
+        eval_interval=100,
+    ),
+    "moons": dict(
+        hidden_sizes=(16,),
+        output_activation="sigmoid",
+        loss="bce",
+        epochs=40,
+    ),
+    "spirals": dict(
+        hidden_sizes=(64, 64),
+        activation="relu",
+        output_activation="sigmoid",
+        loss="bce",
+        epochs=100,
+        checkpoint_interval=20,
+        eval_interval=5,
+    ),
+    "teacher": dict(
+        hidden_sizes=(32,),
+        output_activation="identity",
+        loss="mse",
+        learning_rate=1e-2,
+    ),
+    "mnist": dict(
+        hidden_sizes=(256,),
+        activation="relu",
+        batch_size=128,
+        epochs=10,
+        learning_rate=1e-3,
+    ),
+    "fashion_mnist": dict(
+        hidden_sizes=(256,),
+        activation="relu",
+        batch_size=128,
+        epochs=10,
+        learning_rate=1e-3,
+    ),
+    "npz": {},
+    "csv": {},
+}
+
+
+def make_config(dataset: str, **overrides: Any) -> RunConfig:
+    """The config of ``dataset``'s defaults with ``overrides`` (None means "default")."""
+    if dataset not in DATASET_DEFAULTS:
+        raise ValueError(
+            f"unknown dataset {dataset!r}: expected one of {', '.join(DATASET_DEFAULTS)}."
+        )
+    fields = {"dataset": dataset, **DATASET_DEFAULTS[dataset]}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if not fields.get("workdir"):
+        fields["workdir"] = os.path.join("runs", f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return RunConfig(**fields)
+
+
+def check_config(config: RunConfig) -> None:
+    """Rejects bad settings before any data or device work, with one clear line each."""
+    positive = {
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "checkpoint_interval": config.checkpoint_interval,
+        "eval_interval": config.eval_interval,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"--{name} must be positive, got {value}.")
+    if config.warmup_epochs < 0 or config.weight_decay < 0:
+        raise ValueError("--warmup_epochs and --weight_decay must be >= 0.")
+    for name, allowed in (
+        ("optimizer", train.OPTIMIZERS),
+        ("schedule", train.SCHEDULES),
+        ("backward", ("custom", "autodiff")),
+        ("precision", ("float32", "float64")),
+    ):
+        if getattr(config, name) not in allowed:
+            raise ValueError(
+                f"--{name}={getattr(config, name)!r} is not one of {', '.join(allowed)}."
+            )
+    if config.dataset not in data_lib.DATASETS:
+        raise ValueError(
+            f"unknown dataset {config.dataset!r}: expected one of {', '.join(data_lib.DATASETS)}."
+        )
+    losses.get_loss(config.loss, config.output_activation)
+    # Builds (and so validates) the activations and widths.
+    MLP((1, *config.hidden_sizes, 1), config.activation, config.output_activation)
+
+
+def build_model(config: RunConfig, dataset: data_lib.Dataset) -> MLP:
+    """The MLP for the data: ``(num_features, *hidden_sizes, num_outputs)``."""
+    sizes = (dataset.num_features, *config.hidden_sizes, dataset.num_outputs)
+    if config.sizes is not None:
+        if len(config.sizes) < 2 or (config.sizes[0], config.sizes[-1]) != (sizes[0], sizes[-1]):
+            raise ValueError(
+                f"--sizes={','.join(map(str, config.sizes))} does not match {config.dataset}: "
+                f"it has {sizes[0]} features and {sizes[-1]} outputs, so the sizes must start "
+                f"with {sizes[0]} and end with {sizes[-1]}."
+            )
+        sizes = tuple(config.sizes)
+    return MLP(sizes, config.activation, config.output_activation, config.use_bias)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains, evaluates, logs and checkpoints one run (see the module docstring).
+
+    Returns:
+      The summary written to ``summary.json``.
+    """
+    check_config(config)
+    dtype = jnp.dtype(config.precision)
+    if dtype == jnp.float64:
+        jax.config.update("jax_enable_x64", True)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    dataset = data_lib.load_dataset(
+        config.dataset,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        path=config.data_path,
+        target_column=config.target_column,
+        num_samples=config.num_samples,
+        dtype=np.dtype(config.precision),
+    )
+    steps_per_epoch = data_lib.batches_per_epoch(len(dataset.x_train), config.batch_size)
+    model = build_model(config, dataset)
+    schedule = train.make_schedule(
+        config.learning_rate,
+        config.schedule,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+    )
+    optimizer = train.make_optimizer(
+        config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    step = train.make_train_step(model, config.loss, optimizer, backward=config.backward)
+    epoch_fn = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
+    evaluate = jax.jit(
+        lambda params, x, y: train.evaluate(model, config.loss, params, x, y, dataset.task)
+    )
+    key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
+    params = init_params(jax.random.fold_in(key, 0), model, dtype=dtype)
+    state = {"params": params, "opt_state": optimizer.init(params), "epoch": 0, "key": key}
+
+    os.makedirs(config.workdir, exist_ok=True)
+    writer = _Outputs(config.workdir, dataset.task)
+    checkpointer = _checkpointer(config, model)
+    start_epoch = 0
+    latest = checkpointer.latest_epoch()
+    if latest is not None:
+        state = checkpointer.restore(latest, state)
+        start_epoch = int(state["epoch"])
+        log(f"resuming from the checkpoint of epoch {start_epoch} in {config.workdir}")
+    writer.truncate_after(start_epoch)
+
+    x_train, y_train = parallel.replicate((dataset.x_train, dataset.y_train), mesh)
+    params, opt_state = parallel.replicate((state["params"], state["opt_state"]), mesh)
+    key = state["key"]
+    started = time.perf_counter()
+    train_loss = float("nan")
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        new_params, new_opt_state, metrics = epoch_fn(
+            params, opt_state, x_train, y_train, key, epoch
+        )
+        step_losses = np.asarray(metrics["loss"])  # the one host sync of the epoch
+        seconds = time.perf_counter() - t0
+        bad = np.flatnonzero(~np.isfinite(step_losses))
+        if bad.size:
+            global_step = (epoch - 1) * steps_per_epoch + int(bad[0]) + 1
+            raise NonFiniteLossError(
+                f"the loss became {step_losses[bad[0]]} at step {global_step} (epoch {epoch}); "
+                f"the last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
+                f"{config.workdir}. Lower --learning_rate or check the data."
+            )
+        params, opt_state = new_params, new_opt_state
+        train_loss = float(step_losses.mean())
+        if epoch % config.eval_interval == 0 or epoch == config.epochs:
+            record = {"epoch": epoch, "step": epoch * steps_per_epoch, "epoch_loss": train_loss}
+            for split in ("train", "val"):
+                x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+                for name, value in evaluate(params, x, y).items():
+                    record[f"{split}_{name}"] = float(value)
+            record["steps_per_second"] = steps_per_epoch / seconds
+            writer.write(record)
+            eta = (config.epochs - epoch) * seconds
+            log(_progress_line(record, config.epochs, eta))
+        if epoch % config.checkpoint_interval == 0 or epoch == config.epochs:
+            checkpointer.save(
+                epoch, {"params": params, "opt_state": opt_state, "epoch": epoch, "key": key}
+            )
+    checkpointer.close()
+
+    test = {k: float(v) for k, v in evaluate(params, dataset.x_test, dataset.y_test).items()}
+    train_metrics = evaluate(params, dataset.x_train, dataset.y_train)
+    summary = {
+        **{f"test_{k}": v for k, v in test.items()},
+        "train_loss": float(train_metrics["loss"]),
+        "epochs": config.epochs,
+        "steps": config.epochs * steps_per_epoch,
+        "seconds": time.perf_counter() - started,
+        "backward": config.backward,
+        "num_devices": mesh.size,
+        "sizes": list(model.sizes),
+        "flags": dataclasses.asdict(config),
+    }
+    writer.finish(summary)
+    return summary
+
+
+def _checkpointer(config: RunConfig, model: MLP):
+    from jaxbp.checkpoint import Checkpointer
+
+    description = {
+        "sizes": list(model.sizes),
+        "activation": model.activation,
+        "output_activation": model.output_activation,
+        "use_bias": model.use_bias,
+        "optimizer": config.optimizer,
+        "precision": config.precision,
+    }
+    return Checkpointer(os.path.join(config.workdir, "checkpoints"), description)
+
+
+def _progress_line(record: dict[str, float], epochs: int, eta: float) -> str:
+    quality = "accuracy" if "val_accuracy" in record else "r2"
+    fmt = (lambda v: f"{100 * v:.2f}%") if quality == "accuracy" else (lambda v: f"{v:.4f}")
+    return (
+        f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  "
+        f"loss {record['epoch_loss']:.4f}  "
+        f"train {quality} {fmt(record[f'train_{quality}'])}  "
+        f"val {quality} {fmt(record[f'val_{quality}'])}  "
+        f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s"
+    )
+
+
+class _Outputs:
+    """metrics.jsonl, TensorBoard events, curves.png and summary.json in the workdir."""
+
+    def __init__(self, workdir: str, task: str):
+        from tensorboardX import SummaryWriter
+
+        self.workdir = workdir
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.task = task
+        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drops lines written after the checkpoint a resumed run starts from."""
+        records = [r for r in self.records() if r["epoch"] <= epoch]
+        self._write_lines(records)
+
+    def records(self) -> list[dict[str, float]]:
+        if not os.path.exists(self.metrics_path):
+            return []
+        with open(self.metrics_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def write(self, record: dict[str, float]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in record.items():
+            if name not in ("epoch", "step"):
+                self.tensorboard.add_scalar(name, value, record["step"])
+        self.tensorboard.flush()
+
+    def _write_lines(self, records: list[dict[str, float]]) -> None:
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, self.metrics_path)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.tensorboard.close()
+        _plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"))
+        tmp = os.path.join(self.workdir, "summary.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(self.workdir, "summary.json"))
+
+
+def _plot_curves(records: list[dict[str, float]], task: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = "accuracy" if task == "classification" else "r2"
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=split)
+        ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_quality.set(xlabel="epoch", ylabel=quality, title=quality)
+    for ax in (ax_loss, ax_quality):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

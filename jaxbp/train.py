@@ -1,0 +1,223 @@
+"""Compiled training: optax optimisers, a jitted train step, and whole epochs under `lax.scan`.
+
+Contract: a train step is the pure function
+``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``; its gradient comes from the
+hand-written δ recursion (`backward="custom"`, `jaxbp.loss_and_grad`) or from `jax.grad`
+through the plain forward (`backward="autodiff"`), and both give the same run to
+floating-point tolerance. An epoch is one `jax.lax.scan` of that step over minibatches of a
+permutation drawn from ``fold_in(key, epoch)``, so a run is a deterministic function of its
+seed and small networks are not dominated by Python dispatch.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxbp import backprop
+from jaxbp.mlp import MLP, Params
+
+Array = jax.Array
+Batch = tuple[Array, Array]
+StepFn = Callable[[Params, optax.OptState, Batch], tuple[Params, optax.OptState, dict]]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def make_schedule(
+    learning_rate: float, schedule: str = "constant", *, total_steps: int = 1, warmup_steps: int = 0
+) -> optax.Schedule:
+    """A learning-rate schedule: constant, cosine decay, or linear warmup then cosine.
+
+    Args:
+      learning_rate: the peak rate η (> 0).
+      schedule: one of `SCHEDULES`.
+      total_steps: steps of the whole run (cosine decays to 0 over them).
+      warmup_steps: linear warmup steps for ``"warmup_cosine"``.
+
+    Returns:
+      An optax schedule ``step -> η_step``.
+    """
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+    if schedule == "constant":
+        return optax.constant_schedule(learning_rate)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    if schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
+        )
+    raise ValueError(f"unknown schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}.")
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | optax.Schedule,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """An optax optimiser by name.
+
+    ``"sgd"`` is seed 002's update with the sign right, W ← W − η ∂L/∂W (the seed writes
+    ``+``, which is gradient ascent). Weight decay is decoupled (AdamW-style) for adam and
+    added to the gradient (L2) for the SGD family.
+
+    Args:
+      name: one of `OPTIMIZERS`.
+      learning_rate: η or a schedule.
+      momentum: β for ``"momentum"`` and ``"nesterov"``.
+      weight_decay: λ ≥ 0.
+
+    Returns:
+      The `optax.GradientTransformation`.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    if name == "adam":
+        if weight_decay:
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+        return optax.adam(learning_rate)
+    if name == "sgd":
+        sgd = optax.sgd(learning_rate)
+    elif name == "momentum":
+        sgd = optax.sgd(learning_rate, momentum=momentum)
+    elif name == "nesterov":
+        sgd = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}.")
+    if weight_decay:
+        return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
+    return sgd
+
+
+def make_loss_and_grad(
+    model: MLP, loss: str, backward: str = "custom"
+) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
+    """``(params, x, y) -> (loss, grads)`` by the derivation or by jax.grad.
+
+    Args:
+      model: the network.
+      loss: a loss name.
+      backward: ``"custom"`` (`jaxbp.loss_and_grad`, seed 002 §3.6) or ``"autodiff"``.
+    """
+    if backward == "custom":
+        return lambda params, x, y: backprop.loss_and_grad(model, loss, params, x, y)
+    if backward == "autodiff":
+        return jax.value_and_grad(
+            lambda params, x, y: backprop.loss_value(model, loss, params, x, y)
+        )
+    raise ValueError(
+        f"unknown backward {backward!r}: expected one of {', '.join(backprop.BACKWARDS)}."
+    )
+
+
+def make_train_step(
+    model: MLP,
+    loss: str,
+    optimizer: optax.GradientTransformation,
+    *,
+    backward: str = "custom",
+    grad_fn: Callable[[Params, Array, Array], tuple[Array, Params]] | None = None,
+) -> StepFn:
+    """A pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
+
+    The update is optax's (for sgd: seed 002's W ← W − η ∂L/∂W). Not jitted itself, so it
+    can sit inside `make_epoch`'s scan; wrap it in `jax.jit` to call it alone.
+
+    Args:
+      model: the network.
+      loss: a loss name.
+      optimizer: an optax transformation.
+      backward: ``"custom"`` or ``"autodiff"`` (ignored when ``grad_fn`` is given).
+      grad_fn: overrides the gradient, ``(params, x, y) -> (loss, grads)``.
+
+    Returns:
+      The step; metrics are ``{"loss": L before the update, "grad_norm": ‖∇L‖₂}``.
+    """
+    grad_fn = grad_fn or make_loss_and_grad(model, loss, backward)
+
+    def step(params: Params, opt_state: optax.OptState, batch: Batch):
+        x, y = batch
+        value, grads = grad_fn(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+
+    return step
+
+
+def epoch_key(key: Array, epoch: int | Array) -> Array:
+    """The shuffling key of an epoch: ``fold_in(key, epoch)``, so resuming needs no state."""
+    return jax.random.fold_in(key, epoch)
+
+
+def make_epoch(
+    step: StepFn, batch_size: int, *, shard_batch: Callable[[Batch], Batch] | None = None
+) -> Callable[..., tuple[Params, optax.OptState, dict]]:
+    """One epoch as a single `jax.lax.scan` over shuffled minibatches (jitted).
+
+    The returned ``epoch(params, opt_state, x, y, key, epoch_index)`` permutes the examples
+    with ``fold_in(key, epoch_index)``, drops the last partial batch, and scans ``step`` over
+    ``(n // batch_size)`` batches; metrics come back stacked, shape ``(steps,)`` each.
+
+    Args:
+      step: from `make_train_step`.
+      batch_size: rows per step.
+      shard_batch: optional ``batch -> batch`` applied to every minibatch (the data-parallel
+        sharding constraint of `jaxbp.parallel`).
+    """
+
+    @jax.jit
+    def epoch(params, opt_state, x, y, key, epoch_index):
+        num_batches = x.shape[0] // batch_size
+        if num_batches == 0:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the {x.shape[0]} training examples."
+            )
+        order = jax.random.permutation(epoch_key(key, epoch_index), x.shape[0])
+        order = order[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+        def body(carry, idx):
+            batch = (x[idx], y[idx])
+            if shard_batch is not None:
+                batch = shard_batch(batch)
+            params, opt_state, metrics = step(*carry, batch)
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
+        return params, opt_state, metrics
+
+    return epoch
+
+
+def evaluate(
+    model: MLP, loss: str, params: Params, x: Array, y: Array, task: str
+) -> dict[str, Array]:
+    """Loss and accuracy (classification) or R² (regression) on a whole split.
+
+    Accuracy is argmax agreement for several outputs and ``ŷ > 0.5`` against ``y > 0.5`` for
+    one; R² is ``1 − Σ(y − ŷ)² / Σ(y − ȳ)²`` over all outputs.
+
+    Args:
+      model, loss, params: the network, its loss name and parameters.
+      x: ``(n, n0)``; y: ``(n, nL)``.
+      task: ``"classification"`` or ``"regression"``.
+
+    Returns:
+      ``{"loss": ..., "accuracy": ...}`` or ``{"loss": ..., "r2": ...}``, scalars.
+    """
+    value = backprop.loss_value(model, loss, params, x, y)
+    y_hat = backprop.apply(model, params, x, backward="autodiff")
+    if task == "regression":
+        residual = jnp.sum((y - y_hat) ** 2)
+        total = jnp.sum((y - jnp.mean(y, axis=0)) ** 2)
+        return {"loss": value, "r2": 1 - residual / total}
+    if y.shape[-1] == 1:
+        correct = (y_hat[:, 0] > 0.5) == (y[:, 0] > 0.5)
+    else:
+        correct = jnp.argmax(y_hat, axis=-1) == jnp.argmax(y, axis=-1)
+    return {"loss": value, "accuracy": jnp.mean(correct)}
