@@ -13,11 +13,12 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxbp import data as data_lib
 from jaxbp import losses, parallel, train
@@ -206,11 +207,22 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
       The summary written to ``summary.json``.
     """
     check_config(config)
-    dtype = jnp.dtype(config.precision)
-    if dtype == jnp.float64:
-        jax.config.update("jax_enable_x64", True)
-    mesh = parallel.make_mesh(config.num_devices)
-    parallel.check_batch_size(config.batch_size, mesh)
+    # A context, not a global flip: a float64 run leaves the process as it found it.
+    with jax.enable_x64(config.precision == "float64"):
+        return _run(config, log)
+
+
+class _Setup(NamedTuple):
+    """What a run builds from its config before training."""
+
+    dataset: data_lib.Dataset
+    model: MLP
+    optimizer: optax.GradientTransformation
+    steps_per_epoch: int
+    initial_state: dict[str, Any]  # {"params", "opt_state", "epoch", "key"}
+
+
+def _setup(config: RunConfig) -> _Setup:
     dataset = data_lib.load_dataset(
         config.dataset,
         seed=config.seed,
@@ -231,14 +243,38 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]
     optimizer = train.make_optimizer(
         config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
+    params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
+    state = {"params": params, "opt_state": optimizer.init(params), "epoch": 0, "key": key}
+    return _Setup(dataset, model, optimizer, steps_per_epoch, state)
+
+
+def restore_state(config: RunConfig, epoch: int | None = None) -> dict[str, Any]:
+    """The train state saved by the run of ``config`` (its latest checkpoint by default).
+
+    Returns:
+      ``{"params", "opt_state", "epoch", "key"}``.
+    """
+    with jax.enable_x64(config.precision == "float64"):
+        setup = _setup(config)
+        checkpointer = _checkpointer(config, setup.model)
+        epoch = checkpointer.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"no checkpoint in {config.workdir}/checkpoints.")
+        state = checkpointer.restore(epoch, setup.initial_state)
+        checkpointer.close()
+        return state
+
+
+def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    dataset, model, optimizer, steps_per_epoch, state = _setup(config)
     step = train.make_train_step(model, config.loss, optimizer, backward=config.backward)
     epoch_fn = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
     evaluate = jax.jit(
         lambda params, x, y: train.evaluate(model, config.loss, params, x, y, dataset.task)
     )
-    key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
-    params = init_params(jax.random.fold_in(key, 0), model, dtype=dtype)
-    state = {"params": params, "opt_state": optimizer.init(params), "epoch": 0, "key": key}
 
     os.makedirs(config.workdir, exist_ok=True)
     writer = _Outputs(config.workdir, dataset.task)

@@ -145,7 +145,7 @@ def make_train_step(
         value, grads = grad_fn(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return step
 

@@ -1,0 +1,178 @@
+"""Tests of jaxbp.train: optimisers, the train step, the scan epoch, evaluation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxbp
+from jaxbp import train
+
+
+def _problem(key=0, n=48, sizes=(5, 16, 3), dtype=jnp.float32):
+    model = jaxbp.MLP(sizes, "tanh", "softmax")
+    k_p, k_x, k_y = jax.random.split(jax.random.key(key), 3)
+    params = jaxbp.init_params(k_p, model, dtype=dtype)
+    x = jax.random.normal(k_x, (n, sizes[0]), dtype)
+    # Learnable labels: which of a fixed random projection of x is largest.
+    labels = jnp.argmax(x @ jax.random.normal(k_y, (sizes[0], sizes[-1]), dtype), axis=-1)
+    y = jax.nn.one_hot(labels, sizes[-1], dtype=dtype)
+    return model, params, x, y
+
+
+def test_sgd_is_seed_002_descent_with_the_sign_right():
+    model, params, x, y = _problem()
+    lr = 0.1
+    opt = train.make_optimizer("sgd", lr)
+    step = jax.jit(train.make_train_step(model, "softmax_cross_entropy", opt))
+    new_params, _, metrics = step(params, opt.init(params), (x, y))
+    _, grads = jaxbp.loss_and_grad(model, "softmax_cross_entropy", params, x, y)
+    expected = jax.tree.map(lambda w, g: w - lr * g, params, grads)  # W ← W − η ∂L/∂W
+    chex.assert_trees_all_close(new_params, expected, rtol=1e-6, atol=1e-7)
+    after = jaxbp.loss_value(model, "softmax_cross_entropy", new_params, x, y)
+    assert float(after) < float(metrics["loss"])
+
+
+@pytest.mark.parametrize("name", train.OPTIMIZERS)
+def test_custom_and_autodiff_steps_agree_for_every_optimizer(name):
+    model, params, x, y = _problem()
+    opt = train.make_optimizer(name, 1e-2, weight_decay=1e-3)
+    results = {}
+    for backward in ("custom", "autodiff"):
+        step = jax.jit(
+            train.make_train_step(model, "softmax_cross_entropy", opt, backward=backward)
+        )
+        p, s = params, opt.init(params)
+        for _ in range(3):
+            p, s, metrics = step(p, s, (x, y))
+        results[backward] = (p, metrics["loss"])
+    chex.assert_trees_all_close(results["custom"], results["autodiff"], rtol=1e-5, atol=1e-6)
+
+
+def test_scan_epoch_equals_python_loop_of_steps():
+    model, params, x, y = _problem()
+    opt = train.make_optimizer("momentum", 0.05)
+    step = train.make_train_step(model, "softmax_cross_entropy", opt)
+    epoch = train.make_epoch(step, batch_size=8)
+    key = jax.random.PRNGKey(3)
+    p_scan, s_scan, metrics = epoch(params, opt.init(params), x, y, key, 2)
+    assert metrics["loss"].shape == (6,)
+
+    order = jax.random.permutation(train.epoch_key(key, 2), x.shape[0]).reshape(6, 8)
+    p, s = params, opt.init(params)
+    jit_step = jax.jit(step)
+    losses = []
+    for idx in order:
+        p, s, m = jit_step(p, s, (x[idx], y[idx]))
+        losses.append(m["loss"])
+    chex.assert_trees_all_close(p_scan, p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], np.array(losses), rtol=1e-5)
+
+
+def test_epoch_is_deterministic_per_key_and_epoch():
+    model, params, x, y = _problem()
+    opt = train.make_optimizer("adam", 1e-2)
+    epoch = train.make_epoch(train.make_train_step(model, "softmax_cross_entropy", opt), 8)
+    key = jax.random.PRNGKey(0)
+    a = epoch(params, opt.init(params), x, y, key, 1)[2]["loss"]
+    b = epoch(params, opt.init(params), x, y, key, 1)[2]["loss"]
+    c = epoch(params, opt.init(params), x, y, key, 2)[2]["loss"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)  # another epoch, another shuffle
+
+
+def test_epoch_drops_the_partial_batch_and_rejects_a_too_large_batch():
+    model, params, x, y = _problem(n=20)
+    opt = train.make_optimizer("sgd", 0.1)
+    step = train.make_train_step(model, "softmax_cross_entropy", opt)
+    _, _, metrics = train.make_epoch(step, 6)(
+        params, opt.init(params), x, y, jax.random.PRNGKey(0), 0
+    )
+    assert metrics["loss"].shape == (3,)
+    with pytest.raises(ValueError, match="larger than the 20 training examples"):
+        train.make_epoch(step, 32)(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0)
+
+
+def test_training_lowers_the_loss():
+    model, params, x, y = _problem(n=64)
+    opt = train.make_optimizer("adam", 1e-2)
+    epoch = train.make_epoch(train.make_train_step(model, "softmax_cross_entropy", opt), 16)
+    state = (params, opt.init(params))
+    first = None
+    for e in range(20):
+        *state, metrics = epoch(*state, x, y, jax.random.PRNGKey(0), e)
+        first = first if first is not None else float(metrics["loss"][0])
+    assert float(metrics["loss"][-1]) < 0.5 * first
+
+
+@pytest.mark.parametrize("schedule", train.SCHEDULES)
+def test_schedules(schedule):
+    fn = train.make_schedule(0.1, schedule, total_steps=100, warmup_steps=10)
+    if schedule == "constant":
+        assert float(fn(0)) == pytest.approx(0.1) and float(fn(99)) == pytest.approx(0.1)
+    elif schedule == "cosine":
+        assert float(fn(0)) == pytest.approx(0.1) and float(fn(100)) == pytest.approx(0.0)
+    else:
+        assert float(fn(0)) == pytest.approx(0.0)
+        assert float(fn(10)) == pytest.approx(0.1)
+        assert float(fn(100)) < 1e-6
+
+
+def test_bad_optimizer_settings():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        train.make_optimizer("rmsprop", 0.1)
+    with pytest.raises(ValueError, match="learning_rate must be positive"):
+        train.make_schedule(-0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train.make_schedule(0.1, "linear")
+    with pytest.raises(ValueError, match="weight_decay"):
+        train.make_optimizer("adam", 0.1, weight_decay=-1.0)
+    with pytest.raises(ValueError, match="unknown backward"):
+        train.make_loss_and_grad(jaxbp.MLP((2, 1)), "mse", "numeric")
+
+
+def test_weight_decay_is_applied():
+    model, params, x, y = _problem()
+    plain, decayed = (
+        train.make_optimizer("sgd", 0.1),
+        train.make_optimizer("sgd", 0.1, weight_decay=0.5),
+    )
+    step_plain = train.make_train_step(model, "softmax_cross_entropy", plain)
+    step_decayed = train.make_train_step(model, "softmax_cross_entropy", decayed)
+    p1 = step_plain(params, plain.init(params), (x, y))[0]
+    p2 = step_decayed(params, decayed.init(params), (x, y))[0]
+    # sgd with L2: the extra step is −η λ W.
+    expected = jax.tree.map(lambda a, w: a - 0.1 * 0.5 * w, p1, params)
+    chex.assert_trees_all_close(p2, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_accuracy_and_r2():
+    model = jaxbp.MLP((2, 2), "identity", "identity", use_bias=False)
+    params = [{"W": jnp.eye(2)}]
+    x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1]])
+    y = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    metrics = train.evaluate(model, "mse", params, x, y, "classification")
+    assert float(metrics["accuracy"]) == pytest.approx(0.75)
+    reg = train.evaluate(model, "mse", params, y, y, "regression")
+    assert float(reg["r2"]) == pytest.approx(1.0)
+    binary = jaxbp.MLP((1, 1), "identity", "identity", use_bias=False)
+    acc = train.evaluate(
+        binary,
+        "mse",
+        [{"W": jnp.ones((1, 1))}],
+        jnp.array([[0.9], [0.1], [0.7]]),
+        jnp.array([[1.0], [0.0], [0.0]]),
+        "classification",
+    )["accuracy"]
+    assert float(acc) == pytest.approx(2 / 3)
+
+
+def test_optax_state_is_what_the_step_carries():
+    model, params, x, y = _problem()
+    opt = train.make_optimizer("adam", 1e-3)
+    _, state, _ = train.make_train_step(model, "softmax_cross_entropy", opt)(
+        params, opt.init(params), (x, y)
+    )
+    assert int(optax.tree_utils.tree_get(state, "count")) == 1
