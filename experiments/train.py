@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxbp import runner
+from jaxbp import parallel, runner
 
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set name (jaxbp.data.DATASETS).")
 _HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths, e.g. 128 or 64,64.")
@@ -41,6 +41,11 @@ _DATA_PATH = flags.DEFINE_string("data_path", None, "A .npz or .csv file for npz
 _TARGET = flags.DEFINE_string("target_column", None, "Target column of a csv file.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Size of a synthetic data set.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices for data parallelism.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 in a multi-host run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
 
 
 def config_from_flags() -> runner.RunConfig:
@@ -89,12 +94,26 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 2
-    print(f"jaxbp train: {config.dataset}, backward={config.backward}, workdir {config.workdir}")
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+        if None in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+            print(
+                "train.py: a multi-host run needs --coordinator_address, --num_processes and "
+                "--process_id together.",
+                file=sys.stderr,
+            )
+            return 2
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if parallel.is_primary():
+        print(
+            f"jaxbp train: {config.dataset}, backward={config.backward}, workdir {config.workdir}"
+        )
     try:
         summary = runner.run(config)
     except (ValueError, FileNotFoundError, runner.NonFiniteLossError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1
+    if not parallel.is_primary():
+        return 0
     quality = (
         f"test accuracy {100 * summary['test_accuracy']:.2f}%"
         if "test_accuracy" in summary

@@ -2,7 +2,9 @@
 
 Each minibatch is sharded over the mesh, params and optimizer state are replicated, and
 the jitted step (hand-written backward included) is partitioned by XLA, which inserts the
-all-reduce of the gradient. No pmap and no hand-written collectives.
+all-reduce of the gradient. No pmap and no hand-written collectives. Several hosts join
+through `jax.distributed.initialize`; each process then places only its own block of the
+training rows on its devices (`put_training_data`).
 """
 
 from collections.abc import Callable
@@ -15,11 +17,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Joins a multi-process run (call before any other JAX work).
+
+    On CPU the collectives go through gloo, which this JAX ships.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0.
+      num_processes: processes in the run.
+      process_id: this process, ``0 <= process_id < num_processes``.
+    """
+    if not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D mesh over the first ``num_devices`` devices (all of them when None).
 
     Raises:
-      ValueError: when more devices are asked for than JAX sees.
+      ValueError: when more devices are asked for than JAX sees, or, across several
+        processes, fewer than all of them.
     """
     devices = jax.devices()
     if num_devices is None:
@@ -29,6 +50,11 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
             f"--num_devices={num_devices}, but JAX sees {len(devices)} device(s) "
             f"({jax.default_backend()}). On CPU, XLA_FLAGS=--xla_force_host_platform_device_count"
             f"={num_devices} (set before jax is imported) makes that many."
+        )
+    if jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(
+            f"--num_devices={num_devices}: a {jax.process_count()}-process run uses all "
+            f"{len(devices)} devices; leave --num_devices unset."
         )
     return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
 
@@ -43,8 +69,36 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``tree`` on all devices of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places every leaf of ``tree`` (the same value on every process) on all devices."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree
+    )
+
+
+def put_training_data(arrays: tuple[np.ndarray, ...], mesh: Mesh) -> tuple[jax.Array, ...]:
+    """The training arrays as global arrays for the epoch's gather.
+
+    One process: replicated on every device (the cheapest gather). Several processes: the
+    rows are padded to a multiple of the device count and each process places only its own
+    contiguous block; the epoch's permutation never reaches the padding rows, so the run
+    matches a single-process one.
+    """
+    if jax.process_count() == 1:
+        return replicate(arrays, mesh)
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    rows = arrays[0].shape[0]
+    padded = -(-rows // mesh.size) * mesh.size
+    per_process = padded // jax.process_count()
+    start = jax.process_index() * per_process
+    out = []
+    for a in arrays:
+        a = np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)])
+        local = a[start : start + per_process]
+        out.append(jax.make_array_from_process_local_data(sharding, local, a.shape))
+    return tuple(out)
 
 
 def shard_batch(mesh: Mesh) -> Callable[[Any], Any] | None:
@@ -58,3 +112,15 @@ def shard_batch(mesh: Mesh) -> Callable[[Any], Any] | None:
     return lambda batch: jax.tree.map(
         lambda a: jax.lax.with_sharding_constraint(a, sharding), batch
     )
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (or single-device) array's value on this host."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(x.addressable_data(0))
+
+
+def is_primary() -> bool:
+    """Whether this process writes logs, metrics and summaries (process 0)."""
+    return jax.process_index() == 0

@@ -271,33 +271,51 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     parallel.check_batch_size(config.batch_size, mesh)
     dataset, model, optimizer, steps_per_epoch, state = _setup(config)
     step = train.make_train_step(model, config.loss, optimizer, backward=config.backward)
-    epoch_fn = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
-    evaluate = jax.jit(
+    epoch_fn = train.make_epoch(
+        step,
+        config.batch_size,
+        num_examples=len(dataset.x_train),
+        shard_batch=parallel.shard_batch(mesh),
+    )
+    splits = {
+        name: parallel.replicate(
+            (getattr(dataset, f"x_{name}"), getattr(dataset, f"y_{name}")), mesh
+        )
+        for name in ("train", "val", "test")
+    }
+    evaluate_jit = jax.jit(
         lambda params, x, y: train.evaluate(model, config.loss, params, x, y, dataset.task)
     )
 
+    def evaluate(params, split: str) -> dict[str, float]:
+        metrics = evaluate_jit(params, *splits[split])
+        return {name: float(parallel.to_host(value)) for name, value in metrics.items()}
+
+    primary = parallel.is_primary()  # only process 0 writes logs, metrics and summaries
+    log = log if primary else (lambda _: None)
     os.makedirs(config.workdir, exist_ok=True)
-    writer = _Outputs(config.workdir, dataset.task)
-    checkpointer = _checkpointer(config, model)
+    writer = _Outputs(config.workdir, dataset.task) if primary else None
+    checkpointer = _checkpointer(config, model)  # every process takes part in a save
     start_epoch = 0
     latest = checkpointer.latest_epoch()
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start_epoch = int(state["epoch"])
         log(f"resuming from the checkpoint of epoch {start_epoch} in {config.workdir}")
-    writer.truncate_after(start_epoch)
+    if writer:
+        writer.truncate_after(start_epoch)
 
-    x_train, y_train = parallel.replicate((dataset.x_train, dataset.y_train), mesh)
-    params, opt_state = parallel.replicate((state["params"], state["opt_state"]), mesh)
-    key = state["key"]
+    x_train, y_train = parallel.put_training_data((dataset.x_train, dataset.y_train), mesh)
+    params, opt_state, key = parallel.replicate(
+        (state["params"], state["opt_state"], state["key"]), mesh
+    )
     started = time.perf_counter()
-    train_loss = float("nan")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
         new_params, new_opt_state, metrics = epoch_fn(
             params, opt_state, x_train, y_train, key, epoch
         )
-        step_losses = np.asarray(metrics["loss"])  # the one host sync of the epoch
+        step_losses = parallel.to_host(metrics["loss"])  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
         bad = np.flatnonzero(~np.isfinite(step_losses))
         if bad.size:
@@ -308,37 +326,38 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
                 f"{config.workdir}. Lower --learning_rate or check the data."
             )
         params, opt_state = new_params, new_opt_state
-        train_loss = float(step_losses.mean())
         if epoch % config.eval_interval == 0 or epoch == config.epochs:
-            record = {"epoch": epoch, "step": epoch * steps_per_epoch, "epoch_loss": train_loss}
+            record = {
+                "epoch": epoch,
+                "step": epoch * steps_per_epoch,
+                "epoch_loss": float(step_losses.mean()),
+            }
             for split in ("train", "val"):
-                x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-                for name, value in evaluate(params, x, y).items():
-                    record[f"{split}_{name}"] = float(value)
+                record.update({f"{split}_{k}": v for k, v in evaluate(params, split).items()})
             record["steps_per_second"] = steps_per_epoch / seconds
-            writer.write(record)
-            eta = (config.epochs - epoch) * seconds
-            log(_progress_line(record, config.epochs, eta))
+            if writer:
+                writer.write(record)
+            log(_progress_line(record, config.epochs, eta=(config.epochs - epoch) * seconds))
         if epoch % config.checkpoint_interval == 0 or epoch == config.epochs:
             checkpointer.save(
                 epoch, {"params": params, "opt_state": opt_state, "epoch": epoch, "key": key}
             )
     checkpointer.close()
 
-    test = {k: float(v) for k, v in evaluate(params, dataset.x_test, dataset.y_test).items()}
-    train_metrics = evaluate(params, dataset.x_train, dataset.y_train)
     summary = {
-        **{f"test_{k}": v for k, v in test.items()},
-        "train_loss": float(train_metrics["loss"]),
+        **{f"test_{k}": v for k, v in evaluate(params, "test").items()},
+        "train_loss": evaluate(params, "train")["loss"],
         "epochs": config.epochs,
         "steps": config.epochs * steps_per_epoch,
         "seconds": time.perf_counter() - started,
         "backward": config.backward,
         "num_devices": mesh.size,
+        "num_processes": jax.process_count(),
         "sizes": list(model.sizes),
         "flags": dataclasses.asdict(config),
     }
-    writer.finish(summary)
+    if writer:
+        writer.finish(summary)
     return summary
 
 

@@ -156,7 +156,11 @@ def epoch_key(key: Array, epoch: int | Array) -> Array:
 
 
 def make_epoch(
-    step: StepFn, batch_size: int, *, shard_batch: Callable[[Batch], Batch] | None = None
+    step: StepFn,
+    batch_size: int,
+    *,
+    num_examples: int | None = None,
+    shard_batch: Callable[[Batch], Batch] | None = None,
 ) -> Callable[..., tuple[Params, optax.OptState, dict]]:
     """One epoch as a single `jax.lax.scan` over shuffled minibatches (jitted).
 
@@ -167,18 +171,19 @@ def make_epoch(
     Args:
       step: from `make_train_step`.
       batch_size: rows per step.
+      num_examples: rows of ``x`` that are examples (default all; the data-parallel
+        placement pads ``x`` past them).
       shard_batch: optional ``batch -> batch`` applied to every minibatch (the data-parallel
         sharding constraint of `jaxbp.parallel`).
     """
 
     @jax.jit
     def epoch(params, opt_state, x, y, key, epoch_index):
-        num_batches = x.shape[0] // batch_size
+        n = x.shape[0] if num_examples is None else num_examples
+        num_batches = n // batch_size
         if num_batches == 0:
-            raise ValueError(
-                f"batch_size {batch_size} is larger than the {x.shape[0]} training examples."
-            )
-        order = jax.random.permutation(epoch_key(key, epoch_index), x.shape[0])
+            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples.")
+        order = jax.random.permutation(epoch_key(key, epoch_index), n)
         order = order[: num_batches * batch_size].reshape(num_batches, batch_size)
 
         def body(carry, idx):

@@ -1,0 +1,149 @@
+"""Tests of jaxbp.parallel: data parallelism over forced host devices and over processes.
+
+Devices are forced with XLA_FLAGS before jax is imported, so these runs happen in
+subprocesses; each prints one JSON line that the tests read.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxbp import parallel, runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_FOUR_DEVICES = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from jaxbp import parallel, runner, train
+    import jaxbp
+
+    workdir = sys.argv[1]
+    out = {"devices": jax.device_count()}
+    for n in (1, 4):
+        config = runner.make_config(
+            "digits", epochs=2, num_devices=n, workdir=f"{workdir}/d{n}", checkpoint_interval=2
+        )
+        out[f"summary_{n}"] = runner.run(config, log=lambda _: None)
+        params = runner.restore_state(config)["params"]
+        out[f"params_{n}"] = [np.asarray(l).tolist() for l in jax.tree.leaves(params)]
+
+    # The compiled step over a 4-device mesh must all-reduce the gradient.
+    mesh = parallel.make_mesh(4)
+    model = jaxbp.MLP((8, 16, 3), "tanh", "softmax")
+    params = parallel.replicate(jaxbp.init_params(jax.random.key(0), model), mesh)
+    opt = train.make_optimizer("sgd", 0.1)
+    step = train.make_train_step(model, "softmax_cross_entropy", opt)
+    epoch = train.make_epoch(step, 8, shard_batch=parallel.shard_batch(mesh))
+    y = np.eye(3, dtype=np.float32)[np.arange(32) % 3]
+    x, y = parallel.replicate((np.ones((32, 8), np.float32), y), mesh)
+    hlo = epoch.lower(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0).compile().as_text()
+    out["all_reduce"] = "all-reduce" in hlo
+    try:
+        runner.run(runner.make_config("digits", epochs=1, num_devices=4, batch_size=30,
+                                      workdir=f"{workdir}/bad"), log=lambda _: None)
+        out["bad_batch"] = None
+    except ValueError as e:
+        out["bad_batch"] = str(e)
+    print(json.dumps(out))
+    """
+)
+
+
+def _run_code(code, *args, env_extra):
+    env = {**os.environ, "PYTHONPATH": ROOT, **env_extra}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("dp")
+    result = _run_code(
+        _FOUR_DEVICES,
+        str(workdir),
+        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_match_one_device(four_devices):
+    assert four_devices["devices"] == 4
+    one, four = four_devices["summary_1"], four_devices["summary_4"]
+    assert (one["num_devices"], four["num_devices"]) == (1, 4)
+    assert abs(four["test_loss"] - one["test_loss"]) <= 1e-5 * abs(one["test_loss"])
+    for a, b in zip(four_devices["params_1"], four_devices["params_4"], strict=True):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+
+
+def test_the_sharded_step_all_reduces(four_devices):
+    assert four_devices["all_reduce"] is True
+
+
+def test_a_batch_that_does_not_divide_fails_clearly(four_devices):
+    message = four_devices["bad_batch"]
+    assert message is not None and "--batch_size=30 does not divide over 4 devices" in message
+
+
+def test_more_devices_than_exist_fails_clearly():
+    with pytest.raises(ValueError, match="--num_devices=64, but JAX sees"):
+        parallel.make_mesh(64)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    reference = runner.run(
+        runner.make_config("digits", epochs=2, workdir=str(tmp_path / "single")),
+        log=lambda _: None,
+    )
+    port = _free_port()
+    workdir = tmp_path / "multi"
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                "--dataset=digits",
+                "--epochs=2",
+                f"--workdir={workdir}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    with open(workdir / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["num_processes"] == 2 and summary["num_devices"] == 2
+    assert abs(summary["test_loss"] - reference["test_loss"]) <= 1e-5 * reference["test_loss"]
+    assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]
