@@ -35,7 +35,13 @@ def main(argv: list[str]) -> int:
     import jax.numpy as jnp
 
     import jaxbp
-    from jaxbp import gradcheck as gc
+    from jaxbp.gradient_check import (
+        AUTODIFF_THRESHOLD,
+        DEFAULT_OUTPUT_ACTIVATION,
+        FINITE_DIFF_THRESHOLD,
+        gradcheck,
+        random_targets,
+    )
 
     dtype = jnp.dtype(_PRECISION.value)
     hidden = _ACTIVATION.value or list(jaxbp.HIDDEN_ACTIVATIONS)
@@ -53,13 +59,13 @@ def main(argv: list[str]) -> int:
     failures = 0
     for activation in hidden:
         for loss in losses:
-            output = _OUTPUT_ACTIVATION.value or gc.DEFAULT_OUTPUT_ACTIVATION[loss]
+            output = _OUTPUT_ACTIVATION.value or DEFAULT_OUTPUT_ACTIVATION[loss]
             model = jaxbp.MLP(sizes, activation, output, _USE_BIAS.value)
             k_params, k_x, k_y = jax.random.split(jax.random.key(_SEED.value), 3)
             params = jaxbp.init_params(k_params, model, dtype=dtype)
             x = jax.random.normal(k_x, (_BATCH_SIZE.value, sizes[0]), dtype)
-            y = gc.random_targets(k_y, model, loss, _BATCH_SIZE.value, dtype)
-            report = gc.gradcheck(model, loss, params, x, y, seed=_SEED.value)
+            y = random_targets(k_y, model, loss, _BATCH_SIZE.value, dtype)
+            report = gradcheck(model, loss, params, x, y, seed=_SEED.value)
             hand = max(r.vs_autodiff for r in report.rows)
             vjp = max(r.custom_vjp_vs_autodiff for r in report.rows)
             verdict = "pass" if report.passed else "FAIL"
@@ -73,9 +79,9 @@ def main(argv: list[str]) -> int:
     total = len(hidden) * len(losses)
     print(
         f"\n{total - failures} passed, {failures} failed: thresholds "
-        f"{gc.AUTODIFF_THRESHOLD[dtype.name]:.0e} vs jax.grad"
+        f"{AUTODIFF_THRESHOLD[dtype.name]:.0e} vs jax.grad"
         + (
-            f", {gc.FINITE_DIFF_THRESHOLD:.0e} vs finite differences."
+            f", {FINITE_DIFF_THRESHOLD:.0e} vs finite differences."
             if dtype.name == "float64"
             else "."
         )

@@ -15,6 +15,7 @@ from jaxbp.backprop import (
     output_delta,
     per_example_grads,
 )
+from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import MLP, Params, forward_autodiff, forward_logits, init_params
 
@@ -25,6 +26,8 @@ __all__ = (
     "MLP",
     "OUTPUT_ACTIVATIONS",
     "Activation",
+    "GradCheckReport",
+    "LeafCheck",
     "Loss",
     "Params",
     "Residuals",
@@ -33,6 +36,7 @@ __all__ = (
     "forward_autodiff",
     "forward_logits",
     "forward_with_residuals",
+    "gradcheck",
     "init_params",
     "loss_and_grad",
     "loss_value",

@@ -119,9 +119,10 @@ def _apply_custom_bwd(model: MLP, residuals: Residuals, g_bar: Array) -> tuple[P
 _apply_custom.defvjp(_apply_custom_fwd, _apply_custom_bwd)
 
 _FORWARD_MODE_HINT = (
-    "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function, which supports "
-    "reverse mode only (jax.grad, jax.vjp, grad-of-grad Hessian-vector products). For "
-    "jax.jvp, jax.jacfwd or jax.hessian use backward='autodiff'."
+    "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function: jax.jvp and "
+    "jax.jacfwd of it are not available (forward-over-reverse such as jax.hessian of a loss "
+    "does work: it differentiates the hand-written backward). For forward mode use "
+    "backward='autodiff'."
 )
 
 
