@@ -104,5 +104,10 @@ def get_activation(name: str, *, allowed: tuple[str, ...] = OUTPUT_ACTIVATIONS) 
       ValueError: for an unknown or not-allowed name, listing the allowed ones.
     """
     if name not in allowed:
+        if name in ACTIVATIONS:
+            raise ValueError(
+                f"{name!r} is an output activation only (its Jacobian is not diagonal): use "
+                f"output_activation={name!r}; hidden activations are {', '.join(allowed)}."
+            )
         raise ValueError(f"unknown activation {name!r}: expected one of {', '.join(allowed)}.")
     return ACTIVATIONS[name]

@@ -61,7 +61,7 @@ class GradCheckReport(NamedTuple):
         return all(
             r.vs_autodiff <= self.autodiff_threshold
             and r.custom_vjp_vs_autodiff <= self.autodiff_threshold
-            and (np.isnan(r.vs_finite_diff) or r.vs_finite_diff <= self.finite_diff_threshold)
+            and (r.fd_entries == 0 or r.vs_finite_diff <= self.finite_diff_threshold)
             for r in self.rows
         )
 
@@ -73,7 +73,7 @@ class GradCheckReport(NamedTuple):
     @property
     def max_vs_finite_diff(self) -> float:
         """Worst relative error against finite differences (nan if none were taken)."""
-        values = [r.vs_finite_diff for r in self.rows if not np.isnan(r.vs_finite_diff)]
+        values = [r.vs_finite_diff for r in self.rows if r.fd_entries]
         return max(values) if values else float("nan")
 
     def table(self) -> str:
@@ -98,9 +98,14 @@ class GradCheckReport(NamedTuple):
 
 
 def relative_error(a: Array, b: Array, floor: float = 0.0) -> float:
-    """Max over entries of ``|a − b| / max(|a|, |b|, floor)``; 0 where both are 0."""
+    """Max over entries of ``|a − b| / max(|a|, |b|, floor)``; 0 where both are 0.
+
+    A NaN or inf anywhere gives inf: a broken gradient must never pass.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
     denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     diff = np.abs(a - b)
     ratio = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)

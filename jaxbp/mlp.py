@@ -8,6 +8,7 @@ layer (no ``"b"`` when ``use_bias=False``, as in seed 002).
 """
 
 import dataclasses
+import operator
 from typing import Any
 
 import jax
@@ -49,8 +50,11 @@ class MLP:
 
     def __post_init__(self) -> None:
         try:
-            sizes = tuple(int(n) for n in self.sizes)
-        except (TypeError, ValueError):
+            # operator.index, not int: 2.5 or "32" are errors, not silently (2,) or (3, 2).
+            if isinstance(self.sizes, str):
+                raise TypeError
+            sizes = tuple(operator.index(n) for n in self.sizes)
+        except TypeError:
             raise ValueError(
                 f"MLP sizes must be a sequence of positive ints, got {self.sizes!r}."
             ) from None
@@ -167,16 +171,17 @@ def check_targets(model: MLP, x: Array, y: Array) -> Array:
     """
     n_out = model.sizes[-1]
     y = jnp.asarray(y)
+    given = tuple(y.shape)
     if y.ndim == 1 and n_out == 1:
         y = y[:, None]
     if y.ndim != 2 or y.shape != (jnp.shape(x)[0], n_out):
         hint = (
             " For class labels, one-hot encode them: jax.nn.one_hot(labels, num_classes)."
-            if y.ndim == 1
+            if len(given) == 1 and n_out > 1
             else ""
         )
         raise ValueError(
-            f"y has shape {tuple(y.shape)}, but x of shape {tuple(jnp.shape(x))} and output "
+            f"y has shape {given}, but x of shape {tuple(jnp.shape(x))} and output "
             f"width {n_out} need ({jnp.shape(x)[0]}, {n_out}).{hint}"
         )
     return y

@@ -1,0 +1,265 @@
+"""Tests for jaxbp.gradient_check: `gradcheck` passes right gradients and catches wrong ones.
+
+Thresholds (README, "Gradient checks"): float64 ≤ 1e-10 against jax.grad and ≤ 1e-6 against
+finite differences; float32 ≤ 1e-5 against jax.grad.
+"""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxbp
+from jaxbp import activations, losses
+from jaxbp.gradient_check import (
+    GradCheckReport,
+    LeafCheck,
+    finite_difference_grads,
+    gradcheck,
+    random_targets,
+    relative_error,
+)
+
+
+def _problem(model, loss, batch=4, seed=0, dtype=jnp.float64):
+    params = jaxbp.init_params(jax.random.key(seed), model, dtype=dtype)
+    # Non-zero biases, so their gradients are not a special case.
+    params = [
+        {**layer, "b": layer["b"] + 0.1 * (k + 1)} if "b" in layer else layer
+        for k, layer in enumerate(params)
+    ]
+    kx, ky = jax.random.split(jax.random.key(seed + 1))
+    x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
+    y = random_targets(ky, model, loss, batch, dtype)
+    return params, x, y
+
+
+# One set of sizes for all configurations: eager ops compile once per shape, so sharing
+# shapes keeps this module fast. Two hidden layers, so δ passes through g' twice.
+SIZES = (3, 5, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("activation", "output", "loss", "use_bias"),
+    [
+        ("sigmoid", "identity", "mse", True),
+        ("tanh", "softmax", "softmax_cross_entropy", True),
+        ("softplus", "sigmoid", "bce", False),
+        ("relu", "sigmoid", "sse", True),
+        ("leaky_relu", "identity", "half_mse", True),
+    ],
+)
+def test_gradcheck_passes_float64(x64, activation, output, loss, use_bias):
+    model = jaxbp.MLP(SIZES, activation, output, use_bias)
+    params, x, y = _problem(model, loss)
+    report = gradcheck(model, loss, params, x, y, fd_entries_per_leaf=8)
+    assert report.passed, report.table()
+    assert report.dtype == "float64"
+    assert report.autodiff_threshold == 1e-10
+    assert report.finite_diff_threshold == 1e-6
+    assert report.max_vs_autodiff <= 1e-10
+    assert report.max_vs_finite_diff <= 1e-6
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    assert len(report.rows) == len(leaves)
+    for row, (path, leaf) in zip(report.rows, leaves, strict=True):
+        assert (row.layer, row.leaf) == (path[0].idx + 1, path[1].key)
+        assert row.shape == leaf.shape
+        assert row.fd_entries == min(leaf.size, 8)
+        assert 0 <= row.fd_skipped <= row.fd_entries
+        assert row.fd_skipped < row.fd_entries or row.fd_entries == 0
+        assert not math.isnan(row.vs_finite_diff)
+
+
+@pytest.mark.parametrize(
+    ("activation", "output", "loss"),
+    [("sigmoid", "sigmoid", "half_mse"), ("relu", "softmax", "softmax_cross_entropy")],
+)
+def test_gradcheck_passes_float32(activation, output, loss):
+    model = jaxbp.MLP(SIZES, activation, output)
+    params, x, y = _problem(model, loss, dtype=jnp.float32)
+    report = gradcheck(model, loss, params, x, y)
+    assert report.passed, report.table()
+    assert report.dtype == "float32"
+    assert report.autodiff_threshold == 1e-5
+    assert report.max_vs_autodiff <= 1e-5
+    # No finite differences in float32: rounding would swamp them.
+    assert all(row.fd_entries == 0 and math.isnan(row.vs_finite_diff) for row in report.rows)
+    assert math.isnan(report.max_vs_finite_diff)
+
+
+def test_gradcheck_skips_entries_across_a_relu_kink(x64):
+    """A hidden ReLU unit whose pre-activation is 1e-4 on one example: steps of h = 1e-3 on
+    its bias cross the kink, so those finite differences are skipped, and the check passes."""
+    model = jaxbp.MLP((2, 3, 1), activation="relu")
+    params = [
+        {"W": jnp.array([[1.0, 0.0], [0.5, -0.5], [-1.0, 1.0]]), "b": jnp.array([1e-4, 0.2, 0.3])},
+        {"W": jnp.array([[1.0, -2.0, 0.5]]), "b": jnp.array([0.1])},
+    ]
+    x = jnp.array([[0.0, 1.0], [1.0, 2.0], [-1.0, 0.5]])  # z_1 = 1e-4 on the first example
+    y = jnp.array([[0.3], [-0.2], [1.0]])
+    report = gradcheck(model, "mse", params, x, y)
+    assert report.passed, report.table()
+    b1 = next(r for r in report.rows if (r.layer, r.leaf) == (1, "b"))
+    assert b1.fd_skipped >= 1
+    assert sum(r.fd_skipped for r in report.rows) >= 1
+    # The skipped entry really is invalid: its finite difference straddles the kink.
+    fd, valid = finite_difference_grads(model, "mse", params, x, y, jnp.array([6]))
+    assert not bool(valid[0])
+    _, grads = jaxbp.loss_and_grad(model, "mse", params, x, y)
+    assert relative_error(grads[0]["b"][0], fd[0]) > 1e-6
+
+
+def test_finite_difference_grads_match_jax_grad(x64):
+    model = jaxbp.MLP((3, 4, 2), "tanh", "identity")
+    params, x, y = _problem(model, "mse", seed=3)
+    flat = ravel_pytree(jax.grad(jaxbp.loss_value, argnums=2)(model, "mse", params, x, y))[0]
+    indices = jnp.array([0, 5, 11, 12, 15, 20, 25])
+    fd, valid = finite_difference_grads(model, "mse", params, x, y, indices)
+    chex.assert_shape((fd, valid), (7,))
+    assert bool(jnp.all(valid))  # no kinks in a tanh net
+    chex.assert_trees_all_close(fd, flat[indices], rtol=1e-8, atol=1e-10)
+
+
+def _wrong_sigmoid():
+    """σ' taken as 1 − a² (tanh's rule from the output), a plausible mix-up."""
+    return activations._elementwise("sigmoid", jax.nn.sigmoid, lambda a: 1 - a * a)
+
+
+def test_gradcheck_catches_a_wrong_activation_derivative(x64, monkeypatch):
+    # Sizes used nowhere else, so no cached trace of the wrong rule can leak into other tests.
+    model = jaxbp.MLP((5, 7, 3), "sigmoid", "identity")
+    params, x, y = _problem(model, "mse", seed=4)
+    assert gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4).passed
+    monkeypatch.setitem(activations.ACTIVATIONS, "sigmoid", _wrong_sigmoid())
+    report = gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4)
+    assert report.passed is False
+    assert report.max_vs_autodiff > 0.1
+    assert report.max_vs_finite_diff > 0.1
+    first = [r for r in report.rows if r.layer == 1]
+    assert all(r.vs_autodiff > 0.1 and r.custom_vjp_vs_autodiff > 0.1 for r in first)
+    # The output layer (identity) comes before any σ', so it is still right.
+    last = [r for r in report.rows if r.layer == 2]
+    assert all(r.vs_autodiff <= 1e-10 for r in last)
+    assert "FAIL" in report.table()
+    assert "PASS" not in report.table()
+
+
+def test_gradcheck_catches_the_sign_error_of_seed_001(x64, monkeypatch):
+    """Seed 001's question writes ∂ℒ/∂ŷ = 2(y − ŷ): the sign flip gives relative error 2.
+
+    Only `loss_and_grad` uses the hand-written ∂L/∂ŷ; the custom_vjp path differentiates the
+    loss value by jax.grad, so it still agrees with the oracle.
+    """
+    model = jaxbp.MLP((4, 3, 2), "tanh", "sigmoid")
+    params, x, y = _problem(model, "sse", seed=5)
+    wrong = losses.LOSSES["sse"]._replace(grad=lambda y_hat, y: 2 * (y - y_hat))
+    monkeypatch.setitem(losses.LOSSES, "sse", wrong)
+    report = gradcheck(model, "sse", params, x, y, fd_entries_per_leaf=4)
+    assert not report.passed
+    for row in report.rows:
+        assert row.vs_autodiff == pytest.approx(2.0, rel=1e-9)
+        assert row.vs_finite_diff == pytest.approx(2.0, rel=1e-6)
+        assert row.custom_vjp_vs_autodiff <= 1e-10
+
+
+def test_relative_error_does_not_hide_nan():
+    error = relative_error(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+    assert not error <= 1e-5
+
+
+def test_gradcheck_fails_a_nan_gradient(x64, monkeypatch):
+    model = jaxbp.MLP((2, 3, 2), "tanh", "identity")
+    params, x, y = _problem(model, "mse", seed=7)
+    nan_grad = losses.LOSSES["mse"]._replace(grad=lambda y_hat, y: jnp.full_like(y_hat, jnp.nan))
+    monkeypatch.setitem(losses.LOSSES, "mse", nan_grad)
+    _, grads = jaxbp.loss_and_grad(model, "mse", params, x, y)
+    assert bool(jnp.all(jnp.isnan(grads[0]["W"])))  # the hand-written gradient is all NaN
+    report = gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4)
+    assert not report.passed
+
+
+def test_gradcheck_rejects_non_float_params():
+    model = jaxbp.MLP((3, 2))
+    params = [{"W": jnp.ones((2, 3), jnp.float16), "b": jnp.zeros(2, jnp.float16)}]
+    with pytest.raises(ValueError, match="float32 or float64.*float16"):
+        gradcheck(model, "mse", params, jnp.ones((2, 3)), jnp.ones((2, 2)))
+
+
+def test_relative_error_semantics():
+    assert relative_error(jnp.zeros(3), jnp.zeros(3)) == 0.0  # both zero: no error
+    assert relative_error(jnp.array([0.0, 2.0]), jnp.array([0.0, 1.0])) == 0.5  # / max(|a|,|b|)
+    assert relative_error(jnp.array([1.0]), jnp.array([-1.0])) == 2.0
+    assert relative_error(jnp.array([1e-8]), jnp.array([0.0])) == 1.0
+    # The floor: a difference of 1e-8 between tiny entries is measured against 1e-6.
+    assert relative_error(jnp.array([1e-8]), jnp.array([0.0]), floor=1e-6) == pytest.approx(1e-2)
+    # A floor below |a| and |b| changes nothing.
+    assert relative_error(jnp.array([3.0]), jnp.array([2.0]), floor=1e-6) == pytest.approx(1 / 3)
+    # The maximum over entries, symmetric in its arguments.
+    a, b = jnp.array([1.0, 10.0, 4.0]), jnp.array([1.1, 10.0, 2.0])
+    assert relative_error(a, b) == pytest.approx(0.5)
+    assert relative_error(b, a) == pytest.approx(0.5)
+    assert relative_error(jnp.zeros((0,)), jnp.zeros((0,))) == 0.0
+    assert isinstance(relative_error(a, b), float)
+
+
+def test_table_shows_rows_and_verdict(x64):
+    model = jaxbp.MLP((3, 4, 2), "tanh", "identity", use_bias=False)
+    params, x, y = _problem(model, "mse", seed=6)
+    report = gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4)
+    table = report.table()
+    assert "PASS (float64)" in table
+    assert "FAIL" not in table
+    assert "1e-10" in table and "1e-06" in table
+    body = [line for line in table.splitlines() if line.startswith("| ") and "layer" not in line]
+    assert len(body) == 2  # one row per W (no biases)
+    assert body[0].startswith("| 1 | W | (4, 3) |")
+    assert body[1].startswith("| 2 | W | (2, 4) |")
+
+
+def test_table_shows_fail():
+    row = LeafCheck(1, "W", (2, 3), 1e-3, 1e-12, float("nan"), 0, 0)
+    report = GradCheckReport((row,), "float32", 1e-5, 1e-6)
+    assert not report.passed
+    assert "FAIL (float32)" in report.table()
+    assert report.max_vs_autodiff == 1e-3
+    ok = report._replace(rows=(row._replace(vs_autodiff=1e-6),))
+    assert ok.passed
+    assert "PASS (float32)" in ok.table()
+    fd_bad = report._replace(
+        rows=(row._replace(vs_autodiff=0.0, vs_finite_diff=1e-3, fd_entries=4),)
+    )
+    assert not fd_bad.passed
+
+
+def test_random_targets_bce_is_binary():
+    model = jaxbp.MLP((3, 4))
+    y = random_targets(jax.random.key(0), model, "bce", 50)
+    chex.assert_shape(y, (50, 4))
+    assert y.dtype == jnp.float32
+    values = np.unique(np.asarray(y))
+    assert set(values.tolist()) == {0.0, 1.0}
+
+
+def test_random_targets_softmax_is_one_hot(x64):
+    model = jaxbp.MLP((3, 5))
+    y = random_targets(jax.random.key(1), model, "softmax_cross_entropy", 40, jnp.float64)
+    chex.assert_shape(y, (40, 5))
+    assert y.dtype == jnp.float64
+    y = np.asarray(y)
+    assert set(np.unique(y).tolist()) == {0.0, 1.0}
+    np.testing.assert_array_equal(y.sum(axis=1), np.ones(40))
+    assert len(np.unique(y.argmax(axis=1))) > 1  # not all one class
+
+
+@pytest.mark.parametrize("loss", ["mse", "half_mse", "sse"])
+def test_random_targets_regression_is_normal(loss):
+    model = jaxbp.MLP((3, 2))
+    y = np.asarray(random_targets(jax.random.key(2), model, loss, 500))
+    assert y.shape == (500, 2)
+    assert len(np.unique(y)) == y.size
+    assert abs(y.mean()) < 0.2
+    assert 0.8 < y.std() < 1.2
