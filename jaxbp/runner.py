@@ -8,7 +8,6 @@ Uses the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib, scik
 """
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import optax
 
 from jaxbp import data as data_lib
-from jaxbp import losses, parallel, train
+from jaxbp import losses, parallel, run_outputs, train
 from jaxbp.mlp import MLP, init_params
 
 
@@ -294,7 +293,7 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     primary = parallel.is_primary()  # only process 0 writes logs, metrics and summaries
     log = log if primary else (lambda _: None)
     os.makedirs(config.workdir, exist_ok=True)
-    writer = _Outputs(config.workdir, dataset.task) if primary else None
+    writer = run_outputs.RunOutputs(config.workdir, dataset.task) if primary else None
     checkpointer = _checkpointer(config, model)  # every process takes part in a save
     start_epoch = 0
     latest = checkpointer.latest_epoch()
@@ -385,70 +384,3 @@ def _progress_line(record: dict[str, float], epochs: int, eta: float) -> str:
         f"val {quality} {fmt(record[f'val_{quality}'])}  "
         f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s"
     )
-
-
-class _Outputs:
-    """metrics.jsonl, TensorBoard events, curves.png and summary.json in the workdir."""
-
-    def __init__(self, workdir: str, task: str):
-        from tensorboardX import SummaryWriter
-
-        self.workdir = workdir
-        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-        self.task = task
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def truncate_after(self, epoch: int) -> None:
-        """Drops lines written after the checkpoint a resumed run starts from."""
-        records = [r for r in self.records() if r["epoch"] <= epoch]
-        self._write_lines(records)
-
-    def records(self) -> list[dict[str, float]]:
-        if not os.path.exists(self.metrics_path):
-            return []
-        with open(self.metrics_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def write(self, record: dict[str, float]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for name, value in record.items():
-            if name not in ("epoch", "step"):
-                self.tensorboard.add_scalar(name, value, record["step"])
-        self.tensorboard.flush()
-
-    def _write_lines(self, records: list[dict[str, float]]) -> None:
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, self.metrics_path)
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self.tensorboard.close()
-        _plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"))
-        tmp = os.path.join(self.workdir, "summary.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(self.workdir, "summary.json"))
-
-
-def _plot_curves(records: list[dict[str, float]], task: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    quality = "accuracy" if task == "classification" else "r2"
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=split)
-        ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    ax_quality.set(xlabel="epoch", ylabel=quality, title=quality)
-    for ax in (ax_loss, ax_quality):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
