@@ -32,6 +32,9 @@ _SEED = flags.DEFINE_integer("seed", None, "Seeds the split, the init and the sh
 _BACKWARD = flags.DEFINE_enum(
     "backward", None, ["custom", "autodiff"], "custom: the δ recursion; autodiff: jax.grad."
 )
+_CLIP = flags.DEFINE_float(
+    "clip_per_example", None, "Clip each example's gradient to this norm (DP-SGD); unset: off."
+)
 _PRECISION = flags.DEFINE_enum("precision", None, ["float32", "float64"], "Float dtype.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Outputs; reuse one to resume from it.")
 _CKPT = flags.DEFINE_integer("checkpoint_interval", None, "Epochs between checkpoints.")
@@ -72,6 +75,7 @@ def config_from_flags() -> runner.RunConfig:
         epochs=_EPOCHS.value,
         seed=_SEED.value,
         backward=_BACKWARD.value,
+        clip_per_example=_CLIP.value,
         precision=_PRECISION.value,
         workdir=_WORKDIR.value,
         checkpoint_interval=_CKPT.value,

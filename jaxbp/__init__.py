@@ -18,6 +18,7 @@ from jaxbp.backprop import (
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import MLP, Params, forward_autodiff, forward_logits, init_params
+from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms
 
 __all__ = (
     "ACTIVATIONS",
@@ -33,6 +34,7 @@ __all__ = (
     "Residuals",
     "apply",
     "backward_from_output_delta",
+    "clipped_loss_and_grad",
     "forward_autodiff",
     "forward_logits",
     "forward_with_residuals",
@@ -41,5 +43,6 @@ __all__ = (
     "loss_and_grad",
     "loss_value",
     "output_delta",
+    "per_example_grad_norms",
     "per_example_grads",
 )

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jaxbp import data as data_lib
-from jaxbp import losses, parallel, run_outputs, train
+from jaxbp import losses, parallel, per_example, run_outputs, train
 from jaxbp.mlp import MLP, init_params
 
 
@@ -45,6 +45,7 @@ class RunConfig:
     epochs: int = 30
     seed: int = 0
     backward: str = "custom"
+    clip_per_example: float | None = None  # C of DP-SGD per-example clipping; None: off
     precision: str = "float32"
     workdir: str = ""
     checkpoint_interval: int = 5
@@ -160,6 +161,15 @@ def check_config(config: RunConfig) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"--{name} must be positive, got {value}.")
+    if config.clip_per_example is not None and not config.clip_per_example > 0:
+        raise ValueError(
+            f"--clip_per_example must be positive, got {config.clip_per_example}: it is the "
+            "largest per-example gradient norm kept; leave it unset for no clipping."
+        )
+    if config.clip_per_example is not None and config.backward != "custom":
+        raise ValueError(
+            "--clip_per_example scales the rows of the hand-written δ: use --backward=custom."
+        )
     if config.warmup_epochs < 0 or config.weight_decay < 0:
         raise ValueError("--warmup_epochs and --weight_decay must be >= 0.")
     for name, allowed in (
@@ -269,7 +279,12 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     mesh = parallel.make_mesh(config.num_devices)
     parallel.check_batch_size(config.batch_size, mesh)
     dataset, model, optimizer, steps_per_epoch, state = _setup(config)
-    step = train.make_train_step(model, config.loss, optimizer, backward=config.backward)
+    grad_fn = None
+    if config.clip_per_example is not None:  # the δ rows are clipped: hand-written only
+        grad_fn = per_example.make_clipped_grad_fn(model, config.loss, config.clip_per_example)
+    step = train.make_train_step(
+        model, config.loss, optimizer, backward=config.backward, grad_fn=grad_fn
+    )
     epoch_fn = train.make_epoch(
         step,
         config.batch_size,

@@ -136,6 +136,8 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         (dict(loss="bce"), "needs output_activation='sigmoid'"),
         (dict(optimizer="lbfgs"), "--optimizer='lbfgs' is not one of"),
         (dict(activation="swish"), "unknown activation 'swish'"),
+        (dict(clip_per_example=-1.0), "--clip_per_example must be positive"),
+        (dict(clip_per_example=1.0, backward="autodiff"), "use --backward=custom"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tmp_path, overrides, message):
@@ -164,3 +166,12 @@ def test_custom_and_autodiff_give_the_same_curves_on_digits(tmp_path):
     np.testing.assert_allclose(losses_c, losses_a, rtol=1e-5)
     rel = abs(summaries["custom"]["test_loss"] - summaries["autodiff"]["test_loss"])
     assert rel / summaries["autodiff"]["test_loss"] <= 1e-5
+
+
+def test_per_example_clipping_trains_and_changes_the_run(tmp_path):
+    plain = runner.run(_config(tmp_path, "plain", epochs=2), log=lambda _: None)
+    clipped = runner.run(
+        _config(tmp_path, "clipped", epochs=2, clip_per_example=0.05), log=lambda _: None
+    )
+    assert clipped["flags"]["clip_per_example"] == 0.05
+    assert np.isfinite(clipped["test_loss"]) and clipped["test_loss"] != plain["test_loss"]

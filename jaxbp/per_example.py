@@ -1,0 +1,206 @@
+"""Per-example gradient norms and per-example clipping from one δ recursion.
+
+The gradient of a dense layer on one example is an outer product (seed 003, Summary of
+Gradients, for a single row i)::
+
+    ∂L_i/∂W^[k] = δ_i^[k] a_i^[k−1]ᵀ        ∂L_i/∂b^[k] = δ_i^[k]
+
+and ``‖u vᵀ‖_F² = Σ_jl u_j² v_l² = ‖u‖² ‖v‖²``, so the norm of example i's whole gradient is::
+
+    ‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])
+
+Here ``δ_i^[k] = ∂L_i/∂z_i^[k]`` is the error of example i's own loss, the loss on a batch of
+one, as in `jaxbp.per_example_grads`. The recursion ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])``
+acts on each row alone and is linear in ``δ^[L]``, so running it once from the per-example
+output errors gives every ``δ_i^[k]`` at the cost of one backward pass without its
+weight-gradient matmuls, and without forming the B gradients that `per_example_grads` (a
+`vmap`) materialises: the rank-1 trick of BackPACK and Opacus (ghost norms).
+
+Clipping (DP-SGD, Abadi et al. 2016) scales example i's gradient by
+``c_i = min(1, C / ‖∇_θ L_i‖)`` before the batch reduction. Since the batch gradient is
+``Σ_i w δ_i a_iᵀ`` (w = 1/n for the mean losses, 1 for ``"sse"``), the clipped one is the same
+matmuls with the rows of every δ scaled by ``w c_i``::
+
+    ∂̃/∂W^[k] = (w c ∘ δ^[k])ᵀ a^[k−1]        ∂̃/∂b^[k] = (w c)ᵀ δ^[k]
+
+so a clipped step costs the same three matmuls per layer as a plain one.
+
+References:
+  Goodfellow, "Efficient per-example gradient computations", arXiv:1510.01799 (2015).
+  Abadi et al., "Deep learning with differential privacy", CCS 2016.
+  Dangel, Kunstner, Hennig, "BackPACK: Packing more into backprop", ICLR 2020.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp import activations, backprop
+from jaxbp import losses as losses_lib
+from jaxbp.mlp import MLP, Params
+
+Array = jax.Array
+
+# losses.py contract: every loss but these is the mean over the batch of a per-example loss.
+_SUM_LOSSES = ("sse",)
+
+
+def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
+    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for ``"sse"``."""
+    return 1.0 if loss_fn.name in _SUM_LOSSES else 1.0 / batch_size
+
+
+def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
+    """``δ_i^[L] = ∂L_i/∂z_i^[L]`` row by row: the loss's own output δ on a batch of one."""
+
+    def one(y_hat_i: Array, y_i: Array) -> Array:
+        y_hat_i, y_i = y_hat_i[None], y_i[None]
+        if loss_fn.delta_from_output is not None:
+            return loss_fn.delta_from_output(y_hat_i, y_i)[0]
+        return backprop.output_delta(model, y_hat_i, loss_fn.grad(y_hat_i, y_i))[0]
+
+    return jax.vmap(one)(y_hat, y)
+
+
+def deltas_from_output_delta(
+    model: MLP, residuals: backprop.Residuals, delta: Array
+) -> tuple[Array, ...]:
+    """The δ recursion of `jaxbp.backward_from_output_delta`, keeping every layer's δ.
+
+    Args:
+      model: the network.
+      residuals: from `jaxbp.forward_with_residuals`.
+      delta: ``δ^[L]: (batch, nL)``.
+
+    Returns:
+      ``(δ^[1], ..., δ^[L])``, ``δ^[k]: (batch, n_k)`` (seed 002 §3.5: the error of layer k
+      is the next layer's error sent back through its weights, times g'(z^[k])).
+    """
+    hidden = activations.ACTIVATIONS[model.activation]
+    deltas = [delta]
+    for k in reversed(range(1, model.num_layers)):
+        delta = hidden.vjp(residuals.activations[k], delta @ residuals.weights[k])
+        deltas.append(delta)
+    return tuple(reversed(deltas))
+
+
+def _forward_and_example_deltas(
+    model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
+) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
+    """The batch loss, the residuals, every ``δ_i^[k]`` and ``‖∇_θ L_i‖: (batch,)``."""
+    z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
+    if loss_fn.value_from_logits is not None:
+        value = loss_fn.value_from_logits(z_out, y)
+    else:
+        value = loss_fn.value(y_hat, y)
+    deltas = deltas_from_output_delta(
+        model, residuals, _example_output_deltas(model, loss_fn, y_hat, y)
+    )
+    sq_norms = jnp.zeros(x.shape[0], x.dtype)
+    for delta, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
+        a_sq = jnp.sum(a_prev * a_prev, axis=-1)
+        if model.use_bias:
+            a_sq = a_sq + 1
+        sq_norms = sq_norms + jnp.sum(delta * delta, axis=-1) * a_sq
+    return value, residuals, deltas, jnp.sqrt(sq_norms)
+
+
+def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Array:
+    """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (the rank-1 trick).
+
+    ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
+    `jaxbp.per_example_grads` (the gradient of the loss on example i alone) without forming
+    them; the cost is one forward and one backward pass without the weight-gradient matmuls.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+
+    Returns:
+      ``(batch,)``: the global L2 norm over all layers of each example's gradient.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 1))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> norms = jaxbp.per_example_grad_norms(model, "mse", params, jax.numpy.ones((5, 3)),
+      ...                                      jax.numpy.zeros((5, 1)))
+      >>> norms.shape
+      (5,)
+    """
+    loss_fn, x, y = backprop._prepare(model, loss, params, x, y)
+    return _forward_and_example_deltas(model, loss_fn, params, x, y)[3]
+
+
+def clipped_loss_and_grad(
+    model: MLP, loss: str, params: Params, x: Array, y: Array, clip_norm: float | Array
+) -> tuple[Array, Params]:
+    """The loss and the per-example-clipped gradient (DP-SGD's clipping, without the noise).
+
+    Example i's gradient is scaled by ``c_i = min(1, C / ‖∇_θ L_i‖)`` and the scaled gradients
+    are reduced as the loss reduces its examples (the mean; the sum for ``"sse"``), so with
+    ``C = inf`` this is `jaxbp.loss_and_grad`. No per-example gradient is formed: the rows of
+    each δ are scaled by ``w c_i`` before the weight-gradient matmuls (module docstring).
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+      clip_norm: C > 0, the largest per-example gradient norm kept.
+
+    Returns:
+      ``(loss_value, grads)``: the unclipped batch loss and the clipped gradient, shaped like
+      ``params``.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 1))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> value, grads = jaxbp.clipped_loss_and_grad(
+      ...     model, "mse", params, jax.numpy.ones((5, 3)), jax.numpy.zeros((5, 1)), 1.0)
+      >>> grads[0]["W"].shape
+      (4, 3)
+    """
+    if isinstance(clip_norm, (int, float)) and not clip_norm > 0:
+        raise ValueError(
+            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
+            "gradient norm kept (use float('inf') for no clipping)."
+        )
+    loss_fn, x, y = backprop._prepare(model, loss, params, x, y)
+    value, residuals, deltas, norms = _forward_and_example_deltas(model, loss_fn, params, x, y)
+    # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
+    clip = jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
+    row_scale = (_batch_weight(loss_fn, x.shape[0]) * clip).astype(x.dtype)
+    grads: Params = []
+    for delta, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
+        layer = {"W": (delta * row_scale[:, None]).T @ a_prev}
+        if model.use_bias:
+            layer["b"] = row_scale @ delta
+        grads.append(layer)
+    return value, grads
+
+
+def make_clipped_grad_fn(
+    model: MLP, loss: str, clip_norm: float
+) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
+    """``(params, x, y) -> (loss, clipped grads)`` for `jaxbp.train.make_train_step`'s ``grad_fn``.
+
+    Any optax optimiser then takes the clipped gradient as it takes a plain one; chain
+    ``optax.add_noise`` (or a DP accountant's noise) in front of it for DP-SGD proper.
+    """
+    if not clip_norm > 0:
+        raise ValueError(
+            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
+            "gradient norm kept."
+        )
+
+    def grad_fn(params: Params, x: Array, y: Array) -> tuple[Array, Params]:
+        return clipped_loss_and_grad(model, loss, params, x, y, clip_norm)
+
+    return grad_fn
