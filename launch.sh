@@ -8,6 +8,7 @@
 #   gradcheck   experiments/gradcheck.py      (gradient-check report)
 #   seeds       experiments/seeds.py          (each seed's closed form beside the library)
 #   bench       experiments/benchmark.py      (speed and memory benchmark)
+#   scaling     experiments/scaling.py        (examples/s against data-parallel devices)
 #   test        ruff (lint + format) and the pytest suite
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -49,6 +50,7 @@ case "$cmd" in
   train) exec "$python" -m experiments.train "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   seeds) exec "$python" -m experiments.seeds "$@" ;;
+  scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench)
     if ! "$python" -c "import torch" 2>/dev/null; then
       "$python" -m pip install --quiet -e ".[bench]" || echo "launch.sh: torch unavailable; benchmarking JAX only." >&2
@@ -58,5 +60,5 @@ case "$cmd" in
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     exec "$python" -m pytest -q -n 2 "$@" ;;
-  *) echo "launch.sh: unknown subcommand '$cmd': expected train, gradcheck, seeds, bench or test." >&2; exit 2 ;;
+  *) echo "launch.sh: unknown subcommand '$cmd': expected train, gradcheck, seeds, bench, scaling or test." >&2; exit 2 ;;
 esac

@@ -1,0 +1,32 @@
+"""Smoke test of experiments/scaling.py: it runs 1 and 2 forced devices and prints the table."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_scaling_prints_a_row_per_device_count():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.scaling",
+            "--devices=1,2",
+            "--epochs=1",
+            "--hidden_sizes=16",
+            "--batch_size=64",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    for row in rows:
+        examples_per_second = float(row.split("|")[3].replace(",", ""))
+        assert examples_per_second > 0
