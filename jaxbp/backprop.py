@@ -65,10 +65,33 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
     return z, a, Residuals(weights, tuple(acts))
 
 
+def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:
+    """The δ recursion: every layer's error from ``δ^[L]``.
+
+    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.5, with W^(k+1) where the seed
+    writes W^(L) for k = L): the error of layer k is the next layer's error sent back
+    through its weights. Each row is one example's, so the recursion acts on rows alone.
+
+    Args:
+      model: the network.
+      residuals: from `forward_with_residuals`.
+      delta: ``δ^[L] = ∂L/∂z^[L]: (batch, nL)``.
+
+    Returns:
+      ``(δ^[1], ..., δ^[L])`` with ``δ^[k]: (batch, n_k)``.
+    """
+    hidden = activations.ACTIVATIONS[model.activation]
+    deltas = [delta]
+    for k in reversed(range(1, model.num_layers)):
+        delta = hidden.vjp(residuals.activations[k], delta @ residuals.weights[k])
+        deltas.append(delta)
+    return tuple(reversed(deltas))
+
+
 def backward_from_output_delta(
     model: MLP, residuals: Residuals, delta: Array, *, input_grad: bool = True
 ) -> tuple[Params, Array | None]:
-    """Runs the δ recursion down from ``δ^[L]``.
+    """Runs the δ recursion down from ``δ^[L]`` and forms the gradients.
 
     Args:
       model: the network.
@@ -81,19 +104,15 @@ def backward_from_output_delta(
       and ``∂/∂b^[k] = Σ_batch δ^[k]`` (seed 003, Summary of Gradients; seed 002 §3.3), and
       ``∂/∂x = δ^[1] W^[1]``.
     """
-    grads: list[dict[str, Array]] = [{} for _ in residuals.weights]
-    hidden = activations.ACTIVATIONS[model.activation]
-    for k in reversed(range(model.num_layers)):
-        a_prev = residuals.activations[k]
-        grads[k]["W"] = delta.T @ a_prev
+    deltas = layer_deltas(model, residuals, delta)
+    grads = []
+    for delta_k, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
+        layer = {"W": delta_k.T @ a_prev}
         if model.use_bias:
-            grads[k]["b"] = jnp.sum(delta, axis=0)
-        if k == 0:
-            return grads, (delta @ residuals.weights[0] if input_grad else None)
-        # seed 002 §3.5 (with W^(k+1), which the seed writes as W^(L) for k = L): the
-        # error of layer k is the next layer's error sent back through its weights.
-        delta = hidden.vjp(a_prev, delta @ residuals.weights[k])
-    raise AssertionError("unreachable: an MLP has at least one layer")
+            layer["b"] = jnp.sum(delta_k, axis=0)
+        grads.append(layer)
+    x_bar = deltas[0] @ residuals.weights[0] if input_grad else None
+    return grads, x_bar
 
 
 def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:
@@ -167,7 +186,15 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     return y_hat[0] if single else y_hat
 
 
-def _prepare(model: MLP, loss: str, params: Params, x: Array, y: Array):
+def check_loss_inputs(
+    model: MLP, loss: str, params: Params, x: Array, y: Array
+) -> tuple[losses_lib.Loss, Array, Array]:
+    """Checks a loss call's arguments before any work; returns ``(Loss, x, y as (batch, nL))``.
+
+    Raises:
+      ValueError: for an unknown loss, a loss the output activation does not fit, params
+        that do not match the model, or ``x``/``y`` of the wrong shape.
+    """
     loss_fn = losses_lib.get_loss(loss, model.output_activation)
     mlp_lib.check_params(model, params)
     x = jnp.asarray(x)
@@ -210,7 +237,7 @@ def loss_and_grad(
       >>> grads[0]["W"].shape
       (4, 3)
     """
-    loss_fn, x, y = _prepare(model, loss, params, x, y)
+    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
     return _loss_and_grad(model, loss_fn, params, x, y)
 
 
@@ -218,14 +245,25 @@ def _loss_and_grad(
     model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
 ) -> tuple[Array, Params]:
     z_out, y_hat, residuals = forward_with_residuals(model, params, x)
-    if loss_fn.delta_from_output is not None:
-        value = loss_fn.value_from_logits(z_out, y)
-        delta = loss_fn.delta_from_output(y_hat, y)
-    else:
-        value = loss_fn.value(y_hat, y)
-        delta = output_delta(model, y_hat, loss_fn.grad(y_hat, y))
+    value = batch_loss(loss_fn, z_out, y_hat, y)
+    delta = loss_output_delta(model, loss_fn, y_hat, y)
     grads, _ = backward_from_output_delta(model, residuals, delta, input_grad=False)
     return value, grads
+
+
+def batch_loss(loss_fn: losses_lib.Loss, z_out: Array, y_hat: Array, y: Array) -> Array:
+    """The loss value, from the logits ``z_out`` for the fused losses, else from ``ŷ``."""
+    if loss_fn.value_from_logits is not None:
+        return loss_fn.value_from_logits(z_out, y)
+    return loss_fn.value(y_hat, y)
+
+
+def loss_output_delta(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
+    """``δ^[L]`` of a loss: fused ``(ŷ − y)/n`` for bce and softmax cross-entropy, else
+    ``ḡ ∘ f'(z^[L])`` with the loss's hand-written ``ḡ = ∂L/∂ŷ`` (seed 003, Step 1)."""
+    if loss_fn.delta_from_output is not None:
+        return loss_fn.delta_from_output(y_hat, y)
+    return output_delta(model, y_hat, loss_fn.grad(y_hat, y))
 
 
 def loss_value(
@@ -237,7 +275,7 @@ def loss_value(
     oracle that `gradcheck` compares against. With ``backward="custom"`` the network goes
     through `apply`'s custom_vjp and the loss is taken on ŷ.
     """
-    loss_fn, x, y = _prepare(model, loss, params, x, y)
+    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
     if backward == "autodiff" and loss_fn.value_from_logits is not None:
         return loss_fn.value_from_logits(mlp_lib.forward_logits(model, params, x), y)
     return loss_fn.value(apply(model, params, x, backward=backward), y)
@@ -257,7 +295,7 @@ def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array)
     Returns:
       A pytree like ``params`` with a leading ``batch`` axis on every leaf.
     """
-    loss_fn, x, y = _prepare(model, loss, params, x, y)
+    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
 
     def one(x_i: Array, y_i: Array) -> Params:
         return _loss_and_grad(model, loss_fn, params, x_i[None], y_i[None])[1]

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxbp import activations, backprop
+from jaxbp import backprop
 from jaxbp import losses as losses_lib
 from jaxbp.mlp import MLP, Params
 
@@ -55,34 +55,9 @@ def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y
     """``δ_i^[L] = ∂L_i/∂z_i^[L]`` row by row: the loss's own output δ on a batch of one."""
 
     def one(y_hat_i: Array, y_i: Array) -> Array:
-        y_hat_i, y_i = y_hat_i[None], y_i[None]
-        if loss_fn.delta_from_output is not None:
-            return loss_fn.delta_from_output(y_hat_i, y_i)[0]
-        return backprop.output_delta(model, y_hat_i, loss_fn.grad(y_hat_i, y_i))[0]
+        return backprop.loss_output_delta(model, loss_fn, y_hat_i[None], y_i[None])[0]
 
     return jax.vmap(one)(y_hat, y)
-
-
-def deltas_from_output_delta(
-    model: MLP, residuals: backprop.Residuals, delta: Array
-) -> tuple[Array, ...]:
-    """The δ recursion of `jaxbp.backward_from_output_delta`, keeping every layer's δ.
-
-    Args:
-      model: the network.
-      residuals: from `jaxbp.forward_with_residuals`.
-      delta: ``δ^[L]: (batch, nL)``.
-
-    Returns:
-      ``(δ^[1], ..., δ^[L])``, ``δ^[k]: (batch, n_k)`` (seed 002 §3.5: the error of layer k
-      is the next layer's error sent back through its weights, times g'(z^[k])).
-    """
-    hidden = activations.ACTIVATIONS[model.activation]
-    deltas = [delta]
-    for k in reversed(range(1, model.num_layers)):
-        delta = hidden.vjp(residuals.activations[k], delta @ residuals.weights[k])
-        deltas.append(delta)
-    return tuple(reversed(deltas))
 
 
 def _forward_and_example_deltas(
@@ -90,11 +65,8 @@ def _forward_and_example_deltas(
 ) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
     """The batch loss, the residuals, every ``δ_i^[k]`` and ``‖∇_θ L_i‖: (batch,)``."""
     z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
-    if loss_fn.value_from_logits is not None:
-        value = loss_fn.value_from_logits(z_out, y)
-    else:
-        value = loss_fn.value(y_hat, y)
-    deltas = deltas_from_output_delta(
+    value = backprop.batch_loss(loss_fn, z_out, y_hat, y)
+    deltas = backprop.layer_deltas(
         model, residuals, _example_output_deltas(model, loss_fn, y_hat, y)
     )
     sq_norms = jnp.zeros(x.shape[0], x.dtype)
@@ -132,7 +104,7 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
       >>> norms.shape
       (5,)
     """
-    loss_fn, x, y = backprop._prepare(model, loss, params, x, y)
+    loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
     return _forward_and_example_deltas(model, loss_fn, params, x, y)[3]
 
 
@@ -172,7 +144,7 @@ def clipped_loss_and_grad(
             f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
             "gradient norm kept (use float('inf') for no clipping)."
         )
-    loss_fn, x, y = backprop._prepare(model, loss, params, x, y)
+    loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
     value, residuals, deltas, norms = _forward_and_example_deltas(model, loss_fn, params, x, y)
     # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
     clip = jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)

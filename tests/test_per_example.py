@@ -173,17 +173,26 @@ def test_norms_and_clipping_under_jit():
     chex.assert_trees_all_close(traced, eager, rtol=1e-5, atol=1e-7)
 
 
-def test_deltas_from_output_delta_ends_like_backward_from_output_delta(x64):
-    # The weight gradients formed from the kept δ's are those of the library's recursion.
+def test_layer_deltas_are_the_gradients_at_every_pre_activation(x64):
+    # δ^[k] = ∂⟨δ^[L], z^[L]⟩/∂z^[k]: autodiff through a forward that adds ε_k to each z^[k].
     del x64
     model, _, params, x, _ = _problem(CASES[0], jnp.float64)
     _, _, residuals = jaxbp.forward_with_residuals(model, params, x)
     delta_out = jax.random.normal(jax.random.key(7), (BATCH, model.sizes[-1]), jnp.float64)
-    deltas = per_example.deltas_from_output_delta(model, residuals, delta_out)
-    grads, _ = jaxbp.backward_from_output_delta(model, residuals, delta_out, input_grad=False)
+
+    def output_dot(eps):
+        a = x
+        for k, (layer, act) in enumerate(zip(params, model.layer_activations, strict=True)):
+            z = a @ layer["W"].T + layer["b"] + eps[k]
+            if k == model.num_layers - 1:
+                return jnp.sum(delta_out * z)
+            a = act.fn(z)
+
+    zeros = [jnp.zeros((BATCH, n), jnp.float64) for n in model.sizes[1:]]
+    expected = jax.grad(output_dot)(zeros)
+    deltas = jaxbp.layer_deltas(model, residuals, delta_out)
     assert [d.shape for d in deltas] == [(BATCH, n) for n in model.sizes[1:]]
-    for delta, a_prev, layer in zip(deltas, residuals.activations[:-1], grads, strict=True):
-        chex.assert_trees_all_close(delta.T @ a_prev, layer["W"], rtol=1e-12, atol=1e-15)
+    chex.assert_trees_all_close(list(deltas), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_make_clipped_grad_fn_plugs_into_the_trainer(x64):
