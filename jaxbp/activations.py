@@ -22,7 +22,7 @@ LEAKY_RELU_SLOPE = 0.01
 
 
 class Activation(NamedTuple):
-    """An activation and its backward rule.
+    """An activation and its backward rule (seed 003, "why?" step one; seed 002's g).
 
     Attributes:
       name: the name used by `MLP` (e.g. ``"sigmoid"``).

@@ -31,7 +31,7 @@ BACKWARDS = ("custom", "autodiff")
 
 
 class Residuals(NamedTuple):
-    """What the backward pass keeps from the forward pass.
+    """What the backward pass keeps from the forward pass (seed 002's h^(k), seed 003's a^[k]).
 
     Attributes:
       weights: ``W^[k]: (n_k, n_{k-1})`` for k = 1..L (needed to send δ back a layer).
@@ -43,7 +43,7 @@ class Residuals(NamedTuple):
 
 
 def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array, Array, Residuals]:
-    """Forward pass keeping the residuals of the δ recursion.
+    """Forward pass keeping the residuals of the δ recursion (seed 003, Forward Propagation).
 
     Args:
       model: the network.
@@ -269,7 +269,7 @@ def loss_output_delta(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Arr
 def loss_value(
     model: MLP, loss: str, params: Params, x: Array, y: Array, *, backward: str = "autodiff"
 ) -> Array:
-    """The loss as a differentiable function of ``params`` (for ``jax.grad``).
+    """The loss as a differentiable function of ``params`` (seed 000 eq. 2; for ``jax.grad``).
 
     With ``backward="autodiff"`` it is plain jnp code (fused losses from the logits): the
     oracle that `gradcheck` compares against. With ``backward="custom"`` the network goes

@@ -35,7 +35,7 @@ FINITE_DIFF_FLOOR = 1e-6
 
 
 class LeafCheck(NamedTuple):
-    """The check of one parameter leaf (e.g. layer 2, ``"W"``)."""
+    """The check of one parameter leaf (e.g. layer 2, ``"W"``: seed 003's ∂L/∂W^[2])."""
 
     layer: int
     leaf: str
@@ -48,7 +48,7 @@ class LeafCheck(NamedTuple):
 
 
 class GradCheckReport(NamedTuple):
-    """All leaves of one check, with the thresholds that decide pass or fail."""
+    """All leaves of one check (seed 003's four gradients and more), with the thresholds."""
 
     rows: tuple[LeafCheck, ...]
     dtype: str

@@ -198,7 +198,7 @@ def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
 
 
 def forward_logits(model: MLP, params: Params, x: Array) -> Array:
-    """The plain forward pass up to the output pre-activation ``z^[L]``.
+    """The plain forward pass up to the output pre-activation ``z^[L]`` (seed 003's z^[2]).
 
     Plain jnp code, differentiated by ``jax.grad``: the oracle for the custom backward.
     """

@@ -79,7 +79,7 @@ def _forward_and_example_deltas(
 
 
 def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Array:
-    """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (the rank-1 trick).
+    """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (seed 000 eq. 14's ∂L_i/∂W).
 
     ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
     `jaxbp.per_example_grads` (the gradient of the loss on example i alone) without forming
@@ -111,7 +111,7 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
 def clipped_loss_and_grad(
     model: MLP, loss: str, params: Params, x: Array, y: Array, clip_norm: float | Array
 ) -> tuple[Array, Params]:
-    """The loss and the per-example-clipped gradient (DP-SGD's clipping, without the noise).
+    """The loss and the per-example-clipped gradient (seed 000 eq. 3 with each ∂L_i/∂W clipped).
 
     Example i's gradient is scaled by ``c_i = min(1, C / ‖∇_θ L_i‖)`` and the scaled gradients
     are reduced as the loss reduces its examples (the mean; the sum for ``"sse"``), so with
