@@ -105,14 +105,30 @@ def backward_from_output_delta(
       ``∂/∂x = δ^[1] W^[1]``.
     """
     deltas = layer_deltas(model, residuals, delta)
+    x_bar = deltas[0] @ residuals.weights[0] if input_grad else None
+    return gradients_from_deltas(model, residuals, deltas), x_bar
+
+
+def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array, ...]) -> Params:
+    """``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]`` and ``∂/∂b^[k] = Σ_batch δ^[k]`` from every layer's δ.
+
+    Seed 003, Summary of Gradients (seed 002 §3.3 without biases), summed over the rows.
+
+    Args:
+      model: the network.
+      residuals: from `forward_with_residuals` (the activations ``a^[k−1]``).
+      deltas: ``(δ^[1], ..., δ^[L])`` as from `layer_deltas`.
+
+    Returns:
+      One ``{"W", "b"}`` dict per layer, shaped like the params.
+    """
     grads = []
     for delta_k, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
         layer = {"W": delta_k.T @ a_prev}
         if model.use_bias:
             layer["b"] = jnp.sum(delta_k, axis=0)
         grads.append(layer)
-    x_bar = deltas[0] @ residuals.weights[0] if input_grad else None
-    return grads, x_bar
+    return grads
 
 
 def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:

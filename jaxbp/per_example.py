@@ -149,13 +149,8 @@ def clipped_loss_and_grad(
     # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
     clip = jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
     row_scale = (_batch_weight(loss_fn, x.shape[0]) * clip).astype(x.dtype)
-    grads: Params = []
-    for delta, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
-        layer = {"W": (delta * row_scale[:, None]).T @ a_prev}
-        if model.use_bias:
-            layer["b"] = row_scale @ delta
-        grads.append(layer)
-    return value, grads
+    scaled = tuple(delta * row_scale[:, None] for delta in deltas)
+    return value, backprop.gradients_from_deltas(model, residuals, scaled)
 
 
 def make_clipped_grad_fn(

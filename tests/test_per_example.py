@@ -14,6 +14,7 @@ import pytest
 
 import jaxbp
 from jaxbp import per_example, train
+from jaxbp.gradient_check import random_targets
 
 BATCH = 7
 
@@ -37,13 +38,7 @@ def _problem(case, dtype, seed=0, sizes=(5, 6, 4)):
     kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
     params = jaxbp.init_params(kp, model, dtype=dtype)
     x = jax.random.normal(kx, (BATCH, sizes[0]), dtype)
-    if loss == "softmax_cross_entropy":
-        y = jax.nn.one_hot(jax.random.randint(ky, (BATCH,), 0, n_out), n_out, dtype=dtype)
-    elif loss == "bce":
-        y = jax.random.bernoulli(ky, 0.5, (BATCH, n_out)).astype(dtype)
-    else:
-        y = jax.random.normal(ky, (BATCH, n_out), dtype)
-    return model, loss, params, x, y
+    return model, loss, params, x, random_targets(ky, model, loss, BATCH, dtype)
 
 
 def _reference_norms(model, loss, params, x, y):

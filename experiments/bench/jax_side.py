@@ -17,6 +17,7 @@ import jaxbp
 from experiments.bench.config import BenchConfig, Point
 from experiments.bench.timing import Thunk, _block
 from jaxbp import backprop, per_example, train
+from jaxbp.gradient_check import random_targets
 from jaxbp.mlp import MLP
 
 Array = jax.Array
@@ -45,14 +46,7 @@ def gradient_flops(model: MLP, batch: int) -> int:
 def _make_batch(model: MLP, loss: str, batch: int, dtype: Any, key: Array) -> tuple[Array, Array]:
     kx, ky = jax.random.split(key)
     x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
-    n_out = model.sizes[-1]
-    if loss == "softmax_cross_entropy":
-        y = jax.nn.one_hot(jax.random.randint(ky, (batch,), 0, n_out), n_out, dtype=dtype)
-    elif loss == "bce":
-        y = jax.random.bernoulli(ky, 0.5, (batch, n_out)).astype(dtype)
-    else:
-        y = jax.random.normal(ky, (batch, n_out), dtype)
-    return x, y
+    return x, random_targets(ky, model, loss, batch, dtype)
 
 
 def _matmuls(params, acts, deltas):
