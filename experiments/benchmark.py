@@ -96,6 +96,12 @@ _TORCH_COMPILE = flags.DEFINE_boolean(
     "torch_compile", None, "Time torch.compile too (default: on, off with --quick: ~15 s each)."
 )
 _DIGITS = flags.DEFINE_boolean("digits", True, "The digits epoch: lax.scan against torch eager.")
+_DIGITS_WARMUP = flags.DEFINE_integer(
+    "digits_warmup_calls",
+    1,
+    "Untimed epochs right before each timed digits epoch (0: timed right after the other "
+    "framework's epoch, caches cold).",
+)
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output folder (default runs/bench-<time>).")
 
 QUICK_GRID = dict(depths=(2,), widths=(32, 256, 1024), batch_sizes=(32, 256))
@@ -221,7 +227,7 @@ def digits_benchmark(config: BenchConfig, torch) -> list[dict[str, Any]]:
     """Milliseconds per epoch of the digits networks: scan, Python loop, torch eager.
 
     The trainer's recipe (tanh, softmax cross-entropy, adam 3e-3, batch 32) on the digits
-    training split; every epoch shuffles (``jax.random.permutation`` in JAX, ``torch.randperm``
+    training split; every epoch shuffles (``jaxbp.shuffle.permutation`` in JAX, ``torch.randperm``
     in PyTorch) and runs the same number of steps.
     """
     ds = data_lib.load_dataset("digits", seed=0)
@@ -240,7 +246,7 @@ def _digits_row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str
     optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(params)
     step_fn = train.make_train_step(model, loss, optimizer, backward="custom")
-    epoch = train.make_epoch(step_fn, batch_size)
+    epoch = train.make_epoch(step_fn, batch_size, flat_params=True)  # as the trainer runs it
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     key = jax.random.key(1)
     loop = python_loop_epoch(step_fn, batch_size, num_examples)
@@ -268,7 +274,11 @@ def _digits_row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str
         for t in thread_counts():
             thunks[f"torch_eager@{t}"] = pin_threads(torch, t, torch_epoch)
     timings = time_interleaved(
-        thunks, min_rounds=config.repeats, budget=config.digits_budget, groups=[list(thunks)]
+        thunks,
+        min_rounds=config.repeats,
+        budget=config.digits_budget,
+        groups=[list(thunks)],
+        warmup_calls=config.digits_warmup_calls,
     )
     eager, threads = best_torch(timings, "torch_eager")
     return {
@@ -395,6 +405,7 @@ def config_from_flags() -> BenchConfig:
         torch_compile=torch_compile,
         digits=_DIGITS.value,
         digits_budget=20.0 if not quick else 4.0,
+        digits_warmup_calls=_DIGITS_WARMUP.value,
     )
 
 

@@ -97,16 +97,12 @@ def python_loop_epoch(step_fn: Callable, batch_size: int, num_examples: int) -> 
     """`jaxbp.train.make_epoch`'s epoch as a Python loop: the same shuffle and steps, each
     step a call of its own (``(params, opt_state, x, y, key, epoch_index) -> params``)."""
     num_batches = num_examples // batch_size
-    permute = jax.jit(
-        lambda key: jax.random.permutation(key, num_examples)[: num_batches * batch_size].reshape(
-            num_batches, batch_size
-        )
-    )
+    permute = jax.jit(lambda key, e: train.epoch_order(key, e, num_examples, batch_size))
     step_at = jax.jit(lambda p, s, x, y, order, i: step_fn(p, s, (x[order[i]], y[order[i]])))
     indices = [jnp.int32(i) for i in range(num_batches)]
 
     def epoch(params, opt_state, x, y, key, epoch_index):
-        order = permute(train.epoch_key(key, epoch_index))
+        order = permute(key, epoch_index)
         for i in indices:
             params, opt_state, _ = step_at(params, opt_state, x, y, order, i)
         return params
@@ -139,7 +135,7 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict[str, Thunk], d
     step = _compile(step_fn, params, opt_state, (x, y))
     steps = config.epoch_steps
     x_epoch, y_epoch = _make_batch(model, loss, steps * point.batch, dtype, key_epoch)
-    epoch = train.make_epoch(step_fn, point.batch)
+    epoch = train.make_epoch(step_fn, point.batch, flat_params=True)  # as the trainer runs it
     epoch_args = (params, opt_state, x_epoch, y_epoch, key_epoch, 0)
     epoch = epoch.lower(*epoch_args).compile()
     loop = python_loop_epoch(step_fn, point.batch, steps * point.batch)

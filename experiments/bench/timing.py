@@ -47,6 +47,7 @@ def time_interleaved(
     budget: float,
     groups: Sequence[Sequence[str]] = (),
     max_rounds: int = 5000,
+    warmup_calls: int = 0,
 ) -> Timings:
     """Times each thunk call by call, in interleaved rounds.
 
@@ -63,6 +64,9 @@ def time_interleaved(
       budget: seconds of rounds to aim for: cheap thunks get more rounds, up to ``max_rounds``.
       groups: names to run back to back; the other thunks run alone.
       max_rounds: the most rounds.
+      warmup_calls: untimed calls of a thunk right before each of its timed calls, so that
+        the timed call follows calls of its own, as the epochs of a training run do, and not
+        a call of another thunk (whose code and data then fill the caches).
 
     Returns:
       The `Timings`.
@@ -72,7 +76,7 @@ def time_interleaved(
         start = time.perf_counter()
         _block(thunk())
         estimate[name] = time.perf_counter() - start
-    per_round = max(sum(estimate.values()), 1e-9)
+    per_round = max(sum(estimate.values()) * (1 + warmup_calls), 1e-9)
     rounds = int(min(max_rounds, max(min_rounds, budget // per_round)))
     grouped = [[n for n in group if n in thunks] for group in groups]
     in_groups = [n for group in grouped for n in group]
@@ -87,6 +91,8 @@ def time_interleaved(
             rng.shuffle(group)
             for name in group:
                 thunk = thunks[name]
+                for _ in range(warmup_calls):
+                    _block(thunk())
                 start = time.perf_counter()
                 _block(thunk())
                 samples[name].append(time.perf_counter() - start)
