@@ -283,7 +283,12 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
     if config.clip_per_example is not None:  # the δ rows are clipped: hand-written only
         grad_fn = per_example.make_clipped_grad_fn(model, config.loss, config.clip_per_example)
     step = train.make_train_step(
-        model, config.loss, optimizer, backward=config.backward, grad_fn=grad_fn
+        model,
+        config.loss,
+        optimizer,
+        backward=config.backward,
+        grad_fn=grad_fn,
+        grad_norm=False,  # the run records the step losses only
     )
     epoch_fn = train.make_epoch(
         step,

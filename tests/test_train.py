@@ -100,6 +100,20 @@ def test_flat_params_epoch_is_the_tree_epoch(name, use_bias):
     np.testing.assert_allclose(flat[2]["grad_norm"], tree[2]["grad_norm"], rtol=1e-5)
 
 
+def test_grad_norm_metric_is_the_gradient_norm_and_can_be_left_out():
+    model, params, x, y = _problem()
+    opt = train.make_optimizer("adam", 1e-2)
+    with_norm = jax.jit(train.make_train_step(model, "softmax_cross_entropy", opt))
+    without = jax.jit(train.make_train_step(model, "softmax_cross_entropy", opt, grad_norm=False))
+    p1, _, m1 = with_norm(params, opt.init(params), (x, y))
+    p2, _, m2 = without(params, opt.init(params), (x, y))
+    _, grads = jaxbp.loss_and_grad(model, "softmax_cross_entropy", params, x, y)
+    expected = np.sqrt(sum(np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(m1["grad_norm"], expected, rtol=1e-5)
+    assert set(m2) == {"loss"}
+    chex.assert_trees_all_equal(p1, p2)
+
+
 def test_flat_params_step_takes_the_ravelled_params():
     model, params, x, y = _problem()
     opt = train.make_optimizer("adam", 1e-2)

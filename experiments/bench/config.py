@@ -25,7 +25,7 @@ class BenchConfig:
     digits_hidden: tuple[int, ...] = (128, 32)  # the trainer's 64-128-10 and the 64-32-10
     # Untimed epochs before each timed one: training runs epochs back to back, so an epoch is
     # timed after one of its own, not right after the other framework's.
-    digits_warmup_calls: int = 1
+    digits_warmup_calls: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
