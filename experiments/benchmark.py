@@ -245,15 +245,18 @@ def _digits_row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str
     params = jaxbp.init_params(jax.random.key(0), model)
     optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(params)
-    # The step and the epoch as the trainer (jaxbp.runner) builds them.
+    # The step and the epoch as the trainer (jaxbp.runner) builds and calls them: each epoch
+    # continues from the state the last one returned (donated), as PyTorch's does in place.
     step_fn = train.make_train_step(model, loss, optimizer, backward="custom", grad_norm=False)
-    epoch = train.make_epoch(step_fn, batch_size, flat_params=True)
+    epoch = train.make_epoch(step_fn, batch_size, flat_params=True, donate=True)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     key = jax.random.key(1)
     loop = python_loop_epoch(step_fn, batch_size, num_examples)
+    trained = [jax.tree.map(jnp.copy, params), optimizer.init(params)]
 
     def scan_epoch():
-        return epoch(params, opt_state, x, y, key, 0)
+        trained[0], trained[1], metrics = epoch(*trained, x, y, key, 0)
+        return metrics
 
     def loop_epoch():
         return loop(params, opt_state, x, y, key, 0)

@@ -296,6 +296,7 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
         num_examples=len(dataset.x_train),
         shard_batch=parallel.shard_batch(mesh),
         flat_params=True,  # make_optimizer's optimizers are elementwise: the same run, faster
+        donate=True,  # the loop below keeps only the returned state
     )
     splits = {
         name: parallel.replicate(

@@ -133,6 +133,30 @@ def test_time_interleaved_gives_a_median_per_thunk():
         )
 
 
+def test_time_interleaved_warmup_calls_precede_every_timed_call():
+    log = []
+
+    def thunk(name):
+        def run():
+            log.append(name)
+            return name
+
+        return run
+
+    timings = benchmark.time_interleaved(
+        {"a": thunk("a"), "b": thunk("b")},
+        min_rounds=3,
+        budget=0.0,
+        groups=[("a", "b")],
+        warmup_calls=2,
+    )
+    assert all(len(s) == 3 for s in timings.samples.values())
+    rounds = log[2:]  # after the one estimate call each
+    assert len(rounds) == 3 * 2 * 3  # rounds x thunks x (2 untimed + 1 timed)
+    runs = [rounds[i : i + 3] for i in range(0, len(rounds), 3)]
+    assert all(len(set(run)) == 1 for run in runs)  # a thunk's calls come back to back
+
+
 def test_quick_flag_selects_the_quick_grid():
     with flagsaver.flagsaver():
         flags.FLAGS(["benchmark", "--quick"])

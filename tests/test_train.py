@@ -114,6 +114,18 @@ def test_grad_norm_metric_is_the_gradient_norm_and_can_be_left_out():
     chex.assert_trees_all_equal(p1, p2)
 
 
+def test_donated_epoch_gives_the_same_state_and_takes_the_old_buffers():
+    model, params, x, y = _problem()
+    opt = train.make_optimizer("adam", 1e-2)
+    step = train.make_train_step(model, "softmax_cross_entropy", opt)
+    key = jax.random.key(0)
+    expected = train.make_epoch(step, 8, flat_params=True)(params, opt.init(params), x, y, key, 1)
+    mine = jax.tree.map(jnp.copy, (params, opt.init(params)))
+    donated = train.make_epoch(step, 8, flat_params=True, donate=True)(*mine, x, y, key, 1)
+    chex.assert_trees_all_equal(donated, expected)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(mine[0]))  # reused for the output
+
+
 def test_flat_params_step_takes_the_ravelled_params():
     model, params, x, y = _problem()
     opt = train.make_optimizer("adam", 1e-2)
