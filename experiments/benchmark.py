@@ -52,27 +52,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import optax
 from absl import app, flags
 
-import jaxbp
+from experiments.bench import digits as digits_lib
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.jax_side import _x64, jax_variants, python_loop_epoch
+from experiments.bench.jax_side import _x64, jax_variants
 from experiments.bench.report import evaluate_targets, plot, report, write_csv
 from experiments.bench.timing import time_interleaved
 from experiments.bench.torch_side import (
     TorchRunner,
     best_torch,
     import_torch,
-    pin_threads,
-    thread_counts,
-    torch_loss,
-    torch_mlp,
 )
-from jaxbp import data as data_lib
-from jaxbp import train
-from jaxbp.mlp import MLP
 
 _QUICK = flags.DEFINE_boolean("quick", False, "A small grid that runs in under 2 minutes.")
 _DEPTHS = flags.DEFINE_list("depths", ["1", "2", "4", "8"], "Hidden layers (the issue's grid).")
@@ -96,6 +87,9 @@ _TORCH_COMPILE = flags.DEFINE_boolean(
     "torch_compile", None, "Time torch.compile too (default: on, off with --quick: ~15 s each)."
 )
 _DIGITS = flags.DEFINE_boolean("digits", True, "The digits epoch: lax.scan against torch eager.")
+_DIGITS_CORES = flags.DEFINE_list(
+    "digits_cores", ["1", str(len(os.sched_getaffinity(0)))], "CPU counts of the digits runs."
+)
 _DIGITS_WARMUP = flags.DEFINE_integer(
     "digits_warmup_calls",
     3,
@@ -220,85 +214,6 @@ def run_point(
 
 
 # --------------------------------------------------------------------------------------------
-# Digits: one epoch compiled with lax.scan against PyTorch eager
-
-
-def digits_benchmark(config: BenchConfig, torch) -> list[dict[str, Any]]:
-    """Milliseconds per epoch of the digits networks: scan, Python loop, torch eager.
-
-    The trainer's recipe (tanh, softmax cross-entropy, adam 3e-3, batch 32) on the digits
-    training split; every epoch shuffles (``jaxbp.shuffle.permutation`` in JAX, ``torch.randperm``
-    in PyTorch) and runs the same number of steps.
-    """
-    ds = data_lib.load_dataset("digits", seed=0)
-    return [
-        _digits_row(config, torch, ds.x_train, ds.y_train, hidden)
-        for hidden in config.digits_hidden
-    ]
-
-
-def _digits_row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str, Any]:
-    batch_size, learning_rate, loss = 32, 3e-3, "softmax_cross_entropy"
-    num_examples = len(x_np)
-    num_batches = num_examples // batch_size
-    model = MLP((x_np.shape[1], hidden, y_np.shape[1]), "tanh", "softmax")
-    params = jaxbp.init_params(jax.random.key(0), model)
-    optimizer = optax.adam(learning_rate)
-    opt_state = optimizer.init(params)
-    # The step and the epoch as the trainer (jaxbp.runner) builds and calls them: each epoch
-    # continues from the state the last one returned (donated), as PyTorch's does in place.
-    step_fn = train.make_train_step(model, loss, optimizer, backward="custom", grad_norm=False)
-    epoch = train.make_epoch(step_fn, batch_size, flat_params=True, donate=True)
-    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-    key = jax.random.key(1)
-    loop = python_loop_epoch(step_fn, batch_size, num_examples)
-    trained = [jax.tree.map(jnp.copy, params), optimizer.init(params)]
-
-    def scan_epoch():
-        trained[0], trained[1], metrics = epoch(*trained, x, y, key, 0)
-        return metrics
-
-    def loop_epoch():
-        return loop(params, opt_state, x, y, key, 0)
-
-    thunks = {"jax_scan": scan_epoch, "jax_loop": loop_epoch}
-    if torch is not None:
-        net = torch_mlp(torch, model, params, "float32", fused_output=True)
-        xt, yt = torch.from_numpy(x_np.copy()), torch.from_numpy(y_np.copy())
-        loss_fn = torch_loss(torch, loss)
-        torch_opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
-
-        def torch_epoch():
-            order = torch.randperm(num_examples)[: num_batches * batch_size]
-            for idx in order.view(num_batches, batch_size):
-                torch_opt.zero_grad()
-                loss_fn(net(xt[idx]), yt[idx]).backward()
-                torch_opt.step()
-
-        for t in thread_counts():
-            thunks[f"torch_eager@{t}"] = pin_threads(torch, t, torch_epoch)
-    timings = time_interleaved(
-        thunks,
-        min_rounds=config.repeats,
-        budget=config.digits_budget,
-        groups=[list(thunks)],
-        warmup_calls=config.digits_warmup_calls,
-    )
-    eager, threads = best_torch(timings, "torch_eager")
-    return {
-        "network": "-".join(map(str, model.sizes)),
-        "steps": num_batches,
-        "jax_scan_ms": 1e3 * timings.median("jax_scan"),
-        "jax_loop_ms": 1e3 * timings.median("jax_loop"),
-        "torch_eager_ms": 1e3 * timings.median(eager),
-        "torch_over_scan": timings.ratio(eager, "jax_scan"),
-        "loop_over_scan": timings.ratio("jax_loop", "jax_scan"),
-        "torch_threads": threads,
-        "rounds": timings.rounds,
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # Reports
 
 
@@ -350,7 +265,7 @@ def run_benchmark(
             f"l&g/ad {row['loss_and_grad_over_autodiff']:.3f}, of matmul "
             f"{row['matmul_fraction_custom']:.2f}, torch {row['torch_eager_ms']:.3g} ms"
         )
-    digits = digits_benchmark(config, torch) if config.digits else []
+    digits = digits_lib.digits_benchmark(config, log) if config.digits else []
     targets = evaluate_targets(rows, digits)
     notes = []
     if torch_runner is not None and torch_runner.compile_error:
@@ -410,6 +325,7 @@ def config_from_flags() -> BenchConfig:
         digits=_DIGITS.value,
         digits_budget=20.0 if not quick else 4.0,
         digits_warmup_calls=_DIGITS_WARMUP.value,
+        digits_cores=ints(_DIGITS_CORES.value),
     )
 
 

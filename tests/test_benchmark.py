@@ -14,6 +14,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from experiments import benchmark
+from experiments.bench import report
 
 SMALLEST = benchmark.BenchConfig(
     depths=(1,),
@@ -27,6 +28,7 @@ SMALLEST = benchmark.BenchConfig(
     torch_compile=False,  # tens of seconds of compilation; the grid run covers it
     digits_budget=0.05,
     digits_hidden=(32,),
+    digits_cores=(1,),  # one child process, pinned to one CPU
 )
 JAX_TIMES = (
     "custom_ms",
@@ -80,6 +82,23 @@ def test_digits_section_reports_the_network(result):
     assert networks == ["64-32-10"]
     for d in result["digits"]:
         assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0 and d["steps"] > 0
+        assert d["cores"] == 1  # the child ran on the one CPU it was given
+
+
+def test_best_of_cores_takes_each_framework_at_its_fastest():
+    rows = [
+        {"network": "a", "cores": 1, "jax_scan_ms": 1.0, "torch_eager_ms": 30.0,
+         "torch_threads": 1, "torch_over_scan": 29.0},
+        {"network": "a", "cores": 2, "jax_scan_ms": 2.0, "torch_eager_ms": 20.0,
+         "torch_threads": 2, "torch_over_scan": 11.0},
+        {"network": "b", "cores": 1, "jax_scan_ms": 3.0, "torch_eager_ms": math.nan,
+         "torch_threads": None, "torch_over_scan": math.nan},
+    ]  # fmt: skip
+    a, b = report.best_of_cores(rows)
+    assert (a["jax_scan_ms"], a["jax_cores"]) == (1.0, 1)
+    assert (a["torch_eager_ms"], a["torch_cores"], a["torch_threads"]) == (20.0, 2, 2)
+    assert a["speedup"] == 20.0 and a["per_run"] == {1: 29.0, 2: 11.0}
+    assert b["jax_scan_ms"] == 3.0 and math.isnan(b["speedup"])
 
 
 def test_report_files_are_written(result):

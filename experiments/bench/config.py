@@ -26,6 +26,9 @@ class BenchConfig:
     # Untimed epochs before each timed one: training runs epochs back to back, so an epoch is
     # timed after one of its own, not right after the other framework's.
     digits_warmup_calls: int = 3
+    # CPUs the digits comparison runs on, one child process each: XLA:CPU sizes its thread
+    # pool from them once, where PyTorch picks its thread count per call.
+    digits_cores: tuple[int, ...] = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True)

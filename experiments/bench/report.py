@@ -77,6 +77,36 @@ def _where(row: dict[str, Any]) -> str:
     return f"depth {row['depth']}, width {row['width']}, batch {row['batch']}"
 
 
+def best_of_cores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per network: the fastest JAX scan epoch and the fastest torch eager epoch of any run.
+
+    ``speedup`` is the second over the first: each framework at its best use of the machine.
+    """
+    best = []
+    for network in dict.fromkeys(r["network"] for r in rows):
+        mine = [r for r in rows if r["network"] == network]
+        jax_row = min(mine, key=lambda r: r["jax_scan_ms"])
+        timed_torch = [r for r in mine if r["torch_eager_ms"] == r["torch_eager_ms"]]  # not NaN
+        torch_row = min(timed_torch, key=lambda r: r["torch_eager_ms"]) if timed_torch else None
+        best.append(
+            {
+                "network": network,
+                "jax_scan_ms": jax_row["jax_scan_ms"],
+                "jax_cores": jax_row["cores"],
+                "torch_eager_ms": torch_row["torch_eager_ms"] if torch_row else float("nan"),
+                "torch_cores": torch_row["cores"] if torch_row else None,
+                "torch_threads": torch_row["torch_threads"] if torch_row else None,
+                "speedup": (
+                    torch_row["torch_eager_ms"] / jax_row["jax_scan_ms"]
+                    if torch_row
+                    else float("nan")
+                ),
+                "per_run": {r["cores"]: r["torch_over_scan"] for r in mine},
+            }
+        )
+    return best
+
+
 def evaluate_targets(
     rows: list[dict[str, Any]], digits: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -107,13 +137,17 @@ def evaluate_targets(
             f"min {custom:.2f} (custom), {lag:.2f} (loss_and_grad) over {len(big)} points",
             min(custom, lag) >= TARGET_MATMUL_FRACTION,
         )
-    for d in digits:
-        if not math.isnan(d["torch_over_scan"]):
+    for d in best_of_cores(digits):
+        if not math.isnan(d["speedup"]):
+            per_run = ", ".join(
+                f"{cores} core(s) {ratio:.1f}x" for cores, ratio in sorted(d["per_run"].items())
+            )
             add(
                 f"digits {d['network']}: scan epoch >= {TARGET_DIGITS_SPEEDUP:.0f}x torch eager",
-                f"{d['torch_over_scan']:.1f}x ({d['jax_scan_ms']:.2f} ms against "
-                f"{d['torch_eager_ms']:.1f} ms)",
-                d["torch_over_scan"] >= TARGET_DIGITS_SPEEDUP,
+                f"{d['speedup']:.1f}x: {d['jax_scan_ms']:.3g} ms ({d['jax_cores']} core(s)) "
+                f"against {d['torch_eager_ms']:.3g} ms ({d['torch_cores']} core(s), "
+                f"{d['torch_threads']} thread(s)); within each run: {per_run}",
+                d["speedup"] >= TARGET_DIGITS_SPEEDUP,
             )
     above = [r for r in rows if r["residual_custom_bytes"] > r["residual_autodiff_bytes"]]
     ratio = max(r["residual_custom_bytes"] / max(r["residual_autodiff_bytes"], 1) for r in rows)
@@ -175,11 +209,12 @@ def report(
     if digits:
         parts += [
             "",
-            "Digits, one epoch (ms), interleaved medians:",
+            "Digits, one epoch (ms), interleaved medians, one child process per CPU count:",
             "",
             markdown_table(
                 [
                     "network",
+                    "cores",
                     "steps",
                     "jax scan",
                     "jax loop",
@@ -190,6 +225,7 @@ def report(
                 [
                     [
                         d["network"],
+                        d["cores"],
                         d["steps"],
                         _fmt(d["jax_scan_ms"]),
                         _fmt(d["jax_loop_ms"]),
