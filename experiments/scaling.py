@@ -42,9 +42,7 @@ def measure(num_devices: int) -> dict:
     parallel.check_batch_size(_BATCH.value, mesh)
     optimizer = train.make_optimizer("adam", 1e-3)
     step = train.make_train_step(model, "softmax_cross_entropy", optimizer)
-    epoch = train.make_epoch(
-        step, _BATCH.value, shard_batch=parallel.shard_batch(mesh), flat_params=True
-    )
+    epoch = train.make_epoch(step, _BATCH.value, shard_batch=parallel.shard_batch(mesh))
     params = init_params(jax.random.PRNGKey(0), model)
     params, opt_state = parallel.replicate((params, optimizer.init(params)), mesh)
     x, y = parallel.put_training_data((dataset.x_train, dataset.y_train), mesh)

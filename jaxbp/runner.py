@@ -295,7 +295,6 @@ def _run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
         config.batch_size,
         num_examples=len(dataset.x_train),
         shard_batch=parallel.shard_batch(mesh),
-        flat_params=True,  # make_optimizer's optimizers are elementwise: the same run, faster
         donate=True,  # the loop below keeps only the returned state
     )
     splits = {

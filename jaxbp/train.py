@@ -7,20 +7,14 @@ through the plain forward (`backward="autodiff"`), and both give the same run to
 floating-point tolerance. An epoch is one `jax.lax.scan` of that step over minibatches of a
 permutation drawn from ``fold_in(key, epoch)``, so a run is a deterministic function of its
 seed and small networks are not dominated by Python dispatch.
-
-The scan carries the parameters as one flat vector when asked (``flat_params=True``, as the
-runner does): the optimizer then updates one array instead of one per leaf, which on XLA:CPU
-is a third fewer kernels per step for a small network (docs/performance.md).
 """
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from jaxbp import backprop, shuffle
 from jaxbp.mlp import MLP, Params
@@ -136,11 +130,6 @@ def make_train_step(
     The update is optax's (for sgd: seed 002's W ← W − η ∂L/∂W). Not jitted itself, so it
     can sit inside `make_epoch`'s scan; wrap it in `jax.jit` to call it alone.
 
-    The step also takes the parameters as one flat vector (the `jax.flatten_util.ravel_pytree`
-    of the params, with the optimizer state initialised on it): the gradient is then taken of
-    the unravelled network and ravelled, and the optimizer updates the flat vector. That is how
-    ``make_epoch(..., flat_params=True)`` calls it.
-
     Args:
       model: the network.
       loss: a loss name.
@@ -156,14 +145,9 @@ def make_train_step(
     """
     grad_fn = grad_fn or make_loss_and_grad(model, loss, backward)
 
-    def step(params: Params | Array, opt_state: optax.OptState, batch: Batch):
+    def step(params: Params, opt_state: optax.OptState, batch: Batch):
         x, y = batch
-        if isinstance(params, jax.Array):  # one flat vector: see make_epoch(flat_params=True)
-            unravel = _unravel_like(model, params.dtype)
-            value, grads = grad_fn(unravel(params), x, y)
-            grads = ravel_pytree(grads)[0]
-        else:
-            value, grads = grad_fn(params, x, y)
+        value, grads = grad_fn(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": value}
@@ -172,22 +156,6 @@ def make_train_step(
         return params, opt_state, metrics
 
     return step
-
-
-def _unravel_like(model: MLP, dtype: Any) -> Callable[[Array], Params]:
-    """The inverse of ``ravel_pytree`` for ``model``'s params of ``dtype`` (shapes only)."""
-    shapes = [
-        {"W": (n_out, n_in)} for n_in, n_out in zip(model.sizes[:-1], model.sizes[1:], strict=True)
-    ]
-    if model.use_bias:
-        for layer, n_out in zip(shapes, model.sizes[1:], strict=True):
-            layer["b"] = (n_out,)
-    template = jax.tree.map(lambda s: jnp.zeros(s, dtype), shapes, is_leaf=_is_shape)
-    return ravel_pytree(template)[1]
-
-
-def _is_shape(node: Any) -> bool:
-    return isinstance(node, tuple) and all(isinstance(n, int) for n in node)
 
 
 def epoch_key(key: Array, epoch: int | Array) -> Array:
@@ -220,7 +188,6 @@ def make_epoch(
     *,
     num_examples: int | None = None,
     shard_batch: Callable[[Batch], Batch] | None = None,
-    flat_params: bool = False,
     donate: bool = False,
 ) -> Callable[..., tuple[Params, optax.OptState, dict]]:
     """One epoch as a single `jax.lax.scan` over shuffled minibatches (jitted).
@@ -230,15 +197,6 @@ def make_epoch(
     batch, and scans ``step`` over the ``n // batch_size`` batches; metrics come back stacked,
     shape ``(steps,)`` each.
 
-    With ``flat_params`` the scan carries the parameters as one vector (``ravel_pytree``) and
-    every parameter-shaped part of the optimizer state (adam's μ and ν, a momentum trace) as
-    one vector too; they are unravelled when the epoch ends, so the caller sees the usual
-    trees. One optimizer update of one array replaces one per leaf: fewer, larger kernels. It
-    needs a step that takes flat params (`make_train_step`'s does) and an optimizer that acts
-    elementwise, as every `make_optimizer` optimizer does; then the run is the same as with
-    trees (`tests/test_train.py` checks it). A per-leaf optimizer (a layer-wise trust ratio,
-    a mask) would see one leaf: leave it False for those.
-
     Args:
       step: from `make_train_step`.
       batch_size: rows per step.
@@ -246,7 +204,6 @@ def make_epoch(
         placement pads ``x`` past them).
       shard_batch: optional ``batch -> batch`` applied to every minibatch (the data-parallel
         sharding constraint of `jaxbp.parallel`).
-      flat_params: carry flat params and optimizer state through the scan (see above).
       donate: donate the ``params`` and ``opt_state`` buffers to the epoch, which writes the
         new ones into them (`jax.jit`'s ``donate_argnums``): the caller must use only the
         returned state afterwards, as a training loop does. Saves an allocation per leaf.
@@ -256,10 +213,6 @@ def make_epoch(
     def epoch(params, opt_state, x, y, key, epoch_index):
         n = x.shape[0] if num_examples is None else num_examples
         order = epoch_order(key, epoch_index, n, batch_size)
-        flat = flat_params and len({leaf.dtype for leaf in jax.tree.leaves(params)}) == 1
-        carry = (params, opt_state)
-        if flat:
-            carry = (ravel_pytree(params)[0], _map_param_trees(_ravel, opt_state, params))
 
         def body(carry, idx):
             batch = (x[idx], y[idx])
@@ -268,37 +221,10 @@ def make_epoch(
             params, opt_state, metrics = step(*carry, batch)
             return (params, opt_state), metrics
 
-        (new_params, new_state), metrics = jax.lax.scan(body, carry, order)
-        if flat:
-            unravel = ravel_pytree(params)[1]
-            new_params = unravel(new_params)
-            new_state = _map_param_trees(lambda _, v: unravel(v), opt_state, params, new_state)
-        return new_params, new_state, metrics
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
+        return params, opt_state, metrics
 
     return epoch
-
-
-def _ravel(tree: Any) -> Array:
-    return ravel_pytree(tree)[0]
-
-
-def _map_param_trees(fn: Callable, state: Any, params: Params, *rest: Any) -> Any:
-    """Applies ``fn(subtree, *rest_at_it)`` to every subtree of ``state`` shaped like ``params``.
-
-    Other leaves pass through (the last of ``rest`` where given, else ``state``'s own).
-    """
-    shapes = jax.tree.map(jnp.shape, params)
-    treedef = jax.tree.structure(params)
-
-    def is_param_tree(node: Any) -> bool:
-        return jax.tree.structure(node) == treedef and jax.tree.map(jnp.shape, node) == shapes
-
-    def at(node: Any, *others: Any) -> Any:
-        if is_param_tree(node):
-            return fn(node, *others)
-        return others[-1] if others else node
-
-    return jax.tree.map(at, state, *rest, is_leaf=is_param_tree)
 
 
 def evaluate(

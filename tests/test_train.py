@@ -2,7 +2,6 @@
 
 import chex
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -72,34 +71,6 @@ def test_scan_epoch_equals_python_loop_of_steps():
     np.testing.assert_allclose(metrics["loss"], np.array(losses), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_flat_params_epoch_is_the_tree_epoch(name, use_bias):
-    # One flat vector through the scan, trees outside: the same run. The SGD family is the
-    # same to the last bit; adam's sqrt and division may round differently in the larger
-    # fused kernel, so it is compared to float32 rounding.
-    model, params, x, y = _problem()
-    model = jaxbp.MLP(model.sizes, "tanh", "softmax", use_bias=use_bias)
-    params = jaxbp.init_params(jax.random.key(1), model)
-    opt = train.make_optimizer(name, 1e-2, weight_decay=1e-3)
-    step = train.make_train_step(model, "softmax_cross_entropy", opt)
-    results = {}
-    for flat in (False, True):
-        epoch = train.make_epoch(step, 8, flat_params=flat)
-        p, s = params, opt.init(params)
-        for e in range(2):
-            p, s, metrics = epoch(p, s, x, y, jax.random.key(2), e)
-        results[flat] = (p, s, metrics)
-    tree, flat = results[False], results[True]
-    assert jax.tree.structure(flat[:2]) == jax.tree.structure(tree[:2])  # trees come back
-    if name == "adam":
-        chex.assert_trees_all_close(flat[:2], tree[:2], rtol=1e-5, atol=1e-7)
-    else:
-        chex.assert_trees_all_equal(flat[:2], tree[:2])
-    np.testing.assert_allclose(flat[2]["loss"], tree[2]["loss"], rtol=1e-6)
-    np.testing.assert_allclose(flat[2]["grad_norm"], tree[2]["grad_norm"], rtol=1e-5)
-
-
 def test_grad_norm_metric_is_the_gradient_norm_and_can_be_left_out():
     model, params, x, y = _problem()
     opt = train.make_optimizer("adam", 1e-2)
@@ -119,23 +90,11 @@ def test_donated_epoch_gives_the_same_state_and_takes_the_old_buffers():
     opt = train.make_optimizer("adam", 1e-2)
     step = train.make_train_step(model, "softmax_cross_entropy", opt)
     key = jax.random.key(0)
-    expected = train.make_epoch(step, 8, flat_params=True)(params, opt.init(params), x, y, key, 1)
+    expected = train.make_epoch(step, 8)(params, opt.init(params), x, y, key, 1)
     mine = jax.tree.map(jnp.copy, (params, opt.init(params)))
-    donated = train.make_epoch(step, 8, flat_params=True, donate=True)(*mine, x, y, key, 1)
+    donated = train.make_epoch(step, 8, donate=True)(*mine, x, y, key, 1)
     chex.assert_trees_all_equal(donated, expected)
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(mine[0]))  # reused for the output
-
-
-def test_flat_params_step_takes_the_ravelled_params():
-    model, params, x, y = _problem()
-    opt = train.make_optimizer("adam", 1e-2)
-    step = jax.jit(train.make_train_step(model, "softmax_cross_entropy", opt))
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    p_flat, _, m_flat = step(flat, opt.init(flat), (x, y))
-    p_tree, _, m_tree = step(params, opt.init(params), (x, y))
-    assert p_flat.shape == flat.shape
-    chex.assert_trees_all_close(unravel(p_flat), p_tree, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(m_flat["loss"], m_tree["loss"], rtol=1e-6)
 
 
 def test_epoch_order_is_a_shuffle_of_whole_batches():

@@ -91,7 +91,7 @@ def _row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str, Any]:
     optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(params)
     step_fn = train.make_train_step(model, loss, optimizer, backward="custom", grad_norm=False)
-    epoch = train.make_epoch(step_fn, batch_size, flat_params=True, donate=True)
+    epoch = train.make_epoch(step_fn, batch_size, donate=True)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     key = jax.random.key(1)
     loop = python_loop_epoch(step_fn, batch_size, num_examples)

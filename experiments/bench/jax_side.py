@@ -135,7 +135,7 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict[str, Thunk], d
     step = _compile(step_fn, params, opt_state, (x, y))
     steps = config.epoch_steps
     x_epoch, y_epoch = _make_batch(model, loss, steps * point.batch, dtype, key_epoch)
-    epoch = train.make_epoch(step_fn, point.batch, flat_params=True)  # as the trainer runs it
+    epoch = train.make_epoch(step_fn, point.batch)
     epoch_args = (params, opt_state, x_epoch, y_epoch, key_epoch, 0)
     epoch = epoch.lower(*epoch_args).compile()
     loop = python_loop_epoch(step_fn, point.batch, steps * point.batch)
