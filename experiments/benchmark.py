@@ -31,8 +31,9 @@ shared machine hits both sides of it. Variants:
 Memory: ``residual_*`` is the bytes the forward half of ``jax.vjp`` hands to the backward
 half (the compiled forward program's output, less the loss value and the inputs it passes
 through unchanged, which the caller holds anyway); ``temp_*`` is the scratch memory of the
-compiled gradient program. A separate section times one epoch of the digits network compiled
-with ``lax.scan`` against the same training in PyTorch eager.
+compiled gradient program. A separate section (`experiments/bench/digits.py`) times one
+epoch of the digits network compiled with ``lax.scan`` against the same training in PyTorch
+eager, in one child process per CPU count.
 
 Outputs in ``--outdir``: ``results.csv``, ``results.md`` (printed too), ``results.png``.
 
