@@ -1,8 +1,8 @@
 """Epoch shuffling without a sort: a keyed bijection of ``[0, n)``, O(n) and elementwise.
 
-`jax.random.permutation` sorts n random keys. On XLA:CPU a sort calls the comparator through
-a function pointer per comparison: for the 1258 rows of the digits training split it alone
-took 0.27 ms, a fifth of a whole compiled epoch of 39 adam steps (docs/performance.md). An
+`jax.random.permutation` sorts n random keys with their indices. On XLA:CPU that key-value sort
+of the 1258 rows of the digits training split took 0.25 to 0.3 ms, a fifth of a whole compiled
+epoch of 39 adam steps (docs/performance.md). An
 epoch's order only needs a permutation that changes with the key and is well mixed, so this
 module uses Kensler's hashed permutation (A. Kensler, "Correlated Multi-Jittered Sampling",
 Pixar Technical Memo 13-01, 2013, Listing 3): a sequence of steps that are each invertible
@@ -21,6 +21,7 @@ uniformly by a chi-square test).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -86,8 +87,9 @@ def permutation(key: Array, n: int) -> Array:
       >>> sorted(order.tolist())
       [0, 1, 2, 3, 4]
     """
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n < 2**31:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or not 1 <= n < 2**31:
         raise ValueError(f"permutation needs a static int n in [1, 2^31), got {n!r}.")
+    n = int(n)
     seed = _seed_from_key(key)
     mask = _U32((1 << max(1, (n - 1).bit_length())) - 1)
     limit = _U32(n)

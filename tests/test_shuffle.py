@@ -53,6 +53,13 @@ def test_every_element_reaches_every_position_uniformly():
     assert np.mean(gaps) == pytest.approx(n / 3, rel=0.05)
 
 
+def test_takes_a_numpy_integer():
+    np.testing.assert_array_equal(
+        shuffle.permutation(jax.random.key(1), np.int64(40)),
+        shuffle.permutation(jax.random.key(1), 40),
+    )
+
+
 @pytest.mark.parametrize("n", [0, -3, 2**31, 2.0, True])
 def test_rejects_a_bad_n(n):
     with pytest.raises(ValueError, match="static int n"):
