@@ -83,6 +83,7 @@ def test_digits_section_reports_the_network(result):
     for d in result["digits"]:
         assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0 and d["steps"] > 0
         assert d["cores"] == 1  # the child ran on the one CPU it was given
+        assert d["shuffle_sort_ms"] > 0 and d["shuffle_hashed_ms"] > 0
 
 
 def test_best_of_cores_takes_each_framework_at_its_fastest():

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 # Importing JAX does not start its CPU backend: the child pins its CPUs before the first use.
@@ -42,17 +43,20 @@ from experiments.bench.torch_side import (
     torch_mlp,
 )
 from jaxbp import data as data_lib
-from jaxbp import train
+from jaxbp import shuffle, train
 from jaxbp.mlp import MLP
 
 
-def digits_benchmark(config: BenchConfig, log=print) -> list[dict[str, Any]]:
+def digits_benchmark(
+    config: BenchConfig, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """One row per network and CPU count, each measured in a child process of its own."""
     available = len(os.sched_getaffinity(0))
     rows = []
     for cores in sorted({min(c, available) for c in config.digits_cores}):
-        rows += _run_child(config, cores)
-        log(f"digits on {cores} core(s): " + ", ".join(_summary(r) for r in rows[-2:]))
+        child_rows = _run_child(config, cores)
+        log(f"digits on {cores} core(s): " + ", ".join(_summary(r) for r in child_rows))
+        rows += child_rows
     return rows
 
 
@@ -79,7 +83,30 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """The rows of this process: each network's scan, Python-loop and torch eager epochs."""
     torch = import_torch() if config.torch else None
     ds = data_lib.load_dataset("digits", seed=0)
-    return [_row(config, torch, ds.x_train, ds.y_train, hidden) for hidden in config.digits_hidden]
+    shuffles = _shuffle_times(config, len(ds.x_train))
+    return [
+        {**_row(config, torch, ds.x_train, ds.y_train, hidden), **shuffles}
+        for hidden in config.digits_hidden
+    ]
+
+
+def _shuffle_times(config: BenchConfig, num_examples: int) -> dict[str, float]:
+    """Milliseconds of an epoch's shuffle alone: the sort of `jax.random.permutation` against
+    the hashed bijection of `jaxbp.shuffle.permutation` (each a jitted call of its own)."""
+    key = jax.random.key(1)
+    sort = jax.jit(lambda k: jax.random.permutation(k, num_examples)).lower(key).compile()
+    hashed = jax.jit(lambda k: shuffle.permutation(k, num_examples)).lower(key).compile()
+    timings = time_interleaved(
+        {"sort": lambda: sort(key), "hashed": lambda: hashed(key)},
+        min_rounds=config.repeats,
+        budget=config.digits_budget / 4,
+        groups=[("sort", "hashed")],
+        warmup_calls=config.digits_warmup_calls,
+    )
+    return {
+        "shuffle_sort_ms": 1e3 * timings.median("sort"),
+        "shuffle_hashed_ms": 1e3 * timings.median("hashed"),
+    }
 
 
 def _row(config: BenchConfig, torch, x_np, y_np, hidden: int) -> dict[str, Any]:

@@ -209,7 +209,9 @@ def report(
     if digits:
         parts += [
             "",
-            "Digits, one epoch (ms), interleaved medians, one child process per CPU count:",
+            "Digits, one epoch (ms), interleaved medians, one child process per CPU count; "
+            "shuffle: the epoch's shuffle alone (sort: jax.random.permutation; hashed: "
+            "jaxbp.shuffle.permutation):",
             "",
             markdown_table(
                 [
@@ -221,6 +223,8 @@ def report(
                     "torch eager",
                     "torch/scan",
                     "loop/scan",
+                    "shuffle: sort",
+                    "shuffle: hashed",
                 ],
                 [
                     [
@@ -232,6 +236,8 @@ def report(
                         _fmt(d["torch_eager_ms"]),
                         _fmt(d["torch_over_scan"]),
                         _fmt(d["loop_over_scan"]),
+                        _fmt(d["shuffle_sort_ms"]),
+                        _fmt(d["shuffle_hashed_ms"]),
                     ]
                     for d in digits
                 ],
