@@ -86,7 +86,7 @@ def best_of_cores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for network in dict.fromkeys(r["network"] for r in rows):
         mine = [r for r in rows if r["network"] == network]
         jax_row = min(mine, key=lambda r: r["jax_scan_ms"])
-        timed_torch = [r for r in mine if r["torch_eager_ms"] == r["torch_eager_ms"]]  # not NaN
+        timed_torch = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
         torch_row = min(timed_torch, key=lambda r: r["torch_eager_ms"]) if timed_torch else None
         best.append(
             {
