@@ -62,7 +62,7 @@ class Config:
     dataset: str = _field(
         "digits", "Data set: 8x8 digits train in seconds on a CPU.", "fixed", data_lib.DATASETS
     )
-    data_path: str | None = _field(None, "The .npz or .csv file of --dataset=npz/csv.", "fixed")
+    data_path: str | None = _field(None, "The .npz or .csv file of dataset npz or csv.", "fixed")
     target_column: str | None = _field(None, "The target column of a csv data set.", "fixed")
     data_dir: str | None = _field(None, "Folder of the MNIST/Fashion-MNIST IDX files.", "fixed")
     num_samples: int | None = _field(
@@ -76,7 +76,7 @@ class Config:
         (128,), "Hidden widths, e.g. 64,64; empty for no hidden layer.", "fixed"
     )
     sizes: tuple[int, ...] | None = _field(
-        None, "All widths n0,...,nL instead of --hidden_sizes (checked against the data).", "fixed"
+        None, "All widths n0,...,nL instead of hidden_sizes (checked against the data).", "fixed"
     )
     activation: str = _field(
         "tanh", "Hidden activation g.", "fixed", tuple(activations.HIDDEN_ACTIVATIONS)

@@ -158,7 +158,7 @@ def initial_state(
     """The state before epoch 1: params from ``fold_in(key, 0)`` of ``PRNGKey(seed)``."""
     key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
     params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
-    return TrainState(params, optimizer.init(params), jnp.asarray(0, jnp.int32), key)
+    return TrainState(params, optimizer.init(params), np.asarray(0, np.int32), key)
 
 
 def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
@@ -470,7 +470,7 @@ class _Run:
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
                     latest.save(
                         epoch,
-                        TrainState(params, opt_state, jnp.asarray(epoch, jnp.int32), key),
+                        TrainState(params, opt_state, np.asarray(epoch, np.int32), key),
                         self.meta,
                     )
                 if early:
