@@ -196,8 +196,9 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion_mnist": dict(
         hidden_sizes=(256,), activation="relu", batch_size=128, epochs=10, learning_rate=1e-3
     ),
-    "npz": {},
-    "csv": {},
+    # A user's table is often a few hundred rows: 30 epochs of them are too few steps.
+    "npz": dict(epochs=100),
+    "csv": dict(epochs=100),
 }
 
 
