@@ -36,7 +36,11 @@ import numpy as np
 
 
 class Dataset(NamedTuple):
-    """A dataset split three ways: `x_*` are `(n, num_features)`, `y_*` are `(n, num_outputs)`."""
+    """A dataset split three ways: `x_*` are `(n, num_features)`, `y_*` are `(n, num_outputs)`.
+
+    `feature_names` names the columns of `x_*`: the csv header's feature columns, scikit-learn's
+    `feature_names`, `pixel0`, `pixel1`, ... for MNIST, and `x0`, `x1`, ... otherwise.
+    """
 
     name: str
     task: str  # "classification" or "regression"
@@ -52,6 +56,7 @@ class Dataset(NamedTuple):
     x_scale: np.ndarray  # (num_features,) float64, 1 for constant features
     y_mean: np.ndarray | None  # (num_outputs,) float64, regression only
     y_scale: np.ndarray | None  # (num_outputs,) float64, regression only
+    feature_names: tuple[str, ...]  # (num_features,) names of the columns of x_*
 
     @property
     def num_features(self) -> int:
@@ -71,6 +76,7 @@ class _Raw(NamedTuple):
     class_names: tuple[str, ...] | None = None
     # The source's own (x_test, y_test), if it has one (MNIST, some npz files).
     test: tuple[np.ndarray, np.ndarray] | None = None
+    feature_names: tuple[str, ...] | None = None  # None: x0, x1, ... over the flattened x
 
 
 _SKLEARN = {  # name -> (sklearn.datasets loader, task); all ship with scikit-learn
@@ -216,8 +222,8 @@ def load_dataset(
 
     Examples:
       >>> ds = load_dataset("xor")
-      >>> ds.x_train.shape, ds.y_train.shape, ds.task
-      ((4, 2), (4, 1), 'classification')
+      >>> ds.x_train.shape, ds.y_train.shape, ds.task, ds.feature_names
+      ((4, 2), (4, 1), 'classification', ('x0', 'x1'))
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
@@ -257,7 +263,8 @@ def _load_raw(name, rng, num_samples, data_dir, path, target_column) -> _Raw:
         bunch = getattr(_sklearn_datasets(), _SKLEARN[name][0])()
         task = _SKLEARN[name][1]
         names = tuple(str(c) for c in bunch.target_names) if task == "classification" else None
-        return _Raw(bunch.data, bunch.target, task, names)
+        features = tuple(str(c) for c in bunch.feature_names) if "feature_names" in bunch else None
+        return _Raw(bunch.data, bunch.target, task, names, feature_names=features)
     if name == "xor":
         x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
         return _Raw(x, np.array([0, 1, 1, 0]), "classification", ("0", "1"))
@@ -357,9 +364,10 @@ def _load_mnist(name: str, data_dir: str | None) -> _Raw:
             f"{x_train.shape[1:]}; expected one image size. {fix.capitalize()}."
         )
     names = _FASHION_NAMES if name == "fashion_mnist" else tuple(str(i) for i in range(10))
+    pixels = tuple(f"pixel{i}" for i in range(math.prod(x_train.shape[1:])))
     scale = np.float32(1 / 255)  # float32 keeps 60000 x 784 pixels at 188 MB
     test = (x_test * scale, y_test.astype(np.int64))
-    return _Raw(x_train * scale, y_train.astype(np.int64), "classification", names, test)
+    return _Raw(x_train * scale, y_train.astype(np.int64), "classification", names, test, pixels)
 
 
 def _load_npz(path: str) -> _Raw:
@@ -428,7 +436,7 @@ def _load_csv(path: str, target_column: str | None) -> _Raw:
     features = [j for j in range(len(header)) if j != target]
     x = np.stack([_feature_column(path, header[j], body[:, j], lines) for j in features], axis=1)
     y = _target_column(path, target_column, body[:, target], lines)
-    return _Raw(x, *_infer_task(y))
+    return _Raw(x, *_infer_task(y), feature_names=tuple(header[j] for j in features))
 
 
 def _read_csv(path: str) -> tuple[list[str], list[int], list[list[str]]]:
@@ -801,6 +809,9 @@ def _assemble(
     out = []
     for xs, ys in splits:
         out += [(xs - x_mean.astype(dtype)) / x_scale.astype(dtype), encode(ys)]
+    features = raw.feature_names or tuple(f"x{i}" for i in range(x.shape[1]))
+    if len(features) != x.shape[1]:  # a loader's bug, not the user's
+        raise AssertionError(f"{name}: {len(features)} feature names for {x.shape[1]} features")
     return Dataset(
         name,
         raw.task,
@@ -811,4 +822,5 @@ def _assemble(
         x_scale,
         y_mean,
         y_scale,
+        features,
     )

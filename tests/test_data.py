@@ -299,6 +299,41 @@ def test_bad_input_is_explained(kwargs, error, match):
         load_dataset(**kwargs)
 
 
+# name -> the first feature names: scikit-learn's own, else x0, x1, ...
+FIRST_FEATURES = {
+    "digits": ("pixel_0_0", "pixel_0_1"),
+    "breast_cancer": ("mean radius", "mean texture"),
+    "iris": ("sepal length (cm)", "sepal width (cm)"),
+    "wine": ("alcohol", "malic_acid"),
+    "diabetes": ("age", "sex"),
+    "moons": ("x0", "x1"),
+    "spirals": ("x0", "x1"),
+    "teacher": ("x0", "x1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_feature_names_of_builtin_datasets(name):
+    ds = load_dataset(name)
+    assert len(ds.feature_names) == ds.num_features == len(set(ds.feature_names))
+    assert all(isinstance(f, str) for f in ds.feature_names)
+    assert ds.feature_names[:2] == FIRST_FEATURES[name]
+
+
+def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
+    assert load_dataset("xor").feature_names == ("x0", "x1")
+    assert load_dataset("teacher").feature_names == tuple(f"x{i}" for i in range(8))
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(30, 4, 4)), y=np.arange(30) % 2)
+    assert load_dataset("npz", path=str(path)).feature_names == tuple(f"x{i}" for i in range(16))
+    columns = {"w": np.arange(30) * 0.5, "label": np.arange(30) % 2, "h": np.arange(30) ** 2}
+    ds = load_dataset("csv", path=_write_csv(tmp_path / "t.csv", columns), target_column="label")
+    assert ds.feature_names == ("w", "h")  # header order, target left out
+    _write_fake_mnist(tmp_path)
+    ds = load_dataset("mnist", data_dir=str(tmp_path))
+    assert ds.feature_names == tuple(f"pixel{i}" for i in range(784))
+
+
 def test_batches_per_epoch():
     assert batches_per_epoch(100, 32) == 3
     assert batches_per_epoch(64, 64) == 1
