@@ -39,7 +39,8 @@ class Dataset(NamedTuple):
     """A dataset split three ways: `x_*` are `(n, num_features)`, `y_*` are `(n, num_outputs)`.
 
     `feature_names` names the columns of `x_*`: the csv header's feature columns, scikit-learn's
-    `feature_names`, `pixel0`, `pixel1`, ... for MNIST, and `x0`, `x1`, ... otherwise.
+    `feature_names`, `pixel0`, `pixel1`, ... for MNIST, and `x0`, `x1`, ... otherwise. Pass it to
+    `read_features` to read new examples in the same column order.
     """
 
     name: str
@@ -162,6 +163,86 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             "follow. The file is truncated or corrupt; fetch it again."
         )
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_features(path: str, feature_names: Sequence[str]) -> np.ndarray:
+    """Reads the raw (unstandardised) features of new examples, e.g. to predict their targets.
+
+    Standardise the result as the training data were before feeding a model:
+    `(x - ds.x_mean) / ds.x_scale`.
+
+    Args:
+      path: an `.npz` with an array `x` of shape `(n, len(feature_names))`, or `(n, ...)` that
+        flattens to that width; or a `.csv` whose header row names every one of `feature_names`
+        (in any order; other columns, such as the target, are ignored). The kind is told from
+        the content (an `.npz` is a zip archive), and from the extension where the content
+        cannot tell.
+      feature_names: the model's features in its column order, e.g. `Dataset.feature_names`.
+
+    Returns:
+      `(n, len(feature_names))` float64, one row per example, columns in `feature_names` order.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: the file is of another kind, damaged, lacks a feature, has the wrong width,
+        holds no rows, or holds a cell or value that is not a finite number.
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "new.csv")
+      >>> with open(path, "w") as f:
+      ...     _ = f.write("b,label,a\\n2,cat,1\\n4,dog,3\\n")
+      >>> read_features(path, ["a", "b"])
+      array([[1., 2.],
+             [3., 4.]])
+    """
+    if isinstance(feature_names, str):
+        raise TypeError(
+            f"feature_names must be a sequence of names, got the string {feature_names!r}; pass "
+            "e.g. dataset.feature_names or [name]."
+        )
+    names = [str(name) for name in feature_names]
+    if not names:
+        raise ValueError(
+            "feature_names is empty; pass the model's features, dataset.feature_names."
+        )
+    repeated = _repeated(names)
+    if repeated:
+        raise ValueError(f"feature_names repeats {repeated}; pass each feature once.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"features file {path!r} does not exist; check the path.")
+    kind = _sniff(path)
+    extension = os.path.splitext(path)[1].lower()
+    if kind == "zip":
+        return _read_npz_features(path, names)
+    if extension == ".npz":  # named an archive, yet not a zip: damaged or misnamed
+        raise ValueError(
+            f"{path!r} is {_KINDS[kind]}, not the zip archive an .npz is; save it with "
+            "np.savez(path, x=...), or name a csv file .csv."
+        )
+    if kind != "text" and extension != ".csv":
+        raise ValueError(
+            f"{path!r} is {_KINDS[kind]}; expected an .npz archive with an array x (save it with "
+            "np.savez(path, x=...)) or a csv text file with a header row."
+        )
+    header, lines, rows = _read_csv(path)
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path!r} lacks the feature column(s) {_some(missing)} (its header has "
+            f"{_some(header)}); expected a header naming every feature. Add those columns."
+        )
+    repeated = [name for name in _repeated(header) if name in names]
+    if repeated:
+        raise ValueError(
+            f"{path!r}: the header names {repeated} more than once, so the feature is ambiguous; "
+            "keep one column per name."
+        )
+    if not rows:
+        raise ValueError(f"{path!r} has a header but no rows; expected one example per line.")
+    body = np.array(rows, dtype=object)
+    columns = [_feature_column(path, name, body[:, header.index(name)], lines) for name in names]
+    return np.stack(columns, axis=1)
 
 
 def batches_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -580,6 +661,33 @@ def _read_npz(path: str, choose, fix: str) -> dict[str, np.ndarray]:
             if not isinstance(arrays[key], np.ndarray):  # a member that is not .npy: raw bytes
                 raise damaged(f"member {key!r} is not a .npy array")
     return arrays
+
+
+def _read_npz_features(path: str, names: list[str]) -> np.ndarray:
+    fix = "save it with np.savez(path, x=...)"
+
+    def choose(keys: set[str]) -> list[str]:
+        if "x" not in keys:
+            raise ValueError(
+                f"{path!r} holds arrays {sorted(keys)}; expected an array 'x' of features: {fix}."
+            )
+        return ["x"]
+
+    x = _read_npz(path, choose, fix)["x"]
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(
+            f"{path!r}: x has shape {x.shape}; expected (n, {len(names)}) with n >= 1. Save at "
+            "least one example."
+        )
+    width = _flat(x).shape[1]
+    if width != len(names):
+        hint = f" (one example is shape (1, {len(names)}))" if x.shape == (len(names),) else ""
+        raise ValueError(
+            f"{path!r}: x has shape {x.shape}, {width} features per row; expected "
+            f"{len(names)} ({_some(names)}){hint}. Save the features the model was trained on."
+        )
+    _check_features(x, repr(path), "x")
+    return _flat(x).astype(np.float64)
 
 
 def _check_raw(raw: _Raw, source: str, fix: str | None) -> None:
