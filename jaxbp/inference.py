@@ -48,6 +48,10 @@ class DataChangedError(ValueError):
     """The data loaded now are not the data the run was trained on."""
 
 
+class UnreadableCheckpointError(RuntimeError):
+    """The workdir's checkpoint exists but cannot be read back (damaged, or not jaxbp's)."""
+
+
 class TrainedModel(NamedTuple):
     """A trained network and what it needs to read raw rows, as `load_trained` reads it.
 
@@ -76,6 +80,7 @@ def load_trained(workdir: str) -> TrainedModel:
 
     Raises:
       NotTrainedError: when ``workdir`` does not exist, holds no run or no checkpoint.
+      UnreadableCheckpointError: when its checkpoint cannot be read back.
       jaxbp.workdir.WorkdirError: when ``workdir`` is a file, or its run record is damaged.
     """
     if not os.path.lexists(workdir):
@@ -89,15 +94,24 @@ def load_trained(workdir: str) -> TrainedModel:
             f"{workdir} holds no run ({workdir_lib.RUN_RECORD} is missing); give the workdir "
             "of a training run."
         )
+    if not any(_checkpoint_epochs(os.path.join(workdir, f)) for f in ("best", "checkpoints")):
+        raise NotTrainedError(
+            f"{workdir} holds a run but no checkpoint (best/ and checkpoints/ hold no epoch); "
+            "train it until its first checkpoint."
+        )
     precision = workdir_lib.config_from_record(record).precision
     with jax.enable_x64(precision == "float64"):
         try:
             config, model, params, meta = trainer.restore_trained(workdir)
-        except FileNotFoundError as e:  # no checkpoint folder holds a step
-            raise NotTrainedError(str(e)) from None
-        params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
+            params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
+        except Exception as e:  # any failure to read is damage; the cause is named
+            cause = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UnreadableCheckpointError(
+                f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
+                "restore the workdir from a copy, or train the run again."
+            ) from e
     if "preprocessing" not in meta:
-        raise ValueError(
+        raise UnreadableCheckpointError(
             f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "
             "read for it; train the run again with this version of jaxbp."
         )
@@ -327,6 +341,13 @@ def _class_report(y: np.ndarray, y_hat: np.ndarray, class_names: list[str]) -> d
         "recall": by_class(recall),
         "f1": by_class(f1),
     }
+
+
+def _checkpoint_epochs(folder: str) -> list[str]:
+    """The epoch folders (numeric names) of a checkpoint folder; orbax's temporaries are not."""
+    if not os.path.isdir(folder):
+        return []
+    return [name for name in os.listdir(folder) if name.isdigit()]
 
 
 def _same_numbers(a: list[float] | None, b: list[float] | None) -> bool:

@@ -166,10 +166,20 @@ def test_a_folder_without_a_trained_run_is_refused(trained, tmp_path):
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     shutil.copy(os.path.join(workdir, "run.json"), untrained / "run.json")
-    with pytest.raises(inference.NotTrainedError, match="no readable checkpoint"):
+    with pytest.raises(inference.NotTrainedError, match="holds a run but no checkpoint"):
         inference.predict_rows(str(untrained), np.ones((1, 4)))
     assert not (untrained / "eval.json").exists()
     assert issubclass(inference.NotTrainedError, FileNotFoundError)
+
+
+def test_a_damaged_checkpoint_is_named_not_thrown_raw(trained, tmp_path):
+    workdir, _, _ = trained("iris")
+    copy = shutil.copytree(workdir, tmp_path / "copy")
+    (epoch,) = os.listdir(copy / "best")
+    (copy / "best" / epoch / "meta" / "metadata").write_text("{not json")
+    with pytest.raises(inference.UnreadableCheckpointError, match="JSONDecodeError") as error:
+        inference.evaluate_workdir(str(copy))
+    assert f"checkpoint in {copy} cannot be read" in str(error.value)
 
 
 def test_evaluation_refuses_data_that_changed_since_training(trained, monkeypatch):
