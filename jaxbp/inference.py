@@ -4,9 +4,10 @@ The contract, stated once: everything here starts from a workdir that
 `jaxbp.trainer.train_and_evaluate` wrote, and uses the parameters
 `jaxbp.trainer.restore_trained` reads (the best-validation ones, or the latest state's when
 no evaluation was made) in the run's precision. New rows are *raw*: ``x_raw: (n, d)`` in the
-units of the data file, columns in the run's ``feature_names`` order (`jaxbp.data.read_features`
-reads them so). They are standardised with the statistics the checkpoint stores, exactly as
-the training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
+units of the data file (for MNIST and Fashion-MNIST, pixels / 255, as `jaxbp.data` reads
+them), columns in the run's ``feature_names`` order (`jaxbp.data.read_features` reads them
+so). They are standardised with the statistics the checkpoint stores, exactly as the
+training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
 data's units: class names, or values ``ŷ · y_scale + y_mean``.
 
 * `evaluate_workdir`: the test metrics recomputed from the checkpoint and the data split
@@ -37,7 +38,7 @@ from jaxbp.mlp import MLP, Params
 
 EVAL_FILE = "eval.json"
 _STATISTICS = ("x_mean", "x_scale", "y_mean", "y_scale")
-_STATISTICS_RTOL = 1e-12  # the same data give the same float64 statistics, bit for bit
+_STATISTICS_RTOL = 1e-12  # the same data give the same statistics; a changed row moves them more
 
 
 class NotTrainedError(FileNotFoundError):
