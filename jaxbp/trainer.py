@@ -639,12 +639,14 @@ def _progress_line(record: dict[str, float], epochs: int, eta: float) -> str:
 def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
     """The config, network, best parameters and checkpoint meta of a trained workdir.
 
-    Reads the run record and the newest readable best-validation checkpoint that is not
-    newer than the newest readable train state (a kill between the two saves can leave
-    one), else the newest readable train state's params. Loads no data and writes nothing.
+    Reads the run record and the newest best-validation checkpoint (the newest train
+    state's params when no evaluation was made). Loads no data and writes nothing. A
+    damaged checkpoint is an error here, not skipped: the params asked for are those the
+    summary describes.
 
     Raises:
-      FileNotFoundError: when the workdir holds no run or no readable checkpoint.
+      FileNotFoundError: when the workdir holds no run or no checkpoint.
+      Exception: what orbax raises for a checkpoint that cannot be read.
     """
     from jaxbp.checkpoint import Checkpointer
 
@@ -655,48 +657,37 @@ def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
             "of a training run."
         )
     config = workdir_lib.config_from_record(record)
-    with jax.enable_x64(config.precision == "float64"):
-        latest = _read_newest(Checkpointer, os.path.join(workdir, "checkpoints"), config, True)
-        limit = None if latest is None else latest[0]
-        best = _read_newest(Checkpointer, os.path.join(workdir, "best"), config, False, limit)
-    found = best or latest
-    if found is None:
-        raise FileNotFoundError(f"{workdir} holds no readable checkpoint; train it first.")
-    _, model, params, meta = found
-    return config, model, params, meta
+    for folder, is_state in (("best", False), ("checkpoints", True)):
+        path = os.path.join(workdir, folder)
+        if not os.path.isdir(path):
+            continue
+        checkpointer = Checkpointer(path)
+        try:
+            epochs = checkpointer.epochs()
+            if not epochs:
+                continue
+            with jax.enable_x64(config.precision == "float64"):
+                model, params, meta = _read_params(checkpointer, epochs[-1], config, is_state)
+            return config, model, params, meta
+        finally:
+            checkpointer.close()
+    raise FileNotFoundError(f"{workdir} holds no checkpoint; train it first.")
 
 
-def _read_newest(checkpointer_type, path, config, is_state, limit=None):
-    """``(epoch, model, params, meta)`` of the newest readable checkpoint in ``path``."""
-    if not os.path.isdir(path):
-        return None
-    checkpointer = checkpointer_type(path)
-    try:
-        for epoch in reversed(checkpointer.epochs()):
-            if limit is not None and epoch > limit:
-                continue
-            try:
-                meta = checkpointer.read_meta(epoch)
-                network = meta["network"]
-                model = MLP(
-                    tuple(network["sizes"]),
-                    network["activation"],
-                    network["output_activation"],
-                    network["use_bias"],
-                )
-                like_params = init_params(
-                    jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision)
-                )
-                if is_state:
-                    optimizer = build_optimizer(config, 1)
-                    like = initial_state(config, model, optimizer)._replace(params=like_params)
-                    params = checkpointer.restore(epoch, like).params
-                else:
-                    params = checkpointer.restore(epoch, {"params": like_params})["params"]
-            except Exception:  # damaged: an older one may read
-                continue
-            if all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
-                return epoch, model, params, meta
-        return None
-    finally:
-        checkpointer.close()
+def _read_params(checkpointer, epoch: int, config: Config, is_state: bool):
+    """``(model, params, meta)`` of one checkpoint, its template built from its meta."""
+    meta = checkpointer.read_meta(epoch)
+    network = meta["network"]
+    model = MLP(
+        tuple(network["sizes"]),
+        network["activation"],
+        network["output_activation"],
+        network["use_bias"],
+    )
+    like_params = init_params(jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision))
+    if is_state:
+        like = initial_state(config, model, build_optimizer(config, 1))._replace(params=like_params)
+        params = checkpointer.restore(epoch, like).params
+    else:
+        params = checkpointer.restore(epoch, {"params": like_params})["params"]
+    return model, params, meta
