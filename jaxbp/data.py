@@ -245,16 +245,6 @@ def read_features(path: str, feature_names: Sequence[str]) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def batches_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches in an epoch, `num_examples // batch_size`; the remainder is dropped."""
-    if not 0 < batch_size <= num_examples:
-        raise ValueError(
-            f"batch_size must be in [1, num_examples={num_examples}], got {batch_size}; "
-            f"use a batch_size of at most {num_examples}."
-        )
-    return num_examples // batch_size
-
-
 def load_dataset(
     name: str,
     *,

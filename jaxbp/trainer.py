@@ -254,17 +254,13 @@ class _Run:
                 f"does not divide over {self.mesh.size} devices; use a multiple of "
                 f"{self.mesh.size}.",
             )
-        self.dataset = load_data(config)
+        self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
         _, self.loss = config_lib.resolve_head(config, self.dataset.task, self.dataset.num_outputs)
-        n_train = len(self.dataset.x_train)
-        if config.batch_size > n_train:
-            raise ConfigError(
-                "batch_size",
-                config.batch_size,
-                f"exceeds the {n_train} training rows of {config.dataset}; use at most {n_train}.",
-            )
-        self.steps_per_epoch = n_train // config.batch_size
+        try:
+            self.steps_per_epoch = train.batches_per_epoch(len(data.x_train), config.batch_size)
+        except ValueError as e:
+            raise ConfigError("batch_size", config.batch_size, str(e)) from None
         self.optimizer = build_optimizer(config, self.steps_per_epoch)
         self.schedule = build_schedule(config, self.steps_per_epoch)
         self.meta = {

@@ -105,7 +105,7 @@ def test_epoch_order_is_a_shuffle_of_whole_batches():
     assert np.asarray(order).max() < 50
     assert not np.array_equal(order, train.epoch_order(key, 4, 50, 8))
     np.testing.assert_array_equal(order, train.epoch_order(key, 3, 50, 8))
-    with pytest.raises(ValueError, match="batch_size 64 is larger than the 50"):
+    with pytest.raises(ValueError, match="batch_size 64 does not fit the 50 training examples"):
         train.epoch_order(key, 0, 50, 64)
 
 
@@ -129,7 +129,7 @@ def test_epoch_drops_the_partial_batch_and_rejects_a_too_large_batch():
         params, opt.init(params), x, y, jax.random.PRNGKey(0), 0
     )
     assert metrics["loss"].shape == (3,)
-    with pytest.raises(ValueError, match="larger than the 20 training examples"):
+    with pytest.raises(ValueError, match="does not fit the 20 training examples"):
         train.make_epoch(step, 32)(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0)
 
 
@@ -214,3 +214,11 @@ def test_optax_state_is_what_the_step_carries():
         params, opt.init(params), (x, y)
     )
     assert int(optax.tree_utils.tree_get(state, "count")) == 1
+
+
+def test_batches_per_epoch_drops_the_remainder_and_refuses_what_does_not_fit():
+    assert train.batches_per_epoch(100, 32) == 3
+    assert train.batches_per_epoch(64, 64) == 1
+    for batch_size in (0, -1, 101):
+        with pytest.raises(ValueError, match=f"batch_size {batch_size} does not fit"):
+            train.batches_per_epoch(100, batch_size)
