@@ -157,8 +157,14 @@ def initial_state(
 ) -> TrainState:
     """The state before epoch 1: params from ``fold_in(key, 0)`` of ``PRNGKey(seed)``."""
     key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
-    params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
-    return TrainState(params, optimizer.init(params), np.asarray(0, np.int32), key)
+
+    @jax.jit  # one program, not one compilation per initializer op
+    def draw(key):
+        params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
+        return params, optimizer.init(params)
+
+    params, opt_state = draw(key)
+    return TrainState(params, opt_state, np.asarray(0, np.int32), key)
 
 
 def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
@@ -283,8 +289,8 @@ class _Run:
 
         check_same_network(meta.get("network", {}), self.meta["network"], self.workdir)
 
-    def _restore(self, latest, best) -> tuple[TrainState, dict[str, Any] | None]:
-        """The state to start from and the best-so-far record (None: no evaluation yet)."""
+    def _restore(self, latest, best) -> tuple[TrainState, tuple[Params, dict] | None]:
+        """The state to start from and the best-so-far ``(params, record)`` (None: none yet)."""
         state = initial_state(self.config, self.model, self.optimizer)
         found = latest.restore_newest_readable(state, self._check_meta, self.log)
         if found is None:
@@ -298,14 +304,14 @@ class _Run:
                 f"epochs >= {epoch}, or a new workdir.",
             )
         self.log(f"resuming from the checkpoint of epoch {epoch} in {self.workdir}")
-        best_record = None
         best_found = best.restore_newest_readable(
             {"params": state.params}, self._check_meta, self.log
         )
-        # A best checkpoint newer than the state (a kill between the two saves) is redone.
-        if best_found is not None and best_found[0] <= epoch:
-            best_record = best_found[2]["best"]
-        return state, best_record
+        # The best is saved just before the state, so one newer than the state cannot be
+        # the run's own: it is redone.
+        if best_found is None or best_found[0] > epoch:
+            return state, None
+        return state, (best_found[1]["params"], best_found[2]["best"])
 
     def _record_start(self, start_epoch: int) -> None:
         changes = {}
@@ -342,7 +348,8 @@ class _Run:
 
     # -- compiled functions ----------------------------------------------------------------
 
-    def _compile(self, state: TrainState):
+    def _compile(self, state: TrainState) -> float:
+        """Compiles the epoch and the evaluations for ``state``'s placement; their seconds."""
         config, model = self.config, self.model
         grad_fn = None
         if config.clip_per_example is not None:  # the δ rows are clipped: hand-written only
@@ -422,12 +429,17 @@ class _Run:
             self._record_start(start_epoch)
             writer = run_outputs.RunOutputs(self.workdir, self.dataset.task)
             writer.truncate_after(start_epoch)
-        compile_seconds = self._compile(state)
         params, opt_state, key = parallel.replicate(
             (state.params, state.opt_state, state.key), self.mesh
         )
-        best_epoch = None if best_record is None else best_record["epoch"]
-        best_val = math.inf if best_record is None else best_record["val_loss"]
+        compile_seconds = self._compile(state._replace(params=params, opt_state=opt_state, key=key))
+        # The best params live in memory (a copy: the epoch donates its inputs) and are
+        # written only with a checkpoint, so a run is not paced by a save per improvement.
+        best_params, best_epoch, best_val, saved_best = None, None, math.inf, None
+        if best_record is not None:
+            best_params = parallel.replicate(best_record[0], self.mesh)
+            best_epoch = saved_best = best_record[1]["epoch"]
+            best_val = best_record[1]["val_loss"]
         status, epoch, train_seconds = "completed", start_epoch, 0.0
         with _stop_signals() as stop:
             for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -453,8 +465,7 @@ class _Run:
                     log(_progress_line(record, config.epochs, (config.epochs - epoch) * seconds))
                     if record["val_loss"] < best_val:
                         best_epoch, best_val = epoch, record["val_loss"]
-                        meta = {**self.meta, "best": {"epoch": epoch, "val_loss": best_val}}
-                        best.save(epoch, {"params": params}, meta)
+                        best_params = jax.tree.map(jnp.copy, params)
                 patience = config.early_stopping_patience
                 early = bool(
                     patience
@@ -464,6 +475,10 @@ class _Run:
                 )
                 stopping = early or stop.signum is not None
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
+                    if best_epoch is not None and best_epoch != saved_best:
+                        meta = {**self.meta, "best": {"epoch": best_epoch, "val_loss": best_val}}
+                        best.save(best_epoch, {"params": best_params}, meta)
+                        saved_best = best_epoch
                     latest.save(
                         epoch,
                         TrainState(params, opt_state, np.asarray(epoch, np.int32), key),
@@ -477,7 +492,7 @@ class _Run:
                     status = "interrupted"
                     break
         latest.close()
-        summary = self._summary(params, best, best_epoch, epoch, status, train_seconds)
+        summary = self._summary(params, best_params, best_epoch, epoch, status, train_seconds)
         summary["compile_seconds"] = compile_seconds
         best.close()
         if writer:
@@ -520,11 +535,11 @@ class _Run:
         record["steps_per_second"] = self.steps_per_epoch / seconds
         return record
 
-    def _summary(self, params, best, best_epoch, epoch, status, train_seconds) -> dict[str, Any]:
+    def _summary(
+        self, params, best_params, best_epoch, epoch, status, train_seconds
+    ) -> dict[str, Any]:
         last = {f"{k}": v for k, v in self._evaluate(params, "test").items()}
-        best_params = params
-        if best_epoch is not None and best_epoch != epoch:
-            best_params = best.restore(best_epoch, {"params": params})["params"]
+        best_params = params if best_params is None else best_params
         test = self._evaluate(best_params, "test")
         val = self._evaluate(best_params, "val")
         train_metrics = self._evaluate(best_params, "train")
