@@ -19,7 +19,15 @@ from jaxbp.backprop import (
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
-from jaxbp.mlp import MLP, Params, forward_autodiff, forward_logits, init_params
+from jaxbp.mlp import (
+    MLP,
+    Forward,
+    Params,
+    forward_autodiff,
+    forward_layers,
+    forward_logits,
+    init_params,
+)
 from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms
 
 __all__ = (
@@ -29,6 +37,7 @@ __all__ = (
     "MLP",
     "OUTPUT_ACTIVATIONS",
     "Activation",
+    "Forward",
     "GradCheckReport",
     "LeafCheck",
     "Loss",
@@ -38,6 +47,7 @@ __all__ = (
     "backward_from_output_delta",
     "clipped_loss_and_grad",
     "forward_autodiff",
+    "forward_layers",
     "forward_logits",
     "forward_with_residuals",
     "gradcheck",

@@ -54,15 +54,10 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
       ``(z_L, y_hat, residuals)``: the output logits ``(batch, nL)``, ``ŷ = f(z^[L])`` and
       the `Residuals` (whose last activation is ŷ).
     """
-    a = x
-    acts = [x]
-    z = x
-    for layer, act in zip(params, model.layer_activations, strict=True):
-        z = mlp_lib.layer_forward(a, layer)
-        a = act.fn(z)
-        acts.append(a)
+    forward = mlp_lib.forward_layers(model, params, x)
     weights = tuple(layer["W"] for layer in params)
-    return z, a, Residuals(weights, tuple(acts))
+    # The z^[k] are dropped here: the residuals are the activations and weights only.
+    return forward.z[-1], forward.a[-1], Residuals(weights, forward.a)
 
 
 def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:

@@ -113,14 +113,17 @@ def relative_error(a: Array, b: Array, floor: float = 0.0) -> float:
 
 
 def _kink_pattern(model: MLP, params: Params, x: Array) -> Array:
-    """Signs of every pre-activation that enters a ReLU-family unit (empty if none)."""
-    signs = []
-    a = x
-    for layer, act in zip(params, model.layer_activations, strict=True):
-        z = mlp_lib.layer_forward(a, layer)
-        if act.has_kink:
-            signs.append((z > 0).ravel())
-        a = act.fn(z)
+    """The side of its kink every ReLU-family unit is on (empty if there is none).
+
+    Read from the activations: a > 0 exactly when z > 0, the same test that picks the branch
+    of ``derivative_from_output``.
+    """
+    acts = mlp_lib.forward_layers(model, params, x).a[1:]
+    signs = [
+        (a > 0).ravel()
+        for a, act in zip(acts, model.layer_activations, strict=True)
+        if act.has_kink
+    ]
     return jnp.concatenate(signs) if signs else jnp.zeros((0,), bool)
 
 

@@ -9,7 +9,7 @@ layer (no ``"b"`` when ``use_bias=False``, as in seed 002).
 
 import dataclasses
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -197,20 +197,50 @@ def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
     return z
 
 
+class Forward(NamedTuple):
+    """Every layer's values from one forward pass (seed 003, Forward Propagation).
+
+    Attributes:
+      z: ``(z^[1], ..., z^[L])``, the pre-activations, ``z^[k]: (batch, n_k)``.
+      a: ``(a^[0] = x, a^[1], ..., a^[L] = ŷ)``, the activations, ``a^[k]: (batch, n_k)``.
+    """
+
+    z: tuple[Array, ...]
+    a: tuple[Array, ...]
+
+
+def forward_layers(model: MLP, params: Params, x: Array) -> Forward:
+    """The forward pass layer by layer: ``z^[k] = a^[k-1] @ W^[k].T + b^[k]``, ``a^[k] = g(z^[k])``.
+
+    The one loop over the layers: `forward_logits`, `forward_autodiff` and
+    `jaxbp.forward_with_residuals` take what they need from it.
+
+    Args:
+      model: the network.
+      params: its parameters (`init_params` layout).
+      x: ``(batch, n0)``.
+
+    Returns:
+      A `Forward` with every ``z^[k]`` and ``a^[k]``.
+    """
+    a = x
+    zs, acts = [], [x]
+    for layer, act in zip(params, model.layer_activations, strict=True):
+        z = layer_forward(a, layer)
+        a = act.fn(z)
+        zs.append(z)
+        acts.append(a)
+    return Forward(tuple(zs), tuple(acts))
+
+
 def forward_logits(model: MLP, params: Params, x: Array) -> Array:
     """The plain forward pass up to the output pre-activation ``z^[L]`` (seed 003's z^[2]).
 
     Plain jnp code, differentiated by ``jax.grad``: the oracle for the custom backward.
     """
-    a = x
-    for k, (layer, act) in enumerate(zip(params, model.layer_activations, strict=True)):
-        z = layer_forward(a, layer)
-        if k == model.num_layers - 1:
-            return z
-        a = act.fn(z)
-    raise AssertionError("unreachable: an MLP has at least one layer")
+    return forward_layers(model, params, x).z[-1]
 
 
 def forward_autodiff(model: MLP, params: Params, x: Array) -> Array:
     """The plain forward pass ``ŷ = f(z^[L])`` (seed 003, Forward Propagation)."""
-    return model.layer_activations[-1].fn(forward_logits(model, params, x))
+    return forward_layers(model, params, x).a[-1]
