@@ -75,10 +75,14 @@ def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array,
     Returns:
       ``(δ^[1], ..., δ^[L])`` with ``δ^[k]: (batch, n_k)``.
     """
-    hidden = activations.ACTIVATIONS[model.activation]
+    g_prime = activations.ACTIVATIONS[model.activation].derivative_from_output
+    assert g_prime is not None, "MLP admits element-wise hidden activations only"
+    # The pairs (W^[k+1], a^[k]) for k = 1, ..., L−1: the weights after each hidden layer.
+    pairs = zip(residuals.weights[1:], residuals.activations[1:-1], strict=True)
     deltas = [delta]
-    for k in reversed(range(1, model.num_layers)):
-        delta = hidden.vjp(residuals.activations[k], delta @ residuals.weights[k])
+    for W_next, a_k in reversed(tuple(pairs)):
+        # δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k]), with g'(z^[k]) read from a^[k] = g(z^[k]).
+        delta = (delta @ W_next) * g_prime(a_k)
         deltas.append(delta)
     return tuple(reversed(deltas))
 
