@@ -14,7 +14,9 @@ _ACTIVATION = flags.DEFINE_list(
 )
 _LOSS = flags.DEFINE_list("loss", [], "Losses to check (default: all of them).")
 _OUTPUT_ACTIVATION = flags.DEFINE_string(
-    "output_activation", None, "Output activation (default: the natural one for each loss)."
+    "output_activation",
+    None,
+    "Output activation (default: the one each loss fits, jaxbp.losses.default_output_activation).",
 )
 _SIZES = flags.DEFINE_list(
     "sizes", ["5", "8", "6", "3"], "Layer widths n0,...,nL: small is enough."
@@ -37,11 +39,11 @@ def main(argv: list[str]) -> int:
     import jaxbp
     from jaxbp.gradient_check import (
         AUTODIFF_THRESHOLD,
-        DEFAULT_OUTPUT_ACTIVATION,
         FINITE_DIFF_THRESHOLD,
         gradcheck,
         random_targets,
     )
+    from jaxbp.losses import default_output_activation
 
     dtype = jnp.dtype(_PRECISION.value)
     hidden = _ACTIVATION.value or list(jaxbp.HIDDEN_ACTIVATIONS)
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
     failures = 0
     for activation in hidden:
         for loss in losses:
-            output = _OUTPUT_ACTIVATION.value or DEFAULT_OUTPUT_ACTIVATION[loss]
+            output = _OUTPUT_ACTIVATION.value or default_output_activation(loss)
             model = jaxbp.MLP(sizes, activation, output, _USE_BIAS.value)
             k_params, k_x, k_y = jax.random.split(jax.random.key(_SEED.value), 3)
             params = jaxbp.init_params(k_params, model, dtype=dtype)

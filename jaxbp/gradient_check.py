@@ -20,6 +20,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxbp import backprop
+from jaxbp import losses as losses_lib
 from jaxbp import mlp as mlp_lib
 from jaxbp.mlp import MLP, Params
 
@@ -184,11 +185,16 @@ def gradcheck(
 
     Returns:
       A `GradCheckReport`; ``report.passed`` is the verdict, ``report.table()`` the table.
+
+    Raises:
+      ValueError: for params that are not float32 or float64, or targets the loss cannot fit
+        (`jaxbp.losses.check_targets`).
     """
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if dtype not in (jnp.float32, jnp.float64):
         raise ValueError(f"gradcheck needs float32 or float64 params, got {dtype}.")
     dtype_name = jnp.dtype(dtype).name
+    losses_lib.check_targets(loss, y)
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, dtype)
 
@@ -245,19 +251,10 @@ def gradcheck(
     )
 
 
-# The output activation each loss is checked with when none is named: seed 003's identity
-# regression for mse, its sigmoid example f for ½‖·‖², seed 001's sigmoid for the sum.
-DEFAULT_OUTPUT_ACTIVATION = {
-    "mse": "identity",
-    "half_mse": "sigmoid",
-    "sse": "sigmoid",
-    "bce": "sigmoid",
-    "softmax_cross_entropy": "softmax",
-}
-
-
 def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp.float32) -> Array:
-    """Targets a loss accepts: {0, 1} for bce, one-hot for softmax cross-entropy, else normal.
+    """Targets a loss fits, drawn in the range of its output activation
+    (`jaxbp.losses.default_output_activation`): {0, 1} for a sigmoid (bce), one-hot for a
+    softmax (softmax cross-entropy), standard normal for the regression losses.
 
     Args:
       key: a PRNG key.
@@ -270,9 +267,10 @@ def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp
       ``(batch_size, nL)`` targets.
     """
     n_out = model.sizes[-1]
-    if loss == "bce":
+    output = losses_lib.default_output_activation(loss)
+    if output == "sigmoid":
         return jax.random.bernoulli(key, 0.5, (batch_size, n_out)).astype(dtype)
-    if loss == "softmax_cross_entropy":
+    if output == "softmax":
         labels = jax.random.randint(key, (batch_size,), 0, n_out)
         return jax.nn.one_hot(labels, n_out, dtype=dtype)
     return jax.random.normal(key, (batch_size, n_out), dtype)

@@ -42,13 +42,10 @@ from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
 
-# losses.py contract: every loss but these is the mean over the batch of a per-example loss.
-_SUM_LOSSES = ("sse",)
-
 
 def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
-    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for ``"sse"``."""
-    return 1.0 if loss_fn.name in _SUM_LOSSES else 1.0 / batch_size
+    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for a sum."""
+    return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
 def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:

@@ -17,20 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp.activations import HIDDEN_ACTIVATIONS
+from jaxbp.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from jaxbp.losses import LOSSES
 
-REGRESSION = ("mse", "half_mse", "sse")
 # The losses each output activation can be trained with (bce and softmax cross-entropy
 # require their activation; the regression losses go with any).
 COMPATIBLE_LOSSES = {
-    "identity": REGRESSION,
-    "sigmoid": (*REGRESSION, "bce"),
-    "tanh": REGRESSION,
-    "relu": REGRESSION,
-    "leaky_relu": REGRESSION,
-    "softplus": REGRESSION,
-    "softmax": ("softmax_cross_entropy", "mse"),
+    output: tuple(name for name, loss in LOSSES.items() if loss.fits(output))
+    for output in OUTPUT_ACTIVATIONS
 }
 
 # (rtol, atol as a fraction of the leaf's largest |entry|). The atol is relative to the

@@ -235,6 +235,20 @@ def test_table_shows_fail():
     assert not fd_bad.passed
 
 
+def test_gradcheck_refuses_targets_the_loss_cannot_fit():
+    model = jaxbp.MLP((3, 2), output_activation="sigmoid")
+    params, x, _ = _problem(model, "bce", dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"bce targets must lie in \[0, 1\]"):
+        gradcheck(model, "bce", params, x, 2 * jnp.ones((4, 2)))
+
+
+@pytest.mark.parametrize("loss", list(losses.LOSSES))
+def test_random_targets_are_targets_the_loss_fits(loss):
+    output = losses.default_output_activation(loss)
+    model = jaxbp.MLP((3, 4), output_activation=output)
+    losses.check_targets(loss, random_targets(jax.random.key(3), model, loss, 20))
+
+
 def test_random_targets_bce_is_binary():
     model = jaxbp.MLP((3, 4))
     y = random_targets(jax.random.key(0), model, "bce", 50)
