@@ -15,7 +15,6 @@ from jaxbp.backprop import (
     loss_and_grad,
     loss_value,
     output_delta,
-    per_example_grads,
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
@@ -28,7 +27,7 @@ from jaxbp.mlp import (
     forward_logits,
     init_params,
 )
-from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms
+from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms, per_example_grads
 
 __all__ = (
     "ACTIVATIONS",

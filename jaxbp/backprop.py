@@ -253,12 +253,6 @@ def loss_and_grad(
       (4, 3)
     """
     loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-    return _loss_and_grad(model, loss_fn, params, x, y)
-
-
-def _loss_and_grad(
-    model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
-) -> tuple[Array, Params]:
     z_out, y_hat, residuals = forward_with_residuals(model, params, x)
     value = batch_loss(loss_fn, z_out, y_hat, y)
     delta = loss_output_delta(model, loss_fn, y_hat, y)
@@ -294,25 +288,3 @@ def loss_value(
     if backward == "autodiff" and loss_fn.value_from_logits is not None:
         return loss_fn.value_from_logits(mlp_lib.forward_logits(model, params, x), y)
     return loss_fn.value(apply(model, params, x, backward=backward), y)
-
-
-def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
-    """Per-example gradients ``∂L_i/∂θ`` by `vmap` of the hand-written backward.
-
-    Seed 000 eqs. 3-4: ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
-    leading axis equals the batch gradient (for ``"sse"``, a sum, the sum does).
-
-    Args:
-      model, loss, params: as for `loss_and_grad`.
-      x: ``(batch, n0)``.
-      y: ``(batch, nL)``.
-
-    Returns:
-      A pytree like ``params`` with a leading ``batch`` axis on every leaf.
-    """
-    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-
-    def one(x_i: Array, y_i: Array) -> Params:
-        return _loss_and_grad(model, loss_fn, params, x_i[None], y_i[None])[1]
-
-    return jax.vmap(one)(x, y)

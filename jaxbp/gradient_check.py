@@ -256,8 +256,11 @@ def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp
     (`jaxbp.losses.default_output_activation`): {0, 1} for a sigmoid (bce), one-hot for a
     softmax (softmax cross-entropy), standard normal for the regression losses.
 
+    Drawn on the host by numpy, seeded by the key's data: a problem of a new shape costs no
+    compilation (jax.random compiles a program per shape). Not for use under ``jax.jit``.
+
     Args:
-      key: a PRNG key.
+      key: a PRNG key (``jax.random.key`` or ``PRNGKey``); another key gives other targets.
       model: the network (its output width).
       loss: the loss name.
       batch_size: rows.
@@ -266,11 +269,15 @@ def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp
     Returns:
       ``(batch_size, nL)`` targets.
     """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    rng = np.random.default_rng(np.asarray(key).ravel())
     n_out = model.sizes[-1]
     output = losses_lib.default_output_activation(loss)
     if output == "sigmoid":
-        return jax.random.bernoulli(key, 0.5, (batch_size, n_out)).astype(dtype)
-    if output == "softmax":
-        labels = jax.random.randint(key, (batch_size,), 0, n_out)
-        return jax.nn.one_hot(labels, n_out, dtype=dtype)
-    return jax.random.normal(key, (batch_size, n_out), dtype)
+        y = rng.integers(0, 2, size=(batch_size, n_out))
+    elif output == "softmax":
+        y = np.eye(n_out)[rng.integers(0, n_out, size=batch_size)]
+    else:
+        y = rng.standard_normal(size=(batch_size, n_out))
+    return jnp.asarray(y.astype(jnp.dtype(dtype)), dtype)  # cast on the host: no compile

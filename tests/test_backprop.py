@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from problems import TOLERANCES, assert_grads_close, make_params, make_problem
 
 import jaxbp
 from jaxbp.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
@@ -26,55 +27,6 @@ COMPATIBLE_LOSSES = {
     output: tuple(name for name, loss in LOSSES.items() if loss.fits(output))
     for output in OUTPUT_ACTIVATIONS
 }
-
-# (rtol, atol as a fraction of the leaf's largest |entry|). The atol is relative to the
-# leaf: an entry of ∂/∂W = δᵀ a or ∂/∂b = Σ_batch δ is a sum whose terms can cancel, and the
-# two routes sum in different orders, so the result carries an absolute rounding error of
-# about ε·(size of the terms) whatever its own size. Element-wise relative error on such an
-# entry is noise (in float32 it reaches 1e-3 on near-zero entries); the per-leaf scale keeps
-# the check tight for every entry of normal size.
-TOLERANCES = {"float64": (1e-10, 1e-13), "float32": (1e-5, 1e-6)}
-
-
-def assert_grads_close(actual, expected, dtype):
-    """Leaf-by-leaf comparison with `TOLERANCES` (same structure, shapes and dtypes)."""
-    chex.assert_trees_all_equal_structs(actual, expected)
-    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
-    rtol, atol_fraction = TOLERANCES[dtype]
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        scale = float(jnp.max(jnp.abs(e))) if e.size else 0.0
-        chex.assert_trees_all_close(a, e, rtol=rtol, atol=atol_fraction * scale)
-
-
-def make_params(model, rng, dtype):
-    """Random parameters (numpy, so no per-shape PRNG compile): W ~ N(0, 1/n_in), b ~ N(0, 1/4)."""
-    params = []
-    for shapes in model.param_shapes():
-        n_out, n_in = shapes["W"]
-        layer = {"W": jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), dtype)}
-        if "b" in shapes:
-            layer["b"] = jnp.asarray(rng.normal(size=n_out) * 0.5, dtype)
-        params.append(layer)
-    return params
-
-
-def make_targets(loss, rng, batch, n_out, dtype):
-    """Targets in the loss's encoding: {0, 1} for bce, one-hot for softmax, else normal."""
-    if loss == "bce":
-        y = rng.integers(0, 2, size=(batch, n_out))
-    elif loss == "softmax_cross_entropy":
-        y = np.eye(n_out)[rng.integers(0, n_out, size=batch)]
-    else:
-        y = rng.normal(size=(batch, n_out))
-    return jnp.asarray(y, dtype)
-
-
-def make_problem(model, loss, batch=5, seed=0, dtype="float64"):
-    rng = np.random.default_rng(seed)
-    params = make_params(model, rng, dtype)
-    x = jnp.asarray(rng.normal(size=(batch, model.sizes[0])), dtype)
-    y = make_targets(loss, rng, batch, model.sizes[-1], dtype)
-    return params, x, y
 
 
 def loss_through_apply(model, loss, params, x, y, backward):
@@ -119,7 +71,9 @@ def test_hand_gradients_match_autodiff(config):
             config["sizes"], config["activation"], config["output"], config["use_bias"]
         )
         loss = config["loss"]
-        params, x, y = make_problem(model, loss, config["batch"], config["seed"], dtype)
+        params, x, y = make_problem(
+            model, loss, batch=config["batch"], seed=config["seed"], dtype=dtype
+        )
 
         @jax.jit
         def routes(params, x, y):
@@ -323,44 +277,6 @@ def test_forward_mode_under_jit_still_raises():
     f = jax.jit(lambda p: jaxbp.apply(model, p, x))
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(f, (params,), (params,))
-
-
-# --- per_example_grads -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("output", "loss", "use_bias"),
-    [
-        ("identity", "mse", True),
-        ("sigmoid", "sse", False),
-        ("sigmoid", "bce", True),
-        ("softmax", "softmax_cross_entropy", False),
-    ],
-)
-def test_per_example_grads(x64, output, loss, use_bias):
-    """Seed 000 eqs. 3-4: the batch gradient is the mean of per-example ones (sum for sse)."""
-    model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output, use_bias=use_bias)
-    batch = 5
-    params, x, y = make_problem(model, loss, batch=batch, seed=12)
-    per_example = jaxbp.per_example_grads(model, loss, params, x, y)
-    chex.assert_tree_shape_prefix(per_example, (batch,))
-    chex.assert_trees_all_equal_structs(per_example, params)
-    for rows, leaf in zip(jax.tree.leaves(per_example), jax.tree.leaves(params), strict=True):
-        chex.assert_shape(rows, (batch, *leaf.shape))
-    reduce = jnp.sum if loss == "sse" else jnp.mean
-    _, batch_grads = jaxbp.loss_and_grad(model, loss, params, x, y)
-    assert_grads_close(
-        jax.tree.map(lambda g: reduce(g, axis=0), per_example), batch_grads, "float64"
-    )
-    for i in (0, batch - 1):
-        _, single = jaxbp.loss_and_grad(model, loss, params, x[i : i + 1], y[i : i + 1])
-        assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single, "float64")
-
-
-def test_per_example_grads_differ_between_examples(x64):
-    params, x, y = make_problem(MODEL, "mse", batch=3, seed=13)
-    rows = jaxbp.per_example_grads(MODEL, "mse", params, x, y)[0]["W"]
-    assert float(jnp.max(jnp.abs(rows[0] - rows[1]))) > 1e-3
 
 
 # --- Residuals -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from problems import make_problem
 
 import jaxbp
 from jaxbp import activations, losses
@@ -23,20 +24,6 @@ from jaxbp.gradient_check import (
     random_targets,
     relative_error,
 )
-
-
-def _problem(model, loss, batch=4, seed=0, dtype=jnp.float64):
-    params = jaxbp.init_params(jax.random.key(seed), model, dtype=dtype)
-    # Non-zero biases, so their gradients are not a special case.
-    params = [
-        {**layer, "b": layer["b"] + 0.1 * (k + 1)} if "b" in layer else layer
-        for k, layer in enumerate(params)
-    ]
-    kx, ky = jax.random.split(jax.random.key(seed + 1))
-    x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
-    y = random_targets(ky, model, loss, batch, dtype)
-    return params, x, y
-
 
 # One set of sizes for all configurations: eager ops compile once per shape, so sharing
 # shapes keeps this module fast. Two hidden layers, so δ passes through g' twice.
@@ -55,7 +42,7 @@ SIZES = (3, 5, 4, 3)
 )
 def test_gradcheck_passes_float64(x64, activation, output, loss, use_bias):
     model = jaxbp.MLP(SIZES, activation, output, use_bias)
-    params, x, y = _problem(model, loss)
+    params, x, y = make_problem(model, loss, batch=4)
     report = gradcheck(model, loss, params, x, y, fd_entries_per_leaf=8)
     assert report.passed, report.table()
     assert report.dtype == "float64"
@@ -80,7 +67,7 @@ def test_gradcheck_passes_float64(x64, activation, output, loss, use_bias):
 )
 def test_gradcheck_passes_float32(activation, output, loss):
     model = jaxbp.MLP(SIZES, activation, output)
-    params, x, y = _problem(model, loss, dtype=jnp.float32)
+    params, x, y = make_problem(model, loss, batch=4, dtype=jnp.float32)
     report = gradcheck(model, loss, params, x, y)
     assert report.passed, report.table()
     assert report.dtype == "float32"
@@ -115,7 +102,7 @@ def test_gradcheck_skips_entries_across_a_relu_kink(x64):
 
 def test_finite_difference_grads_match_jax_grad(x64):
     model = jaxbp.MLP((3, 4, 2), "tanh", "identity")
-    params, x, y = _problem(model, "mse", seed=3)
+    params, x, y = make_problem(model, "mse", batch=4, seed=3)
     flat = ravel_pytree(jax.grad(jaxbp.loss_value, argnums=2)(model, "mse", params, x, y))[0]
     indices = jnp.array([0, 5, 11, 12, 15, 20, 25])
     fd, valid = finite_difference_grads(model, "mse", params, x, y, indices)
@@ -132,7 +119,7 @@ def _wrong_sigmoid():
 def test_gradcheck_catches_a_wrong_activation_derivative(x64, monkeypatch):
     # Sizes used nowhere else, so no cached trace of the wrong rule can leak into other tests.
     model = jaxbp.MLP((5, 7, 3), "sigmoid", "identity")
-    params, x, y = _problem(model, "mse", seed=4)
+    params, x, y = make_problem(model, "mse", batch=4, seed=4)
     assert gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4).passed
     monkeypatch.setitem(activations.ACTIVATIONS, "sigmoid", _wrong_sigmoid())
     report = gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4)
@@ -155,7 +142,7 @@ def test_gradcheck_catches_the_sign_error_of_seed_001(x64, monkeypatch):
     loss value by jax.grad, so it still agrees with the oracle.
     """
     model = jaxbp.MLP((4, 3, 2), "tanh", "sigmoid")
-    params, x, y = _problem(model, "sse", seed=5)
+    params, x, y = make_problem(model, "sse", batch=4, seed=5)
     wrong = losses.LOSSES["sse"]._replace(grad=lambda y_hat, y: 2 * (y - y_hat))
     monkeypatch.setitem(losses.LOSSES, "sse", wrong)
     report = gradcheck(model, "sse", params, x, y, fd_entries_per_leaf=4)
@@ -173,7 +160,7 @@ def test_relative_error_does_not_hide_nan():
 
 def test_gradcheck_fails_a_nan_gradient(x64, monkeypatch):
     model = jaxbp.MLP((2, 3, 2), "tanh", "identity")
-    params, x, y = _problem(model, "mse", seed=7)
+    params, x, y = make_problem(model, "mse", batch=4, seed=7)
     nan_grad = losses.LOSSES["mse"]._replace(grad=lambda y_hat, y: jnp.full_like(y_hat, jnp.nan))
     monkeypatch.setitem(losses.LOSSES, "mse", nan_grad)
     _, grads = jaxbp.loss_and_grad(model, "mse", params, x, y)
@@ -208,7 +195,7 @@ def test_relative_error_semantics():
 
 def test_table_shows_rows_and_verdict(x64):
     model = jaxbp.MLP((3, 4, 2), "tanh", "identity", use_bias=False)
-    params, x, y = _problem(model, "mse", seed=6)
+    params, x, y = make_problem(model, "mse", batch=4, seed=6)
     report = gradcheck(model, "mse", params, x, y, fd_entries_per_leaf=4)
     table = report.table()
     assert "PASS (float64)" in table
@@ -237,7 +224,7 @@ def test_table_shows_fail():
 
 def test_gradcheck_refuses_targets_the_loss_cannot_fit():
     model = jaxbp.MLP((3, 2), output_activation="sigmoid")
-    params, x, _ = _problem(model, "bce", dtype=jnp.float32)
+    params, x, _ = make_problem(model, "bce", batch=4, dtype=jnp.float32)
     with pytest.raises(ValueError, match=r"bce targets must lie in \[0, 1\]"):
         gradcheck(model, "bce", params, x, 2 * jnp.ones((4, 2)))
 
