@@ -160,6 +160,27 @@ _FORWARD_MODE_HINT = (
 )
 
 
+@jax.custom_vjp
+def _custom_vjp_probe(tree: object) -> object:
+    return tree
+
+
+_custom_vjp_probe.defvjp(lambda tree: (tree, None), lambda _, g_bar: (g_bar,))
+
+
+def _under_forward_mode(tree: object) -> bool:
+    """Whether ``tree`` carries forward-mode tangents, which no custom_vjp function takes.
+
+    JAX is asked, not its error text read: a trivial custom_vjp function is called on the same
+    values, and it raises a TypeError exactly when they are being pushed forward.
+    """
+    try:
+        _custom_vjp_probe(tree)
+    except TypeError:
+        return True
+    return False
+
+
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
     """The network's output ``ŷ = f(z^[L])`` (seed 003, Forward Propagation).
 
@@ -195,7 +216,7 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
         try:
             y_hat = _apply_custom(model, params, x)
         except TypeError as e:
-            if "forward-mode" not in str(e) and "jvp" not in str(e):
+            if not _under_forward_mode((params, x)):
                 raise
             raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
     return y_hat[0] if single else y_hat

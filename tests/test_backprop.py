@@ -269,6 +269,36 @@ def test_forward_mode_raises_with_hint(transform):
     transform(lambda p: jaxbp.apply(model, p, x, backward="autodiff"), params)
 
 
+def test_jax_refuses_forward_mode_through_any_custom_vjp_with_a_type_error():
+    """What `apply`'s hint relies on: JAX raises a TypeError (whatever its words) when a
+    tangent is pushed through a custom_vjp function, here one unrelated to jaxbp."""
+
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (2 * g,))
+    assert float(jax.grad(double)(1.0)) == 2.0  # reverse mode is fine
+    with pytest.raises(TypeError):
+        jax.jvp(double, (1.0,), (1.0,))
+
+
+def test_other_type_errors_of_the_custom_path_get_no_hint(monkeypatch):
+    """The hint is added only under forward mode: a TypeError raised inside the network
+    (here by a broken activation) comes out unchanged."""
+    model = jaxbp.MLP((3, 4, 2), activation="softplus")
+    params, x, _ = make_problem(model, "mse", dtype="float32")
+
+    def broken(z):
+        raise TypeError("broken activation")
+
+    broken_softplus = jaxbp.ACTIVATIONS["softplus"]._replace(fn=broken)
+    monkeypatch.setitem(jaxbp.ACTIVATIONS, "softplus", broken_softplus)
+    with pytest.raises(TypeError, match="broken activation") as info:
+        jaxbp.apply(model, params, x)
+    assert "backward='autodiff'" not in str(info.value)
+
+
 def test_forward_mode_under_jit_still_raises():
     """Under jit the jvp happens after `apply` has returned, so JAX's own TypeError arrives
     without jaxbp's hint; it is still a TypeError about forward mode."""

@@ -113,7 +113,11 @@ def test_finite_difference_grads_match_jax_grad(x64):
 
 def _wrong_sigmoid():
     """σ' taken as 1 − a² (tanh's rule from the output), a plausible mix-up."""
-    return activations._elementwise("sigmoid", jax.nn.sigmoid, lambda a: 1 - a * a)
+
+    def wrong(a):
+        return 1 - a * a
+
+    return activations.Activation("sigmoid", jax.nn.sigmoid, wrong, lambda a, g: g * wrong(a))
 
 
 def test_gradcheck_catches_a_wrong_activation_derivative(x64, monkeypatch):
