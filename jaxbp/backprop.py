@@ -63,8 +63,8 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
 def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:
     """The δ recursion: every layer's error from ``δ^[L]``.
 
-    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.5, with W^(k+1) where the seed
-    writes W^(L) for k = L): the error of layer k is the next layer's error sent back
+    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.4-3.5, with W^(L+1) where §3.4
+    writes W^(L); seed 003, Step 2): the error of layer k is the next layer's error sent back
     through its weights. Each row is one example's, so the recursion acts on rows alone.
 
     Args:
@@ -90,7 +90,8 @@ def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array,
 def backward_from_output_delta(
     model: MLP, residuals: Residuals, delta: Array, *, input_grad: bool = True
 ) -> tuple[Params, Array | None]:
-    """Runs the δ recursion down from ``δ^[L]`` and forms the gradients.
+    """The δ recursion down from ``δ^[L]`` (`layer_deltas`), then the gradients
+    (`gradients_from_deltas`) and ``∂/∂x``.
 
     Args:
       model: the network.

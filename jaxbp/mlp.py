@@ -190,7 +190,7 @@ def check_targets(model: MLP, x: Array, y: Array) -> Array:
 def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
     """``z = a_prev @ W.T + b`` (seed 003: z = W a + b, for a batch of rows)."""
     # einsum, not a_prev @ W.T: with one row XLA:CPU copies W.T on every call for the
-    # matrix-vector product (2x to 6x slower at batch 1, docs/performance.md).
+    # matrix-vector product, which dominates at batch 1 (measured in docs/performance.md).
     z = jnp.einsum("...i,oi->...o", a_prev, layer["W"])
     if "b" in layer:
         z = z + layer["b"]

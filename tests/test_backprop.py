@@ -54,7 +54,7 @@ def configs(draw):
     )
 
 
-# Each example compiles a fresh network; one jit of all four gradients is ~10x cheaper than
+# Each example compiles a fresh network; one jit of all four gradients is much cheaper than
 # running them eagerly (one XLA compile per op and shape), so the property runs under jit and
 # the eager path is covered by the deterministic tests below.
 @settings(
