@@ -230,7 +230,7 @@ def check_loss_inputs(
 
     Raises:
       ValueError: for an unknown loss, a loss the output activation does not fit, params
-        that do not match the model, or ``x``/``y`` of the wrong shape.
+        that do not match the model, ``x``/``y`` of the wrong shape, or an empty batch.
     """
     loss_fn = losses_lib.get_loss(loss, model.output_activation)
     mlp_lib.check_params(model, params)
@@ -241,6 +241,11 @@ def check_loss_inputs(
             f"{model.sizes[0]}); for one example use x[None]."
         )
     mlp_lib.check_inputs(model, x)
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}: an empty batch has no loss (its mean is 0/0); "
+            "pass at least one example."
+        )
     y = mlp_lib.check_targets(model, x, y)
     return loss_fn, x, y
 

@@ -187,13 +187,18 @@ def gradcheck(
       A `GradCheckReport`; ``report.passed`` is the verdict, ``report.table()`` the table.
 
     Raises:
-      ValueError: for params that are not float32 or float64, or targets the loss cannot fit
-        (`jaxbp.losses.check_targets`).
+      ValueError: for params that are not float32 or float64, an empty batch, or targets the
+        loss cannot fit (`jaxbp.losses.check_targets`).
     """
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if dtype not in (jnp.float32, jnp.float64):
         raise ValueError(f"gradcheck needs float32 or float64 params, got {dtype}.")
     dtype_name = jnp.dtype(dtype).name
+    if jnp.size(x) == 0:
+        raise ValueError(
+            f"gradcheck got x of shape {tuple(jnp.shape(x))}: with no examples every gradient is "
+            "zero and the check would pass without checking anything; pass at least one row."
+        )
     losses_lib.check_targets(loss, y)
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, dtype)

@@ -67,7 +67,13 @@ class MLP:
             raise ValueError(f"MLP sizes must all be positive, got {sizes}.")
         object.__setattr__(self, "sizes", sizes)
         activations.get_activation(self.activation, allowed=activations.HIDDEN_ACTIVATIONS)
-        activations.get_activation(self.output_activation)
+        output = activations.get_activation(self.output_activation)
+        if not output.elementwise and sizes[-1] == 1:
+            raise ValueError(
+                f"output_activation={self.output_activation!r} over one output unit is the "
+                "constant 1, so nothing could be learnt: for two classes use one unit with "
+                "output_activation='sigmoid' and loss 'bce', or give softmax one unit per class."
+            )
 
     @property
     def num_layers(self) -> int:

@@ -42,6 +42,8 @@ def configs(draw):
     depth = draw(st.integers(1, 6))
     sizes = tuple(draw(st.lists(st.integers(1, 32), min_size=depth + 1, max_size=depth + 1)))
     output = draw(st.sampled_from(sorted(COMPATIBLE_LOSSES)))
+    if output == "softmax":  # softmax needs two units at least (one is the constant 1)
+        sizes = (*sizes[:-1], max(2, sizes[-1]))
     return dict(
         sizes=sizes,
         activation=draw(st.sampled_from(HIDDEN_ACTIVATIONS)),
@@ -390,6 +392,16 @@ def test_wrong_feature_count(small_problem, entry):
             jaxbp.apply(SMALL, params, x)
         else:
             getattr(jaxbp, entry)(SMALL, "mse", params, x, y)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["loss_and_grad", "loss_value", "per_example_grads", "per_example_grad_norms"],
+)
+def test_empty_batch_is_refused(small_problem, entry):
+    params, _, _ = small_problem
+    with pytest.raises(ValueError, match=r"x has shape \(0, 3\): an empty batch.*at least one"):
+        getattr(jaxbp, entry)(SMALL, "mse", params, jnp.zeros((0, 3)), jnp.zeros((0, 2)))
 
 
 def test_apply_rejects_3d_x(small_problem):

@@ -226,6 +226,14 @@ def test_table_shows_fail():
     assert not fd_bad.passed
 
 
+def test_gradcheck_refuses_an_empty_batch():
+    """No rows, no gradient: the check must not report PASS having checked nothing."""
+    model = jaxbp.MLP((3, 2))
+    params, _, _ = make_problem(model, "mse", batch=4, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"x of shape \(0, 3\).*at least one row"):
+        gradcheck(model, "mse", params, jnp.zeros((0, 3)), jnp.zeros((0, 2)))
+
+
 def test_gradcheck_refuses_targets_the_loss_cannot_fit():
     model = jaxbp.MLP((3, 2), output_activation="sigmoid")
     params, x, _ = make_problem(model, "bce", batch=4, dtype=jnp.float32)

@@ -64,6 +64,15 @@ def test_mlp_softmax_is_not_a_hidden_activation():
     MLP((3, 4, 2), output_activation="softmax")  # as the output it is fine
 
 
+@pytest.mark.parametrize("sizes", [(4, 5, 1), (3, 1)])
+def test_mlp_refuses_softmax_over_one_unit(sizes):
+    """softmax of one logit is the constant 1: no gradient reaches the weights."""
+    with pytest.raises(ValueError, match=r"one output unit is the constant 1.*'sigmoid'.*'bce'"):
+        MLP(sizes, output_activation="softmax")
+    MLP(sizes, output_activation="sigmoid")  # the fix
+    MLP((*sizes[:-1], 2), output_activation="softmax")  # two classes are fine
+
+
 def test_mlp_normalises_sizes_and_is_hashable():
     a, b = MLP([3, 4, 2], "tanh"), MLP((np.int64(3), 4, 2), "tanh")
     assert a.sizes == (3, 4, 2)
