@@ -17,6 +17,7 @@ output (σ' = σ(1 − σ), tanh' = 1 − a², ...), so no pre-activation is sto
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -75,6 +76,10 @@ def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array,
     Returns:
       ``(δ^[1], ..., δ^[L])`` with ``δ^[k]: (batch, n_k)``.
     """
+    # Shapes are static: under jit these checks cost nothing at run time.
+    chex.assert_equal(len(residuals.weights), model.num_layers)
+    chex.assert_equal(len(residuals.activations), model.num_layers + 1)
+    chex.assert_equal_shape([delta, residuals.activations[-1]])
     g_prime = activations.ACTIVATIONS[model.activation].derivative_from_output
     assert g_prime is not None, "MLP admits element-wise hidden activations only"
     # The pairs (W^[k+1], a^[k]) for k = 1, ..., L−1: the weights after each hidden layer.
@@ -122,6 +127,7 @@ def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array,
     Returns:
       One ``{"W", "b"}`` dict per layer, shaped like the params.
     """
+    chex.assert_trees_all_equal_shapes(tuple(deltas), residuals.activations[1:])  # δ^[k] ~ a^[k]
     grads = []
     for delta_k, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
         layer = {"W": delta_k.T @ a_prev}

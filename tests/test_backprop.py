@@ -527,6 +527,18 @@ def test_backward_from_output_delta_input_grad_flag(x64):
     assert_grads_close((grads, x_bar), oracle, "float64")
 
 
+def test_recursion_pieces_check_the_shapes_they_are_given(x64):
+    params, x, _ = make_problem(MODEL, "mse", seed=22)
+    _, _, residuals = jaxbp.forward_with_residuals(MODEL, params, x)
+    with pytest.raises(AssertionError):  # δ^[L] must be shaped like ŷ = a^[L]: (5, 3)
+        jaxbp.layer_deltas(MODEL, residuals, jnp.ones((5, 2)))
+    with pytest.raises(AssertionError):  # residuals of another network
+        jaxbp.layer_deltas(jaxbp.MLP((4, 5, 3)), residuals, jnp.ones((5, 3)))
+    deltas = jaxbp.layer_deltas(MODEL, residuals, jnp.ones((5, 3)))
+    with pytest.raises(AssertionError):  # δ^[k] must be shaped like a^[k]
+        jaxbp.gradients_from_deltas(MODEL, residuals, (deltas[0].T, *deltas[1:]))
+
+
 def test_output_delta_softmax_matches_jax_vjp(x64):
     model = jaxbp.MLP((3, 4), output_activation="softmax")
     rng = np.random.default_rng(21)
