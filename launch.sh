@@ -59,6 +59,7 @@ case "$cmd" in
   test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
+    "$venv/bin/mypy"
     exec "$python" -m pytest -q -n 2 "$@" ;;
   *) echo "launch.sh: unknown subcommand '$cmd': expected train, gradcheck, seeds, bench, scaling or test." >&2; exit 2 ;;
 esac

@@ -152,7 +152,9 @@ def _apply_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Resi
     return y_hat, residuals
 
 
-def _apply_custom_bwd(model: MLP, residuals: Residuals, g_bar: Array) -> tuple[Params, Array]:
+def _apply_custom_bwd(
+    model: MLP, residuals: Residuals, g_bar: Array
+) -> tuple[Params, Array | None]:
     delta = output_delta(model, residuals.activations[-1], g_bar)
     return backward_from_output_delta(model, residuals, delta)
 

@@ -25,6 +25,7 @@ from jaxbp import mlp as mlp_lib
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
 
 # Thresholds of the project (README, "Gradient checks").
 AUTODIFF_THRESHOLD = {"float64": 1e-10, "float32": 1e-5}
@@ -98,17 +99,17 @@ class GradCheckReport(NamedTuple):
         return "\n".join(lines)
 
 
-def relative_error(a: Array, b: Array, floor: float = 0.0) -> float:
+def relative_error(a: ArrayLike, b: ArrayLike, floor: float = 0.0) -> float:
     """Max over entries of ``|a − b| / max(|a|, |b|, floor)``; 0 where both are 0.
 
     A NaN or inf anywhere gives inf: a broken gradient must never pass.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
         return float("inf")
-    denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    diff = np.abs(a - b)
+    denom = np.maximum(np.maximum(np.abs(a64), np.abs(b64)), floor)
+    diff = np.abs(a64 - b64)
     ratio = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
     return float(ratio.max()) if ratio.size else 0.0
 
@@ -222,8 +223,10 @@ def gradcheck(
     use_fd = dtype == jnp.float64
     if use_fd:
         all_picks = jnp.asarray(np.concatenate(picks))
-        fd, valid = finite_difference_grads(model, loss, params, x, y, all_picks, step=fd_step)
-        fd, valid = np.asarray(fd), np.asarray(valid)
+        fd_grads, fd_valid = finite_difference_grads(
+            model, loss, params, x, y, all_picks, step=fd_step
+        )
+        fd, valid = np.asarray(fd_grads), np.asarray(fd_valid)
     flat_hand = np.asarray(ravel_pytree(hand)[0])
 
     rows = []
@@ -279,6 +282,7 @@ def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp
     rng = np.random.default_rng(np.asarray(key).ravel())
     n_out = model.sizes[-1]
     output = losses_lib.default_output_activation(loss)
+    y: np.ndarray
     if output == "sigmoid":
         y = rng.integers(0, 2, size=(batch_size, n_out))
     elif output == "softmax":

@@ -91,7 +91,7 @@ class MLP:
         """The shape of every leaf, in the layout of `init_params`."""
         shapes = []
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            layer = {"W": (n_out, n_in)}
+            layer: dict[str, tuple[int, ...]] = {"W": (n_out, n_in)}
             if self.use_bias:
                 layer["b"] = (n_out,)
             shapes.append(layer)
