@@ -55,9 +55,9 @@ SIZES_003 = (4, 8, 3)  # iris's 4 features, 8 hidden units, 3 sigmoid outputs on
 # share of the gradient's largest entry: an entry that is a sum of a few hundred rows
 # cancelling to ~1e-4 of the largest keeps few float32 digits, whichever order sums it.
 RELATIVE_ERROR_FLOOR = 1e-3
-# float64: rounding only (the library's gradcheck threshold); float32: its 1e-5 was set on
+# float64: rounding only (the rtol of the library's gradcheck); float32: its 1e-5 was set on
 # small batches, and a few hundred rows summed in another order reach ~1e-5 here.
-THRESHOLD = {"float64": gradient_check.AUTODIFF_THRESHOLD["float64"], "float32": 1e-4}
+THRESHOLD = {"float64": gradient_check.AUTODIFF_RTOL["float64"], "float32": 1e-4}
 MIN_ACCURACY = 0.95  # seed 000's logistic unit reaches this on breast_cancer; so should 002
 
 
