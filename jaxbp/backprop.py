@@ -15,6 +15,7 @@ output (σ' = σ(1 − σ), tanh' = 1 − a², ...), so no pre-activation is sto
 """
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import chex
@@ -161,6 +162,28 @@ def _apply_custom_bwd(
 
 _apply_custom.defvjp(_apply_custom_fwd, _apply_custom_bwd)
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _logits_custom(model: MLP, params: Params, x: Array) -> Array:
+    return mlp_lib.forward_logits(model, params, x)
+
+
+def _logits_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
+    z_out, _, residuals = forward_with_residuals(model, params, x)
+    return z_out, residuals
+
+
+def _logits_custom_bwd(
+    model: MLP, residuals: Residuals, z_bar: Array
+) -> tuple[Params, Array | None]:
+    # The cotangent of z^[L] is δ^[L] = ∂L/∂z^[L] itself: the recursion starts from it.
+    return backward_from_output_delta(model, residuals, z_bar)
+
+
+# The fused losses take the logits: their δ^[L] reaches the recursion without passing through
+# f'(z^[L]), which a saturated sigmoid or softmax rounds to 0 against an infinite ∂L/∂ŷ.
+_logits_custom.defvjp(_logits_custom_fwd, _logits_custom_bwd)
+
 _FORWARD_MODE_HINT = (
     "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function: jax.jvp and "
     "jax.jacfwd of it are not available (forward-over-reverse such as jax.hessian of a loss "
@@ -222,13 +245,20 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     if backward == "autodiff":
         y_hat = mlp_lib.forward_autodiff(model, params, x)
     else:
-        try:
-            y_hat = _apply_custom(model, params, x)
-        except TypeError as e:
-            if not _under_forward_mode((params, x)):
-                raise
-            raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
+        y_hat = _call_custom(_apply_custom, model, params, x)
     return y_hat[0] if single else y_hat
+
+
+def _call_custom(
+    fn: Callable[[MLP, Params, Array], Array], model: MLP, params: Params, x: Array
+) -> Array:
+    """``fn(model, params, x)`` for a custom_vjp ``fn``, with a hint if forward mode meets it."""
+    try:
+        return fn(model, params, x)
+    except TypeError as e:
+        if not _under_forward_mode((params, x)):
+            raise
+        raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
 
 
 def check_loss_inputs(
@@ -315,11 +345,19 @@ def loss_value(
 ) -> Array:
     """The loss as a differentiable function of ``params`` (seed 000 eq. 2; for ``jax.grad``).
 
-    With ``backward="autodiff"`` it is plain jnp code (fused losses from the logits): the
-    oracle that `gradcheck` compares against. With ``backward="custom"`` the network goes
-    through `apply`'s custom_vjp and the loss is taken on ŷ.
+    With ``backward="autodiff"`` it is plain jnp code: the oracle that `gradcheck` compares
+    against. With ``backward="custom"`` the network is differentiated by the hand-written δ
+    recursion (a custom_vjp, as in `apply`), and ``jax.grad`` differentiates only the loss
+    itself. Either way the fused losses (bce, softmax cross-entropy) are taken from the logits
+    ``z^[L]``, so saturated outputs give finite values and gradients; the others from ŷ.
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r}: expected one of {', '.join(BACKWARDS)}.")
     loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-    if backward == "autodiff" and loss_fn.value_from_logits is not None:
-        return loss_fn.value_from_logits(mlp_lib.forward_logits(model, params, x), y)
+    if loss_fn.value_from_logits is not None:
+        if backward == "autodiff":
+            z_out = mlp_lib.forward_logits(model, params, x)
+        else:
+            z_out = _call_custom(_logits_custom, model, params, x)
+        return loss_fn.value_from_logits(z_out, y)
     return loss_fn.value(apply(model, params, x, backward=backward), y)

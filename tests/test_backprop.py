@@ -271,6 +271,19 @@ def test_forward_mode_raises_with_hint(transform):
     transform(lambda p: jaxbp.apply(model, p, x, backward="autodiff"), params)
 
 
+def test_forward_mode_through_a_fused_loss_raises_with_hint():
+    """loss_value(backward="custom") takes bce and softmax cross-entropy from the logits,
+    through a second custom_vjp: forward mode meets the same hint there."""
+    model = jaxbp.MLP((3, 4, 2), output_activation="softmax")
+    params, x, y = make_problem(model, "softmax_cross_entropy", dtype="float32")
+
+    def f(p):
+        return jaxbp.loss_value(model, "softmax_cross_entropy", p, x, y, backward="custom")
+
+    with pytest.raises(TypeError, match="backward='autodiff'"):
+        jax.jvp(f, (params,), (params,))
+
+
 def test_jax_refuses_forward_mode_through_any_custom_vjp_with_a_type_error():
     """What `apply`'s hint relies on: JAX raises a TypeError (whatever its words) when a
     tangent is pushed through a custom_vjp function, here one unrelated to jaxbp."""

@@ -78,6 +78,19 @@ def test_value_from_logits_matches_value_on_outputs(x64, name):
     chex.assert_trees_all_close(loss.value_from_logits(z, y), expected, rtol=1e-12, atol=0.0)
 
 
+def _hand_routes(model, name, params, x, y):
+    """``(value, grads)`` by `loss_and_grad` and by ``jax.grad`` of
+    ``loss_value(backward="custom")``: the two routes through the hand-written recursion."""
+
+    def through_custom_vjp(p):
+        return jaxbp.loss_value(model, name, p, x, y, backward="custom")
+
+    return [
+        jaxbp.loss_and_grad(model, name, params, x, y),
+        jax.value_and_grad(through_custom_vjp)(params),
+    ]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_saturated_bce_is_finite_via_loss_and_grad(dtype):
     """|z| = 1e3: σ(z) rounds to 1 or 0, yet loss and gradient stay finite and exact.
@@ -93,11 +106,12 @@ def test_saturated_bce_is_finite_via_loss_and_grad(dtype):
         y = jnp.zeros((2, 1), dtype)
         # Without the fusion the loss would be log(1 − σ(1000)) = log(0): the test bites.
         assert not np.isfinite(float(LOSSES["bce"].value(jax.nn.sigmoid(x @ params[0]["W"].T), y)))
-        value, grads = jaxbp.loss_and_grad(model, "bce", params, x, y)
-        assert value.dtype == dtype
-        chex.assert_tree_all_finite((value, grads))
-        chex.assert_trees_all_close(value, jnp.asarray(500.0, dtype), rtol=1e-6, atol=0.0)
-        chex.assert_trees_all_close(grads[0]["W"], jnp.array([[0.5]], dtype), rtol=1e-6, atol=0.0)
+        for value, grads in _hand_routes(model, "bce", params, x, y):
+            assert value.dtype == dtype
+            chex.assert_tree_all_finite((value, grads))
+            chex.assert_trees_all_close(value, jnp.asarray(500.0, dtype), rtol=1e-6, atol=0.0)
+            expected_w = jnp.array([[0.5]], dtype)
+            chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -111,16 +125,17 @@ def test_saturated_softmax_cross_entropy_is_finite_via_loss_and_grad(dtype):
         params = [{"W": jnp.array([[1e3, 0.0], [0.0, 0.0], [-1e3, 0.0]], dtype)}]
         x = jnp.array([[1.0, 0.0]], dtype)
         y = jnp.array([[0.0, 0.0, 1.0]], dtype)
-        value, grads = jaxbp.loss_and_grad(model, "softmax_cross_entropy", params, x, y)
-        chex.assert_tree_all_finite((value, grads))
-        chex.assert_trees_all_close(value, jnp.asarray(2000.0, dtype), rtol=1e-6, atol=0.0)
         expected_w = jnp.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], dtype)
-        chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=1e-30)
+        for value, grads in _hand_routes(model, "softmax_cross_entropy", params, x, y):
+            chex.assert_tree_all_finite((value, grads))
+            chex.assert_trees_all_close(value, jnp.asarray(2000.0, dtype), rtol=1e-6, atol=0.0)
+            chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=1e-30)
 
 
 @pytest.mark.parametrize("name", list(FUSED))
 def test_saturated_fused_losses_match_autodiff_oracle(x64, name):
-    """A deeper saturated net: loss_and_grad equals jax.grad of the from-logits loss."""
+    """A deeper saturated net: both hand-written routes equal jax.grad of the from-logits
+    loss."""
     output = "sigmoid" if name == "bce" else "softmax"
     model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output)
     params = jaxbp.init_params(jax.random.key(0), model, dtype=jnp.float64)
@@ -128,13 +143,14 @@ def test_saturated_fused_losses_match_autodiff_oracle(x64, name):
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(5, 3)) * 3)
     _, _, y = _data(name, rng, batch=5, n_out=3)
-    value, grads = jaxbp.loss_and_grad(model, name, params, x, y)
     z = jaxbp.forward_logits(model, params, x)
     assert float(jnp.max(jnp.abs(z))) > 100  # really saturated
-    chex.assert_tree_all_finite((value, grads))
     oracle = jax.grad(jaxbp.loss_value, argnums=2)(model, name, params, x, y)
-    chex.assert_trees_all_close(grads, oracle, rtol=1e-10, atol=1e-12)
-    chex.assert_trees_all_close(value, jaxbp.loss_value(model, name, params, x, y), rtol=1e-12)
+    oracle_value = jaxbp.loss_value(model, name, params, x, y)
+    for value, grads in _hand_routes(model, name, params, x, y):
+        chex.assert_tree_all_finite((value, grads))
+        chex.assert_trees_all_close(grads, oracle, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(value, oracle_value, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", [n for n, loss in LOSSES.items() if loss.reduction == "mean"])
