@@ -39,7 +39,7 @@ import optax
 
 from jaxbp import config as config_lib
 from jaxbp import data as data_lib
-from jaxbp import parallel, per_example, run_outputs, train
+from jaxbp import losses, parallel, per_example, run_outputs, train
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config, ConfigError
 from jaxbp.mlp import MLP, Params, init_params
@@ -262,7 +262,12 @@ class _Run:
             )
         self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
-        _, self.loss = config_lib.resolve_head(config, self.dataset.task, self.dataset.num_outputs)
+        _, self.loss = config_lib.resolve_head(config, data.task, data.num_outputs)
+        for split in ("train", "val", "test"):  # before any work: targets the loss can fit
+            try:
+                losses.check_targets(self.loss, getattr(data, f"y_{split}"))
+            except ValueError as e:
+                raise ConfigError("loss", self.loss, f"{split} targets: {e}") from None
         try:
             self.steps_per_epoch = train.batches_per_epoch(len(data.x_train), config.batch_size)
         except ValueError as e:
