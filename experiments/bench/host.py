@@ -1,11 +1,10 @@
-"""The host: what it is, and measurements run in a child process of their own.
+"""The host: what it is, and measurements that each need a fresh process.
 
-XLA fixes its view of the host when its backend starts: the thread pool from the CPUs the
-process may use, the number of CPU devices from ``XLA_FLAGS``. A measurement on k CPUs or on N
-forced devices therefore runs in a fresh process: `run_child` starts ``python -m MODULE SPEC``
-with a JSON spec (and extra environment variables), and the child's `child_main` pins itself
-to ``spec["cores"]`` CPUs when the spec has them, before JAX starts, calls its measure function
-with the spec and prints the JSON result as its last line.
+XLA fixes its view of the host when its backend starts: its thread pool from the CPUs the
+process may use, its CPU devices from ``XLA_FLAGS``. So a measurement on k CPUs or N forced
+devices runs in a child: `run_child` starts ``python -m MODULE SPEC`` (SPEC a JSON object),
+and the child's `child_main` pins itself to ``spec["cores"]`` CPUs (when given) before JAX
+starts, measures, and prints the JSON result as its last line.
 """
 
 import contextlib
