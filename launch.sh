@@ -2,15 +2,27 @@
 # jaxbp launcher: sets up .venv on first use, then runs a subcommand.
 #
 #   ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [FLAGS...]
-#
-#   (none)      the main job: train the default digits network with the hand-written backward
-#   train       experiments/train.py          (absl flags, e.g. --dataset=iris)
-#   gradcheck   experiments/gradcheck.py      (gradient-check report)
-#   seeds       experiments/seeds.py          (each seed's closed form beside the library)
-#   bench       experiments/benchmark.py      (speed and memory benchmark)
-#   scaling     experiments/scaling.py        (examples/s against data-parallel devices)
-#   test        ruff (lint + format) and the pytest suite
+#   ./launch.sh --help
 set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
+
+  (none)      the main job: train the default digits network (flags as for train)
+  train       train an MLP; a workdir that holds a run resumes it (--help for every flag)
+  eval        recompute a trained workdir's test metrics: eval --workdir=W
+  predict     label new rows: predict --workdir=W --data_path=F --output=P
+  gradcheck   the hand-written gradients against jax.grad and finite differences
+  seeds       each derivation's closed form beside the library
+  bench       speed and memory benchmark (docs/performance.md)
+  scaling     examples/s against data-parallel devices
+  test        ruff (lint and format) and the test suite
+  help        this list
+
+The first call sets up .venv (python3 -m venv, pip install -e ".[experiments,dev]").
+EOF
+}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 platform="${JAXBP_PLATFORM:-cpu}"
@@ -43,11 +55,23 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+case "${1:-}" in
+  -h | --help | help) usage; exit 0 ;;
+esac
+if [ "$platform" = cpu ]; then
+  export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # no probing for accelerators, no TPU notice
+fi
+
 cmd="${1:-main}"
-[ $# -gt 0 ] && shift
+case "$cmd" in
+  -*) cmd=main ;;  # bare flags: the main job with them
+  *) [ $# -gt 0 ] && shift ;;
+esac
 case "$cmd" in
   main) exec "$python" -m experiments.train "$@" ;;
   train) exec "$python" -m experiments.train "$@" ;;
+  eval) exec "$python" -m experiments.eval "$@" ;;
+  predict) exec "$python" -m experiments.predict "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   seeds) exec "$python" -m experiments.seeds "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
@@ -56,5 +80,5 @@ case "$cmd" in
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
     exec "$python" -m pytest -q -n 2 "$@" ;;
-  *) echo "launch.sh: unknown subcommand '$cmd': expected train, gradcheck, seeds, bench, scaling or test." >&2; exit 2 ;;
+  *) echo "launch.sh: unknown subcommand '$cmd'; ./launch.sh --help lists them." >&2; exit 2 ;;
 esac

@@ -1,135 +1,158 @@
 """Train an MLP with the hand-written backward pass.
 
     ./launch.sh train --dataset=digits
-    ./launch.sh train --dataset=iris --backward=autodiff --precision=float64
+    ./launch.sh train --dataset=csv --data_path=houses.csv --target_column=price
+    ./launch.sh train --workdir=runs/my-run --epochs=60     # resume, or continue a finished run
     ./launch.sh train --flagfile=my_run.flags
 
-Flags left unset take the data set's defaults (jaxbp/runner.py, DATASET_DEFAULTS).
+Every flag is a field of `jaxbp.config.Config` (``--help`` shows each default and choice);
+flags left unset take the data set's defaults, or, in a workdir that holds a run, that
+run's settings. Exit status: 0 done, 1 a fault during the run, 2 bad flags or a workdir
+that refuses them, 128 + signal after a clean stop (130 for Ctrl-C, 143 for SIGTERM).
 """
 
+from __future__ import annotations
+
+import os
+import signal
 import sys
+import time
 
 from absl import app, flags, logging
 
-from jaxbp import parallel, runner
+from experiments import config_flags
+from jaxbp import config as config_lib
+from jaxbp import parallel, trainer
+from jaxbp import workdir as workdir_lib
 
-_DATASET = flags.DEFINE_string("dataset", "digits", "Data set name (jaxbp.data.DATASETS).")
-_HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths, e.g. 128 or 64,64.")
-_SIZES = flags.DEFINE_list("sizes", None, "All widths n0,...,nL (checked against the data).")
-_ACTIVATION = flags.DEFINE_string("activation", None, "Hidden activation g.")
-_OUTPUT = flags.DEFINE_string("output_activation", None, "Output activation f.")
-_LOSS = flags.DEFINE_string("loss", None, "Loss name (jaxbp.LOSSES).")
-_NO_BIAS = flags.DEFINE_boolean("no_bias", False, "Layers without b, as in seed 002.")
-_OPTIMIZER = flags.DEFINE_string("optimizer", None, "sgd, momentum, nesterov or adam.")
-_LR = flags.DEFINE_float("learning_rate", None, "Peak learning rate η.")
-_MOMENTUM = flags.DEFINE_float("momentum", None, "β of momentum and nesterov.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", None, "Weight decay λ (AdamW for adam).")
-_SCHEDULE = flags.DEFINE_string("schedule", None, "constant, cosine or warmup_cosine.")
-_WARMUP = flags.DEFINE_integer("warmup_epochs", None, "Linear warmup for warmup_cosine.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Global minibatch size.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs to train (a resumed run continues).")
-_SEED = flags.DEFINE_integer("seed", None, "Seeds the split, the init and the shuffling.")
-_BACKWARD = flags.DEFINE_enum(
-    "backward", None, ["custom", "autodiff"], "custom: the δ recursion; autodiff: jax.grad."
+_CONFIG = config_flags.define_config_flags()
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Outputs; a workdir that holds a run resumes it. Unset: runs/DATASET-TIME."
 )
-_CLIP = flags.DEFINE_float(
-    "clip_per_example", None, "Clip each example's gradient to this norm (DP-SGD); unset: off."
+_ALLOW_CHANGES = flags.DEFINE_list(
+    "allow_changes",
+    [],
+    "On resume, optimisation flags that may differ from the stored run's (e.g. learning_rate).",
 )
-_PRECISION = flags.DEFINE_enum("precision", None, ["float32", "float64"], "Float dtype.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Outputs; reuse one to resume from it.")
-_CKPT = flags.DEFINE_integer("checkpoint_interval", None, "Epochs between checkpoints.")
-_EVAL = flags.DEFINE_integer("eval_interval", None, "Epochs between evaluations.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of MNIST/Fashion-MNIST IDX files.")
-_DATA_PATH = flags.DEFINE_string("data_path", None, "A .npz or .csv file for npz/csv.")
-_TARGET = flags.DEFINE_string("target_column", None, "Target column of a csv file.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Size of a synthetic data set.")
-_NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices for data parallelism.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 in a multi-host run."
+    "coordinator_address", None, "host:port of process 0 in a multi-process run."
 )
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    "coordinator_timeout", 60, "Seconds to wait for the other processes before giving up."
+)
+
+PROGRAM = "train.py"
 
 
-def config_from_flags() -> runner.RunConfig:
-    """The RunConfig of the command line; unset flags keep the data set's defaults."""
+def fail(message: str, code: int) -> int:
+    """Prints one ``train.py: ...`` line to stderr and returns the exit status."""
+    print(f"{PROGRAM}: {message}", file=sys.stderr)
+    return code
 
-    def ints(values):
-        return None if values is None else tuple(int(v) for v in values)
 
-    return runner.make_config(
-        _DATASET.value,
-        hidden_sizes=ints(_HIDDEN.value),
-        sizes=ints(_SIZES.value),
-        activation=_ACTIVATION.value,
-        output_activation=_OUTPUT.value,
-        loss=_LOSS.value,
-        use_bias=False if _NO_BIAS.value else None,
-        optimizer=_OPTIMIZER.value,
-        learning_rate=_LR.value,
-        momentum=_MOMENTUM.value,
-        weight_decay=_WEIGHT_DECAY.value,
-        schedule=_SCHEDULE.value,
-        warmup_epochs=_WARMUP.value,
-        batch_size=_BATCH.value,
-        epochs=_EPOCHS.value,
-        seed=_SEED.value,
-        backward=_BACKWARD.value,
-        clip_per_example=_CLIP.value,
-        precision=_PRECISION.value,
-        workdir=_WORKDIR.value,
-        checkpoint_interval=_CKPT.value,
-        eval_interval=_EVAL.value,
-        data_dir=_DATA_DIR.value,
-        data_path=_DATA_PATH.value,
-        target_column=_TARGET.value,
-        num_samples=_NUM_SAMPLES.value,
-        num_devices=_NUM_DEVICES.value,
+def start_processes() -> None:
+    """Joins a multi-process run when its flags are given (all three, or none).
+
+    Raises:
+      ValueError: for an incomplete or inconsistent set, or a coordinator that never answers.
+    """
+    given = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if all(v is None for v in given):
+        return
+    if any(v is None for v in given):
+        raise ValueError(
+            "a multi-process run needs --coordinator_address, --num_processes and "
+            "--process_id together."
+        )
+    if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+        raise ValueError(
+            f"--process_id={_PROCESS_ID.value} must be in [0, --num_processes="
+            f"{_NUM_PROCESSES.value})."
+        )
+    parallel.initialize_distributed(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        timeout_seconds=_COORDINATOR_TIMEOUT.value,
     )
+
+
+def resolve_config() -> tuple[config_lib.Config, str]:
+    """The config and workdir of the command line (the stored run's config as the base)."""
+    workdir = _WORKDIR.value
+    stored = None
+    if workdir:
+        workdir_lib.check_layout(workdir)
+        record = workdir_lib.read_run_record(workdir)
+        stored = None if record is None else workdir_lib.config_from_record(record)
+    config = config_flags.config_from_flags(_CONFIG, stored)
+    if not workdir:
+        workdir = os.path.join("runs", f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return config, workdir
 
 
 def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}: flags look like --name=value.")
+        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
     try:
-        config = config_from_flags()
-        runner.check_config(config)
+        config, workdir = resolve_config()
+        config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        return fail(config_flags.flag_message(e), 2)
+    except workdir_lib.WorkdirError as e:
+        return fail(str(e), 2)
+    try:
+        start_processes()
     except ValueError as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return 2
-    if _COORDINATOR.value or _NUM_PROCESSES.value:
-        if None in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+        return fail(str(e), 2)
+    except RuntimeError as e:  # the coordinator never answered
+        return fail(str(e), 1)
+    if parallel.is_primary():
+        print(f"jaxbp train: workdir {workdir}", flush=True)
+    try:
+        summary = trainer.train_and_evaluate(
+            config, workdir, allow_changes=tuple(_ALLOW_CHANGES.value)
+        )
+    except config_lib.ConfigError as e:
+        return fail(config_flags.flag_message(e), 2)
+    except (workdir_lib.ResumeConflictError, workdir_lib.WorkdirError) as e:
+        return fail(config_flags.to_flag_words(str(e)), 2)
+    except trainer.RunInterruptedError as e:
+        if parallel.is_primary():
             print(
-                "train.py: a multi-host run needs --coordinator_address, --num_processes and "
-                "--process_id together.",
+                f"\n{signal.Signals(e.signum).name}: stopped after epoch {e.summary['epochs']} "
+                f"with a checkpoint; summary.json marks the run interrupted. Resume with:\n"
+                f"  {e.summary['resume_command']}",
                 file=sys.stderr,
             )
-            return 2
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return fail(f"interrupted before training; re-run to start again in {workdir}.", 130)
+    except (ValueError, FileNotFoundError, OSError, trainer.NonFiniteError) as e:
+        return fail(config_flags.to_flag_words(str(e)), 1)
     if parallel.is_primary():
-        print(
-            f"jaxbp train: {config.dataset}, backward={config.backward}, workdir {config.workdir}"
-        )
-    try:
-        summary = runner.run(config)
-    except (ValueError, FileNotFoundError, runner.NonFiniteLossError) as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        return 1
-    if not parallel.is_primary():
-        return 0
+        print_summary(summary, workdir)
+    return 0
+
+
+def print_summary(summary: dict, workdir: str) -> None:
+    """The closing lines: test quality of the best-validation params, time, outputs."""
     quality = (
         f"test accuracy {100 * summary['test_accuracy']:.2f}%"
         if "test_accuracy" in summary
         else f"test R² {summary['test_r2']:.4f}"
     )
     print(
-        f"\n{quality}, test loss {summary['test_loss']:.4f} after {summary['epochs']} epochs "
-        f"({summary['steps']} steps, {summary['seconds']:.1f} s, sizes {summary['sizes']}, "
-        f"{summary['num_devices']} device(s)).\nOutputs in {config.workdir}: summary.json, "
-        "metrics.jsonl, curves.png, tensorboard/, checkpoints/"
+        f"\n{quality}, test loss {summary['test_loss']:.4f} (best val loss at epoch "
+        f"{summary['best_epoch']} of {summary['epochs']}; {summary['status']}; "
+        f"{summary['steps']} steps in {summary['seconds']:.2f} s + "
+        f"{summary['compile_seconds']:.1f} s compiling; {summary['num_devices']} device(s)).\n"
+        f"Outputs in {workdir}: summary.json, metrics.jsonl, curves.png, tensorboard/, "
+        "checkpoints/, best/"
     )
-    return 0
 
 
 if __name__ == "__main__":

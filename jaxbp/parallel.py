@@ -7,6 +7,8 @@ through `jax.distributed.initialize`; each process then places only its own bloc
 training rows on its devices (`put_training_data`).
 """
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+def initialize_distributed(
+    coordinator_address: str, num_processes: int, process_id: int, *, timeout_seconds: int = 60
+) -> None:
     """Joins a multi-process run (call before any other JAX work).
 
     On CPU the collectives go through gloo, which this JAX ships.
@@ -26,13 +30,50 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
       coordinator_address: ``host:port`` of process 0.
       num_processes: processes in the run.
       process_id: this process, ``0 <= process_id < num_processes``.
+      timeout_seconds: how long to wait for the coordinator and the other processes.
+
+    Raises:
+      ValueError: for a process_id outside the run.
+      RuntimeError: when the coordinator does not answer within ``timeout_seconds`` (for
+        process 0 the runtime itself gives up after that time).
     """
     if not 0 <= process_id < num_processes:
-        raise ValueError(
-            f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
-        )
+        raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes}).")
+    if process_id != 0:
+        # The runtime aborts the whole process when the coordinator never answers, so wait
+        # for its port here, where giving up can be a clear error.
+        wait_for_coordinator(coordinator_address, timeout_seconds)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, initialization_timeout=timeout_seconds
+    )
+
+
+def wait_for_coordinator(coordinator_address: str, timeout_seconds: float) -> None:
+    """Waits until ``host:port`` accepts a TCP connection.
+
+    Raises:
+      ValueError: for an address that is not ``host:port``.
+      RuntimeError: when nothing answers within ``timeout_seconds``.
+    """
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"coordinator_address={coordinator_address!r} is not host:port, e.g. 10.0.0.1:1234."
+        )
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"no coordinator answered at {coordinator_address} within "
+                    f"{timeout_seconds:g} s, so this process could not join the run; start "
+                    "process 0 there, or check the address and port."
+                ) from None
+            time.sleep(0.2)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -47,14 +88,14 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
         num_devices = len(devices)
     if not 1 <= num_devices <= len(devices):
         raise ValueError(
-            f"--num_devices={num_devices}, but JAX sees {len(devices)} device(s) "
+            f"num_devices={num_devices}, but JAX sees {len(devices)} device(s) "
             f"({jax.default_backend()}). On CPU, XLA_FLAGS=--xla_force_host_platform_device_count"
             f"={num_devices} (set before jax is imported) makes that many."
         )
     if jax.process_count() > 1 and num_devices != len(devices):
         raise ValueError(
-            f"--num_devices={num_devices}: a {jax.process_count()}-process run uses all "
-            f"{len(devices)} devices; leave --num_devices unset."
+            f"num_devices={num_devices}: a {jax.process_count()}-process run uses all "
+            f"{len(devices)} devices; leave num_devices unset."
         )
     return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
 
@@ -63,7 +104,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """The global batch must split evenly over the mesh."""
     if batch_size % mesh.size:
         raise ValueError(
-            f"--batch_size={batch_size} does not divide over {mesh.size} devices: use a "
+            f"batch_size={batch_size} does not divide over {mesh.size} devices: use a "
             f"multiple of {mesh.size} (e.g. {mesh.size * max(1, batch_size // mesh.size)})."
         )
 

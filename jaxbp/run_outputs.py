@@ -1,15 +1,23 @@
 """What a training run leaves in its workdir (matplotlib and tensorboardX, imported lazily).
 
 * ``metrics.jsonl``: one JSON line per evaluation; a resumed run first drops the lines
-  written after the checkpoint it starts from, so the file ends as a straight run's would;
+  written after the checkpoint it starts from (and a last line cut short by a kill), so
+  the file ends as a straight run's would;
 * ``tensorboard/``: the same scalars as TensorBoard events;
 * ``curves.png``: loss and accuracy (or R²) against epochs;
-* ``summary.json``: the final figures and the flags, written atomically.
+* ``summary.json``: the final figures and the config.
+
+Every write goes through `jaxbp.workdir`: whole files are replaced atomically and the
+jsonl is appended without following symlinks.
 """
 
+import io
 import json
+import math
 import os
 from typing import Any
+
+from jaxbp import workdir as workdir_lib
 
 
 class RunOutputs:
@@ -34,35 +42,43 @@ class RunOutputs:
         self._write_lines(records)
 
     def records(self) -> list[dict[str, float]]:
-        """The lines of metrics.jsonl so far."""
+        """The whole lines of metrics.jsonl so far (a line cut short by a kill is dropped)."""
         if not os.path.exists(self.metrics_path):
             return []
+        records = []
         with open(self.metrics_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a partial last line: the truncation on resume drops it
+        return records
 
     def write(self, record: dict[str, float]) -> None:
         """Appends one evaluation (with ``epoch`` and ``step``) to the jsonl and TensorBoard."""
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        workdir_lib.append_line(self.metrics_path, json.dumps(record))
         for name, value in record.items():
             if name not in ("epoch", "step"):
                 self.tensorboard.add_scalar(name, value, record["step"])
         self.tensorboard.flush()
 
     def _write_lines(self, records: list[dict[str, float]]) -> None:
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, self.metrics_path)
+        workdir_lib.write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Closes TensorBoard, draws curves.png and writes summary.json atomically."""
+    def finish(self, summary: dict[str, Any], hparams: dict[str, Any] | None = None) -> None:
+        """Closes TensorBoard (with the hparams), draws curves.png, writes summary.json."""
+        if hparams is not None:
+            metrics = {
+                f"hparam/{k}": v
+                for k, v in summary.items()
+                if k.startswith(("test_", "val_")) and isinstance(v, float) and math.isfinite(v)
+            }
+            self.tensorboard.add_hparams(hparams, metrics, name="hparams")
         self.tensorboard.close()
         plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"))
-        tmp = os.path.join(self.workdir, "summary.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(self.workdir, "summary.json"))
+        workdir_lib.write_atomic(
+            os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2)
+        )
 
 
 def plot_curves(records: list[dict[str, float]], task: str, path: str) -> None:
@@ -84,5 +100,7 @@ def plot_curves(records: list[dict[str, float]], task: str, path: str) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    workdir_lib.write_atomic(path, buffer.getvalue())

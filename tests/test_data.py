@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from jaxbp.data import DATASETS, batches_per_epoch, load_dataset, read_idx
+from jaxbp.data import DATASETS, batches_per_epoch, load_dataset, read_features, read_idx
 
 # name -> (total examples, num_features, num_outputs, task, num_classes)
 BUILTIN = {
@@ -297,6 +297,73 @@ def test_read_idx_rejects_bad_magic_and_truncated_files(tmp_path):
 def test_bad_input_is_explained(kwargs, error, match):
     with pytest.raises(error, match=match):
         load_dataset(**kwargs)
+
+
+# name -> the first feature names: scikit-learn's own, else x0, x1, ...
+FIRST_FEATURES = {
+    "digits": ("pixel_0_0", "pixel_0_1"),
+    "breast_cancer": ("mean radius", "mean texture"),
+    "iris": ("sepal length (cm)", "sepal width (cm)"),
+    "wine": ("alcohol", "malic_acid"),
+    "diabetes": ("age", "sex"),
+    "moons": ("x0", "x1"),
+    "spirals": ("x0", "x1"),
+    "teacher": ("x0", "x1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_feature_names_of_builtin_datasets(name):
+    ds = load_dataset(name)
+    assert len(ds.feature_names) == ds.num_features == len(set(ds.feature_names))
+    assert all(isinstance(f, str) for f in ds.feature_names)
+    assert ds.feature_names[:2] == FIRST_FEATURES[name]
+
+
+def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
+    assert load_dataset("xor").feature_names == ("x0", "x1")
+    assert load_dataset("teacher").feature_names == tuple(f"x{i}" for i in range(8))
+    path = tmp_path / "images.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(30, 4, 4)), y=np.arange(30) % 2)
+    assert load_dataset("npz", path=str(path)).feature_names == tuple(f"x{i}" for i in range(16))
+    columns = {"w": np.arange(30) * 0.5, "label": np.arange(30) % 2, "h": np.arange(30) ** 2}
+    ds = load_dataset("csv", path=_write_csv(tmp_path / "t.csv", columns), target_column="label")
+    assert ds.feature_names == ("w", "h")  # header order, target left out
+    _write_fake_mnist(tmp_path)
+    ds = load_dataset("mnist", data_dir=str(tmp_path))
+    assert ds.feature_names == tuple(f"pixel{i}" for i in range(784))
+
+
+def test_read_features_csv_in_any_column_order_ignores_other_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    table = {"a": np.round(rng.normal(size=40), 4), "y": np.arange(40) % 2}
+    table["b"] = np.round(rng.normal(size=40), 4)
+    ds = load_dataset("csv", path=_write_csv(tmp_path / "train.csv", table), target_column="y")
+    new = {"note": ["n"] * 5, "b": table["b"][:5], "a": table["a"][:5]}  # no target column
+    x = read_features(_write_csv(tmp_path / "new.txt", new), ds.feature_names)
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(x, np.column_stack([table["a"][:5], table["b"][:5]]))
+
+
+def test_read_features_npz_standardises_like_the_dataset(tmp_path):
+    path, x, _ = _id_npz(tmp_path)
+    ds = load_dataset("npz", path=path, dtype=np.float64)
+    new = read_features(path, ds.feature_names)
+    np.testing.assert_array_equal(new, x)
+    ids = np.rint(_raw(ds, ds.x_test)[:, 0]).astype(int)
+    np.testing.assert_allclose((new[ids] - ds.x_mean) / ds.x_scale, ds.x_test, atol=1e-12)
+
+
+def test_read_features_tells_npz_from_content_and_flattens(tmp_path):
+    x = np.arange(24.0).reshape(3, 2, 4)
+    path = tmp_path / "images.csv"  # misnamed: the zip signature decides
+    with open(path, "wb") as f:  # a file object keeps np.savez from appending .npz
+        np.savez(f, x=x, y=np.arange(3))
+    out = read_features(str(path), [f"x{i}" for i in range(8)])
+    np.testing.assert_array_equal(out, x.reshape(3, 8))
+    bools = tmp_path / "bools.npz"
+    np.savez(bools, x=np.array([[True, False]]))
+    np.testing.assert_array_equal(read_features(str(bools), ("p", "q")), [[1.0, 0.0]])
 
 
 def test_batches_per_epoch():

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from jaxbp import parallel, runner
+from jaxbp import config, parallel, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,17 +22,15 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from jaxbp import parallel, runner, train
+    from jaxbp import config, parallel, train, trainer
     import jaxbp
 
     workdir = sys.argv[1]
     out = {"devices": jax.device_count()}
     for n in (1, 4):
-        config = runner.make_config(
-            "digits", epochs=2, num_devices=n, workdir=f"{workdir}/d{n}", checkpoint_interval=2
-        )
-        out[f"summary_{n}"] = runner.run(config, log=lambda _: None)
-        params = runner.restore_state(config)["params"]
+        cfg = config.make_config("digits", epochs=2, num_devices=n, checkpoint_interval=2)
+        out[f"summary_{n}"] = trainer.train_and_evaluate(cfg, f"{workdir}/d{n}", log=lambda _: None)
+        params = trainer.restore_trained(f"{workdir}/d{n}")[2]
         out[f"params_{n}"] = [np.asarray(l).tolist() for l in jax.tree.leaves(params)]
 
     # The compiled step over a 4-device mesh must all-reduce the gradient.
@@ -47,8 +45,8 @@ _FOUR_DEVICES = textwrap.dedent(
     hlo = epoch.lower(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     try:
-        runner.run(runner.make_config("digits", epochs=1, num_devices=4, batch_size=30,
-                                      workdir=f"{workdir}/bad"), log=lambda _: None)
+        trainer.train_and_evaluate(config.make_config("digits", epochs=1, num_devices=4,
+                                   batch_size=30), f"{workdir}/bad", log=lambda _: None)
         out["bad_batch"] = None
     except ValueError as e:
         out["bad_batch"] = str(e)
@@ -96,11 +94,11 @@ def test_the_sharded_step_all_reduces(four_devices):
 
 def test_a_batch_that_does_not_divide_fails_clearly(four_devices):
     message = four_devices["bad_batch"]
-    assert message is not None and "--batch_size=30 does not divide over 4 devices" in message
+    assert message is not None and "batch_size=30: does not divide over 4 devices" in message
 
 
 def test_more_devices_than_exist_fails_clearly():
-    with pytest.raises(ValueError, match="--num_devices=64, but JAX sees"):
+    with pytest.raises(ValueError, match="num_devices=64, but JAX sees"):
         parallel.make_mesh(64)
 
 
@@ -111,9 +109,8 @@ def _free_port():
 
 
 def test_two_processes_agree_with_one(tmp_path):
-    reference = runner.run(
-        runner.make_config("digits", epochs=2, workdir=str(tmp_path / "single")),
-        log=lambda _: None,
+    reference = trainer.train_and_evaluate(
+        config.make_config("digits", epochs=2), str(tmp_path / "single"), log=lambda _: None
     )
     port = _free_port()
     workdir = tmp_path / "multi"
@@ -147,3 +144,26 @@ def test_two_processes_agree_with_one(tmp_path):
     assert summary["num_processes"] == 2 and summary["num_devices"] == 2
     assert abs(summary["test_loss"] - reference["test_loss"]) <= 1e-5 * reference["test_loss"]
     assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]
+
+
+def test_a_coordinator_that_never_answers_gives_up_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            f"--coordinator_address=127.0.0.1:{_free_port()}",
+            "--num_processes=2",
+            "--process_id=1",
+            "--coordinator_timeout=3",
+            f"--workdir={tmp_path / 'w'}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "no coordinator answered" in result.stderr and "within 3 s" in result.stderr
+    assert "Traceback" not in result.stderr

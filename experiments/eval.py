@@ -1,0 +1,86 @@
+"""Recompute a trained run's test metrics from its checkpoint.
+
+    ./launch.sh eval --workdir=runs/iris-20250101-120000
+
+Prints the test loss and accuracy (or R²) of the run's best-validation parameters, as its
+summary.json has them, and for classification the confusion matrix and each class's
+precision, recall and F1; writes them to W/eval.json. Nothing is trained; the data split is
+loaded again and refused if it changed since training. Exit status: 0 done, 2 a bad flag or
+a workdir that holds no trained run, 1 a fault (changed data, a damaged checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+
+from jaxbp import inference
+from jaxbp import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."
+)
+
+PROGRAM = "eval.py"
+
+
+def fail(message: str, code: int) -> int:
+    """Prints one ``eval.py: ...`` line to stderr and returns the exit status."""
+    print(f"{PROGRAM}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    if len(argv) > 1:
+        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    workdir = _WORKDIR.value
+    if not workdir:
+        return fail("--workdir is required: give the workdir of a training run.", 2)
+    try:
+        result = inference.evaluate_workdir(workdir)
+    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
+        return fail(str(e), 2)
+    except KeyboardInterrupt:
+        return fail("interrupted; nothing was written.", 130)
+    except Exception as e:  # a fault: changed data, a damaged checkpoint, a failed write
+        return fail(f"{type(e).__name__}: {e}", 1)
+    print_report(result, workdir)
+    return 0
+
+
+def print_report(result: dict[str, Any], workdir: str) -> None:
+    """The metrics table, the confusion matrix and per-class scores, and where they went."""
+    params = (
+        "the latest checkpoint's parameters"
+        if result["best_epoch"] is None
+        else f"the best-validation parameters (epoch {result['best_epoch']})"
+    )
+    print(f"{workdir}: {params} on {result['num_test_examples']} test examples")
+    rows = [("test loss", f"{result['test_loss']:.4f}")]
+    if "test_accuracy" in result:
+        rows.append(("test accuracy", f"{100 * result['test_accuracy']:.2f}%"))
+    else:
+        rows.append(("test R²", f"{result['test_r2']:.4f}"))
+    for name, value in rows:
+        print(f"  {name:<14}{value:>10}")
+    if "confusion_matrix" in result:
+        names = result["class_names"]
+        label = max(len("class"), *map(len, names))
+        cell = max(6, *map(len, names))
+        print("\nconfusion matrix (rows: true class, columns: predicted class)")
+        print(f"  {'':<{label}}" + "".join(f"  {c:>{cell}}" for c in names))
+        for name, row in zip(names, result["confusion_matrix"], strict=True):
+            print(f"  {name:<{label}}" + "".join(f"  {n:>{cell}}" for n in row))
+        print(f"\n  {'class':<{label}}  {'precision':>9}  {'recall':>9}  {'f1':>9}")
+        for name in names:
+            scores = (result[k][name] for k in ("precision", "recall", "f1"))
+            print(f"  {name:<{label}}" + "".join(f"  {v:>9.4f}" for v in scores))
+    print(f"\nwritten to {os.path.join(workdir, inference.EVAL_FILE)}")
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

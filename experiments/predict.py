@@ -1,0 +1,121 @@
+"""Predict new examples with a trained run.
+
+    ./launch.sh predict --workdir=runs/iris-20250101-120000 --data_path=new.csv \\
+        --output=predictions.csv
+
+``--data_path`` holds raw rows in the units of the training data: a csv whose header names
+every feature of the run (in any order; other columns, such as the target, are ignored), or
+an .npz with an array ``x``. ``--output`` gets a csv with a ``prediction`` column (the class
+name, or the value in the target's units; ``prediction_0``, ... for several targets) and, for
+classification, one ``probability_<class>`` column per class. Exit status: 0 done, 2 a bad
+flag (a workdir without a trained run, a data file that is missing or does not fit the run,
+an output folder that does not exist), 1 a fault (a damaged checkpoint, a failed write).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxbp import data as data_lib
+from jaxbp import inference
+from jaxbp import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."
+)
+_DATA_PATH = flags.DEFINE_string(
+    "data_path", None, "The .csv or .npz of raw rows to predict (required)."
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "The csv file to write (required; its folder must exist)."
+)
+
+PROGRAM = "predict.py"
+
+
+def fail(message: str, code: int) -> int:
+    """Prints one ``predict.py: ...`` line to stderr and returns the exit status."""
+    print(f"{PROGRAM}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def check_output(output: str, data_path: str) -> str | None:
+    """Why ``--output`` cannot be written, or None when it can."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        return (
+            f"--output={output}: the folder {folder} does not exist; create it or write elsewhere."
+        )
+    if os.path.isdir(output):
+        return f"--output={output} is a folder; give the path of the csv file to write."
+    if os.path.exists(output) and os.path.exists(data_path) and os.path.samefile(output, data_path):
+        return f"--output={output} is the --data_path file; write the predictions elsewhere."
+    return None
+
+
+def main(argv: list[str]) -> int:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    if len(argv) > 1:
+        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    missing = [f"--{holder.name}" for holder in (_WORKDIR, _DATA_PATH, _OUTPUT) if not holder.value]
+    if missing:
+        return fail(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: give "
+            "--workdir of a training run, --data_path of the rows to predict and --output for "
+            "the predictions.",
+            2,
+        )
+    workdir, data_path, output = _WORKDIR.value, _DATA_PATH.value, _OUTPUT.value
+    problem = check_output(output, data_path)
+    if problem:
+        return fail(problem, 2)
+    try:
+        trained = inference.load_trained(workdir)
+    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
+        return fail(str(e), 2)
+    except Exception as e:  # a fault: a damaged checkpoint
+        return fail(f"{type(e).__name__}: {e}", 1)
+    try:
+        x_raw = data_lib.read_features(data_path, trained.preprocessing["feature_names"])
+    except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
+        return fail(str(e), 2)
+    try:
+        predictions, probabilities = inference.predict_rows(trained, x_raw)
+        inference.write_predictions(
+            output, predictions, probabilities, trained.preprocessing["class_names"]
+        )
+    except KeyboardInterrupt:
+        return fail(f"interrupted; {output} was not written.", 130)
+    except Exception as e:  # a fault: a failed write
+        return fail(f"{type(e).__name__}: {e}", 1)
+    print_report(predictions, trained, workdir, output)
+    return 0
+
+
+def print_report(
+    predictions: np.ndarray, trained: inference.TrainedModel, workdir: str, output: str
+) -> None:
+    """How many rows were predicted, by which parameters, what came out, and where it went."""
+    params = (
+        "the latest checkpoint's parameters"
+        if trained.best_epoch is None
+        else f"the best-validation parameters (epoch {trained.best_epoch})"
+    )
+    print(f"{len(predictions)} rows predicted with {params} of {workdir}")
+    if trained.preprocessing["task"] == "classification":
+        names, counts = np.unique(predictions, return_counts=True)
+        print("  " + ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True)))
+    elif len(predictions):
+        print(
+            f"  values from {predictions.min():.4g} to {predictions.max():.4g}, "
+            f"mean {predictions.mean():.4g}"
+        )
+    print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

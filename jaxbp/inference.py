@@ -1,0 +1,365 @@
+"""Using a trained workdir: its test metrics again, and predictions for new rows.
+
+The contract, stated once: everything here starts from a workdir that
+`jaxbp.trainer.train_and_evaluate` wrote, and uses the parameters
+`jaxbp.trainer.restore_trained` reads (the best-validation ones, or the latest state's when
+no evaluation was made) in the run's precision. New rows are *raw*: ``x_raw: (n, d)`` in the
+units of the data file (for MNIST and Fashion-MNIST, pixels / 255, as `jaxbp.data` reads
+them), columns in the run's ``feature_names`` order (`jaxbp.data.read_features` reads them
+so). They are standardised with the statistics the checkpoint stores, exactly as the
+training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
+data's units: class names, or values ``ŷ · y_scale + y_mean``.
+
+* `evaluate_workdir`: the test metrics recomputed from the checkpoint and the data split
+  (nothing is trained), with the confusion matrix and per-class precision, recall and F1;
+  written to ``W/eval.json``.
+* `load_trained` and `predict_rows`: labels or values, and class probabilities, for new rows.
+* `write_predictions`: those as a csv file.
+
+Uses the ``experiments`` extra (orbax-checkpoint, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxbp import backprop, train, trainer
+from jaxbp import workdir as workdir_lib
+from jaxbp.config import Config
+from jaxbp.data import Dataset
+from jaxbp.mlp import MLP, Params
+
+EVAL_FILE = "eval.json"
+_STATISTICS = ("x_mean", "x_scale", "y_mean", "y_scale")
+_STATISTICS_RTOL = 1e-12  # the same data give the same statistics; a changed row moves them more
+
+
+class NotTrainedError(FileNotFoundError):
+    """The workdir does not exist, holds no run, or holds no checkpoint to use."""
+
+
+class DataChangedError(ValueError):
+    """The data loaded now are not the data the run was trained on."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """The workdir's checkpoint exists but cannot be read back (damaged, or not jaxbp's)."""
+
+
+class TrainedModel(NamedTuple):
+    """A trained network and what it needs to read raw rows, as `load_trained` reads it.
+
+    Attributes:
+      config: the run's settings (``W/run.json``).
+      model: the network of the checkpoint.
+      params: its parameters as numpy arrays in the run's precision, one
+        ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
+      loss: the loss it was trained with.
+      preprocessing: ``task``, ``feature_names``, ``class_names``, ``x_mean``, ``x_scale``,
+        ``y_mean``, ``y_scale`` (see `jaxbp.trainer.Preprocessing`).
+      best_epoch: the epoch whose parameters these are (best validation loss), or None when
+        they are the latest state's.
+    """
+
+    config: Config
+    model: MLP
+    params: Params
+    loss: str
+    preprocessing: dict[str, Any]
+    best_epoch: int | None
+
+
+def load_trained(workdir: str) -> TrainedModel:
+    """The trained network of ``workdir``, read from its checkpoint alone (no data loaded).
+
+    Raises:
+      NotTrainedError: when ``workdir`` does not exist, holds no run or no checkpoint.
+      UnreadableCheckpointError: when its checkpoint cannot be read back.
+      jaxbp.workdir.WorkdirError: when ``workdir`` is a file, or its run record is damaged.
+    """
+    if not os.path.lexists(workdir):
+        raise NotTrainedError(
+            f"workdir {workdir} does not exist; give the workdir of a training run."
+        )
+    workdir_lib.check_layout(workdir)
+    record = workdir_lib.read_run_record(workdir)
+    if record is None:
+        raise NotTrainedError(
+            f"{workdir} holds no run ({workdir_lib.RUN_RECORD} is missing); give the workdir "
+            "of a training run."
+        )
+    if not any(_checkpoint_epochs(os.path.join(workdir, f)) for f in ("best", "checkpoints")):
+        raise NotTrainedError(
+            f"{workdir} holds a run but no checkpoint (best/ and checkpoints/ hold no epoch); "
+            "train it until its first checkpoint."
+        )
+    precision = workdir_lib.config_from_record(record).precision
+    with jax.enable_x64(precision == "float64"):
+        try:
+            config, model, params, meta = trainer.restore_trained(workdir)
+            params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
+        except Exception as e:  # any failure to read is damage; the cause is named
+            cause = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UnreadableCheckpointError(
+                f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
+                "restore the workdir from a copy, or train the run again."
+            ) from e
+    if "preprocessing" not in meta:
+        raise UnreadableCheckpointError(
+            f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "
+            "read for it; train the run again with this version of jaxbp."
+        )
+    best = meta.get("best")
+    return TrainedModel(
+        config,
+        model,
+        params,
+        meta["network"]["loss"],
+        meta["preprocessing"],
+        None if best is None else int(best["epoch"]),
+    )
+
+
+def check_same_data(preprocessing: dict[str, Any], dataset: Dataset, workdir: str) -> None:
+    """Refuses data whose task, classes or standardisation differ from the stored ones.
+
+    The statistics come from the training split, so a change confined to validation or test
+    rows that leaves the classes as they were goes unnoticed.
+
+    Raises:
+      DataChangedError: naming what differs, stored against now.
+    """
+    now = trainer.Preprocessing.of(dataset)._asdict()
+    differ = [k for k in ("task", "class_names") if preprocessing.get(k) != now[k]]
+    differ += [k for k in _STATISTICS if not _same_numbers(preprocessing.get(k), now[k])]
+    if differ:
+        stored = {k: _brief(preprocessing.get(k)) for k in differ}
+        loaded = {k: _brief(now[k]) for k in differ}
+        raise DataChangedError(
+            f"the {dataset.name} data loaded now are not those the run in {workdir} was "
+            f"trained on: {', '.join(differ)} differ (checkpoint {stored}, now {loaded}). "
+            "Restore the data the run was trained on, or train a new run on these."
+        )
+
+
+def evaluate_workdir(workdir: str) -> dict[str, Any]:
+    """The test metrics of a trained workdir, recomputed from its checkpoint; also ``W/eval.json``.
+
+    Loads the run's parameters (`load_trained`) and its data split (the same split as
+    training, by ``data_seed``), refuses data that differ from the training data
+    (`check_same_data`), and evaluates the test split with `jaxbp.train.evaluate`, as the
+    run's ``summary.json`` did. Nothing is trained. For classification the predicted class
+    is ``ŷ > 0.5`` for one output unit and ``argmax ŷ`` for several, as in the accuracy.
+
+    Args:
+      workdir: the workdir of a training run.
+
+    Returns:
+      ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2`` (regression), the
+      keys of ``summary.json``; ``num_test_examples``; ``best_epoch`` (None: the latest
+      state's parameters); and for classification ``class_names``, ``confusion_matrix``
+      (a list of rows: row i counts the examples of true class i, column j those predicted
+      as class j, both in ``class_names`` order) and ``precision``, ``recall`` and ``f1``
+      (dicts keyed by class name; 0 where a class is never predicted or never present).
+
+    Raises:
+      NotTrainedError, jaxbp.workdir.WorkdirError: see `load_trained`.
+      DataChangedError: when the data differ from those the run was trained on.
+      FileNotFoundError, ValueError: when the run's data can no longer be loaded.
+    """
+    trained = load_trained(workdir)
+    model, loss = trained.model, trained.loss
+    task, class_names = trained.preprocessing["task"], trained.preprocessing["class_names"]
+    with jax.enable_x64(trained.config.precision == "float64"):
+        dataset = trainer.load_data(trained.config)
+        check_same_data(trained.preprocessing, dataset, workdir)
+
+        @jax.jit
+        def evaluate(params, x, y):  # one program: the confusion matrix sees the accuracy's ŷ
+            y_hat = backprop.apply(model, params, x, backward="autodiff")
+            return train.evaluate(model, loss, params, x, y, task), y_hat
+
+        metrics, y_hat = evaluate(trained.params, dataset.x_test, dataset.y_test)
+        result: dict[str, Any] = {f"test_{k}": float(v) for k, v in metrics.items()}
+        y_hat = np.asarray(y_hat)
+    result["num_test_examples"] = len(dataset.x_test)
+    result["best_epoch"] = trained.best_epoch
+    if task == "classification":
+        result.update(_class_report(dataset.y_test, y_hat, class_names))
+    workdir_lib.write_atomic(os.path.join(workdir, EVAL_FILE), json.dumps(result, indent=2))
+    return result
+
+
+def predict_rows(
+    workdir: str | TrainedModel, x_raw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The trained network's predictions for raw rows, in the data's units.
+
+    Args:
+      workdir: the workdir of a training run, or its `load_trained` result (to read the
+        checkpoint once for several calls).
+      x_raw: ``(n, d)`` raw rows, columns in the run's ``feature_names`` order, e.g. from
+        ``jaxbp.data.read_features(path, trained.preprocessing["feature_names"])``.
+
+    Returns:
+      ``(predictions, probabilities)``. Classification: ``predictions`` ``(n,)`` class names
+      (``ŷ > 0.5`` for one output unit, else ``argmax ŷ``) and ``probabilities``
+      ``(n, num_classes)`` in ``class_names`` order: the softmax outputs, or ``[1 − p, p]``
+      for one sigmoid unit; None for an output that is no distribution (identity, several
+      sigmoids). Regression: ``predictions`` ``ŷ · y_scale + y_mean``, ``(n,)`` for one
+      target or ``(n, num_targets)``, and None.
+
+    Raises:
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+      NotTrainedError, jaxbp.workdir.WorkdirError: see `load_trained`.
+    """
+    trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    pre, model = trained.preprocessing, trained.model
+    x_raw = np.asarray(x_raw)
+    names = pre["feature_names"]
+    if x_raw.ndim != 2 or x_raw.shape[1] != len(names):
+        raise ValueError(
+            f"x_raw has shape {x_raw.shape}, but the network takes raw rows (n, {len(names)}) "
+            f"with the features {_brief(names)}; read them with "
+            "jaxbp.data.read_features(path, feature_names)."
+        )
+    if not np.issubdtype(x_raw.dtype, np.number) or not np.isfinite(x_raw).all():
+        raise ValueError(
+            "x_raw holds values that are not finite numbers (NaN, inf or non-numeric); the "
+            "network predicts nothing sensible for them. Fill or drop those rows."
+        )
+    dtype = np.dtype(trained.config.precision)
+    # The data's own order of operations, so a training row meets the same input bits.
+    x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
+        pre["x_scale"]
+    ).astype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        forward = jax.jit(lambda params, x: backprop.apply(model, params, x, backward="autodiff"))
+        y_hat = np.asarray(forward(trained.params, x))
+    if pre["task"] == "regression":
+        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
+        return (values[:, 0] if values.shape[1] == 1 else values), None
+    labels = np.asarray(pre["class_names"])[_class_indices(y_hat)]
+    probabilities = None
+    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
+        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
+    elif model.output_activation == "softmax":
+        probabilities = y_hat
+    return labels, probabilities
+
+
+def write_predictions(
+    path: str,
+    predictions: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+) -> None:
+    """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
+
+    Columns: ``prediction`` (``prediction_0``, ``prediction_1``, ... for several regression
+    targets), then one ``probability_<class>`` per class when ``probabilities`` are given.
+    Numbers are written in full (shortest round-trip digits of their dtype).
+
+    Args:
+      path: the csv file; its folder must exist.
+      predictions: ``(n,)`` labels or values, or ``(n, k)`` values.
+      probabilities: ``(n, num_classes)``, or None.
+      class_names: the ``num_classes`` names that head the probability columns.
+
+    Raises:
+      FileNotFoundError: when the folder of ``path`` does not exist.
+      ValueError: when ``path`` is a folder, or the arrays do not fit together.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"the folder {folder} of {path} does not exist; create it or write elsewhere."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give the path of the csv file to write.")
+    predictions = np.asarray(predictions)
+    if predictions.ndim not in (1, 2):
+        raise ValueError(
+            f"predictions have shape {predictions.shape}; expected (n,) or (n, num_targets)."
+        )
+    n = len(predictions)
+    columns = [predictions] if predictions.ndim == 1 else list(predictions.T)
+    header = (
+        ["prediction"]
+        if predictions.ndim == 1
+        else [f"prediction_{i}" for i in range(predictions.shape[1])]
+    )
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities)
+        if class_names is None or probabilities.shape != (n, len(class_names)):
+            given = None if class_names is None else len(class_names)
+            raise ValueError(
+                f"probabilities have shape {probabilities.shape}, but {n} predictions and "
+                f"{given} class names need ({n}, {given}); pass the class_names of the "
+                "probability columns."
+            )
+        columns += list(probabilities.T)
+        header += [f"probability_{c}" for c in class_names]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(zip(*(map(str, column) for column in columns), strict=True))
+    workdir_lib.write_atomic(path, text.getvalue())
+
+
+def _class_indices(y: np.ndarray) -> np.ndarray:
+    """Class indices of ``(n, 1)`` outputs or targets (``> 0.5``) or ``(n, C)`` ones (argmax)."""
+    if y.shape[1] == 1:
+        return (y[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(y, axis=1)
+
+
+def _class_report(y: np.ndarray, y_hat: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Confusion matrix (rows true, columns predicted) and per-class P/R/F1 with scikit-learn."""
+    from sklearn import metrics  # experiments extra
+
+    true, predicted = _class_indices(y), _class_indices(y_hat)
+    labels = np.arange(len(class_names))
+    matrix = metrics.confusion_matrix(true, predicted, labels=labels)
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        true, predicted, labels=labels, average=None, zero_division=0
+    )
+
+    def by_class(values: np.ndarray) -> dict[str, float]:
+        return {str(c): float(v) for c, v in zip(class_names, values, strict=True)}
+
+    return {
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+        "precision": by_class(precision),
+        "recall": by_class(recall),
+        "f1": by_class(f1),
+    }
+
+
+def _checkpoint_epochs(folder: str) -> list[str]:
+    """The epoch folders (numeric names) of a checkpoint folder; orbax's temporaries are not."""
+    if not os.path.isdir(folder):
+        return []
+    return [name for name in os.listdir(folder) if name.isdigit()]
+
+
+def _same_numbers(a: list[float] | None, b: list[float] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and np.allclose(a, b, rtol=_STATISTICS_RTOL, atol=0.0)
+
+
+def _brief(value: Any, limit: int = 4) -> Any:
+    """A list cut to its first ``limit`` items for an error message (floats to 6 digits)."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    items = [float(f"{v:.6g}") if isinstance(v, float) else v for v in value[:limit]]
+    return items + ["..."] if len(value) > limit else items

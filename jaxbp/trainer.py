@@ -1,0 +1,702 @@
+"""A training run a researcher can leave running and believe: `train_and_evaluate`.
+
+``train_and_evaluate(config, workdir)`` validates the config, takes the workdir's lock,
+loads the data, builds the network the task asks for, trains it with compiled epochs
+(`jaxbp.train`), and leaves in the workdir what `jaxbp.workdir` lists: the run record,
+metrics, TensorBoard events, curves, the latest and the best-validation checkpoints, and
+``summary.json``. Its guarantees:
+
+* **Nothing is mixed.** A workdir that holds a run resumes it only with the same data,
+  network and seeds (`jaxbp.workdir.check_resume`); a resumed run ends bit-identical to an
+  uninterrupted one, after a Ctrl-C or a kill at any point.
+* **Nothing bad is saved.** The loss and the parameters are checked finite after every
+  epoch, before any checkpoint; a damaged checkpoint is set aside and the one before it
+  used.
+* **A stop is clean.** SIGINT and SIGTERM end the run after the current epoch with a
+  checkpoint, curves and a summary marked ``interrupted``; `RunInterruptedError` carries the signal.
+
+Uses the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp import config as config_lib
+from jaxbp import data as data_lib
+from jaxbp import parallel, per_example, run_outputs, train
+from jaxbp import workdir as workdir_lib
+from jaxbp.config import Config, ConfigError
+from jaxbp.mlp import MLP, Params, init_params
+
+Log = Callable[[str], None]
+
+
+class TrainState(NamedTuple):
+    """What a checkpoint holds: everything the next epoch needs.
+
+    Attributes:
+      params: one ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
+      opt_state: the optax state of ``params``.
+      epoch: epochs completed, an int32 scalar.
+      key: the run's raw ``uint32[2]`` PRNG key: ``fold_in(key, 0)`` drew the initial
+        params, ``fold_in(key, e)`` orders epoch ``e``.
+    """
+
+    params: Params
+    opt_state: optax.OptState
+    epoch: Any
+    key: jax.Array
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the parameters became NaN or inf; nothing after the last good state is kept."""
+
+
+class RunInterruptedError(Exception):
+    """SIGINT or SIGTERM stopped the run at a clean point; ``summary`` was written."""
+
+    def __init__(self, signum: int, summary: dict[str, Any]):
+        self.signum, self.summary = signum, summary
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after epoch {summary['epochs']}"
+        )
+
+
+class Preprocessing(NamedTuple):
+    """How raw rows become network inputs and outputs become labels or values (JSON-able)."""
+
+    task: str
+    feature_names: list[str]
+    class_names: list[str] | None
+    x_mean: list[float]
+    x_scale: list[float]
+    y_mean: list[float] | None
+    y_scale: list[float] | None
+
+    @classmethod
+    def of(cls, dataset: data_lib.Dataset) -> Preprocessing:
+        """The preprocessing of a loaded data set."""
+
+        def floats(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(v) for v in np.ravel(a)]
+
+        names = getattr(dataset, "feature_names", None) or [
+            f"x{i}" for i in range(dataset.num_features)
+        ]
+        return cls(
+            dataset.task,
+            [str(n) for n in names],
+            None if dataset.class_names is None else [str(c) for c in dataset.class_names],
+            floats(dataset.x_mean) or [],
+            floats(dataset.x_scale) or [],
+            floats(dataset.y_mean),
+            floats(dataset.y_scale),
+        )
+
+
+def build_model(config: Config, dataset: data_lib.Dataset) -> MLP:
+    """The MLP for the data: ``(num_features, *hidden_sizes, num_outputs)``, task-aware head.
+
+    Raises:
+      ConfigError: when ``sizes`` does not fit the data, or the output/loss cannot fit the
+        targets (see `jaxbp.config.resolve_head`).
+    """
+    output, _ = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
+    sizes = (dataset.num_features, *config.hidden_sizes, dataset.num_outputs)
+    if config.sizes is not None:
+        if (config.sizes[0], config.sizes[-1]) != (sizes[0], sizes[-1]):
+            raise ConfigError(
+                "sizes",
+                config.sizes,
+                f"does not fit dataset={config.dataset}: it has {sizes[0]} features and "
+                f"{sizes[-1]} outputs, so the sizes must start with {sizes[0]} and end with "
+                f"{sizes[-1]}.",
+            )
+        sizes = tuple(config.sizes)
+    return MLP(sizes, config.activation, output, config.use_bias)
+
+
+def build_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    """The config's learning-rate schedule, laid over ``epochs * steps_per_epoch`` steps."""
+    return train.make_schedule(
+        config.learning_rate,
+        config.schedule,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+    )
+
+
+def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The config's optax optimizer with `build_schedule`'s learning rate."""
+    return train.make_optimizer(
+        config.optimizer,
+        build_schedule(config, steps_per_epoch),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+
+
+def initial_state(
+    config: Config, model: MLP, optimizer: optax.GradientTransformation
+) -> TrainState:
+    """The state before epoch 1: params from ``fold_in(key, 0)`` of ``PRNGKey(seed)``."""
+    key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
+    params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
+    return TrainState(params, optimizer.init(params), np.asarray(0, np.int32), key)
+
+
+def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
+    """The JSON description a checkpoint of this run must match."""
+    return {
+        "sizes": list(model.sizes),
+        "activation": model.activation,
+        "output_activation": model.output_activation,
+        "use_bias": model.use_bias,
+        "loss": loss,
+        "optimizer": config.optimizer,
+        "precision": config.precision,
+    }
+
+
+def load_data(config: Config) -> data_lib.Dataset:
+    """The config's data set, split by ``data_seed``, in the config's precision."""
+    return data_lib.load_dataset(
+        config.dataset,
+        seed=config.data_seed,
+        data_dir=config.data_dir,
+        path=config.data_path,
+        target_column=config.target_column,
+        num_samples=config.num_samples,
+        dtype=np.dtype(config.precision),
+    )
+
+
+def describe_run(config: Config, model: MLP, loss: str, task: str) -> str:
+    """The first line of a run: task, sizes, activations, loss and optimizer."""
+    return (
+        f"{config.dataset}: {task}, sizes {'-'.join(map(str, model.sizes))}, "
+        f"{model.activation} hidden, {model.output_activation} output, loss {loss}, "
+        f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}), "
+        f"batch {config.batch_size}, {config.epochs} epochs, backward {config.backward}"
+    )
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str,
+    *,
+    allow_changes: Sequence[str] = (),
+    log: Log = print,
+) -> dict[str, Any]:
+    """Trains, evaluates, logs and checkpoints one run (see the module docstring).
+
+    Args:
+      config: the run's settings.
+      workdir: its folder; one holding the same run resumes it.
+      allow_changes: ``"override"`` fields that may differ from the stored run's.
+      log: where progress lines go (only process 0 logs).
+
+    Returns:
+      The summary written to ``summary.json``.
+
+    Raises:
+      ConfigError, ResumeConflictError, WorkdirError: before any training.
+      NonFiniteError: when the loss or parameters stop being finite.
+      RunInterruptedError: after a clean stop on SIGINT or SIGTERM.
+    """
+    config_lib.validate(config)
+    workdir_lib.check_layout(workdir)
+    primary = parallel.is_primary()
+    log = log if primary else (lambda _: None)
+
+    def check_stored() -> dict[str, Any] | None:
+        stored = workdir_lib.read_run_record(workdir)
+        if stored is not None:
+            workdir_lib.check_resume(workdir_lib.config_from_record(stored), config, allow_changes)
+        return stored
+
+    check_stored()  # before the data load, so a mismatch costs nothing
+    with jax.enable_x64(config.precision == "float64"):
+        run = _Run(config, workdir, log)  # data and network: their errors come before any write
+        os.makedirs(workdir, exist_ok=True)
+        with workdir_lib.locked(workdir) if primary else contextlib.nullcontext():
+            return run.train(check_stored())
+
+
+class _Run:
+    """One call of `train_and_evaluate`, split into steps that each do one thing."""
+
+    def __init__(self, config: Config, workdir: str, log: Log):
+        self.config, self.workdir, self.log = config, workdir, log
+        self.stored: dict[str, Any] | None = None
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.mesh = parallel.make_mesh(config.num_devices)
+        if config.batch_size % self.mesh.size:
+            raise ConfigError(
+                "batch_size",
+                config.batch_size,
+                f"does not divide over {self.mesh.size} devices; use a multiple of "
+                f"{self.mesh.size}.",
+            )
+        self.dataset = load_data(config)
+        self.model = build_model(config, self.dataset)
+        _, self.loss = config_lib.resolve_head(config, self.dataset.task, self.dataset.num_outputs)
+        n_train = len(self.dataset.x_train)
+        if config.batch_size > n_train:
+            raise ConfigError(
+                "batch_size",
+                config.batch_size,
+                f"exceeds the {n_train} training rows of {config.dataset}; use at most {n_train}.",
+            )
+        self.steps_per_epoch = n_train // config.batch_size
+        self.optimizer = build_optimizer(config, self.steps_per_epoch)
+        self.schedule = build_schedule(config, self.steps_per_epoch)
+        self.meta = {
+            "network": network_meta(config, self.model, self.loss),
+            "preprocessing": Preprocessing.of(self.dataset)._asdict(),
+        }
+        self.primary = parallel.is_primary()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _checkpointers(self):
+        from jaxbp.checkpoint import Checkpointer
+
+        latest = Checkpointer(os.path.join(self.workdir, "checkpoints"))
+        best = Checkpointer(os.path.join(self.workdir, "best"), max_to_keep=1)
+        return latest, best
+
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        from jaxbp.checkpoint import check_same_network
+
+        check_same_network(meta.get("network", {}), self.meta["network"], self.workdir)
+
+    def _restore(self, latest, best) -> tuple[TrainState, dict[str, Any] | None]:
+        """The state to start from and the best-so-far record (None: no evaluation yet)."""
+        state = initial_state(self.config, self.model, self.optimizer)
+        found = latest.restore_newest_readable(state, self._check_meta, self.log)
+        if found is None:
+            return state, None
+        epoch, state, _ = found
+        if self.config.epochs < epoch:
+            raise ConfigError(
+                "epochs",
+                self.config.epochs,
+                f"is below the {epoch} epochs the workdir's checkpoint has done; give "
+                f"epochs >= {epoch}, or a new workdir.",
+            )
+        self.log(f"resuming from the checkpoint of epoch {epoch} in {self.workdir}")
+        best_record = None
+        best_found = best.restore_newest_readable(
+            {"params": state.params}, self._check_meta, self.log
+        )
+        # A best checkpoint newer than the state (a kill between the two saves) is redone.
+        if best_found is not None and best_found[0] <= epoch:
+            best_record = best_found[2]["best"]
+        return state, best_record
+
+    def _record_start(self, start_epoch: int) -> None:
+        changes = {}
+        if self.stored is not None:
+            old = workdir_lib.config_from_record(self.stored)
+            changes = workdir_lib.config_changes(old, self.config)
+        starts = [] if self.stored is None else list(self.stored["starts"])
+        starts.append(
+            {
+                "time": self.started_at,
+                "from_epoch": start_epoch,
+                "changes": {k: [a, b] for k, (a, b) in changes.items()},
+            }
+        )
+        record = {"config": dataclasses.asdict(self.config), "starts": starts}
+        import json
+
+        workdir_lib.write_atomic(
+            os.path.join(self.workdir, workdir_lib.RUN_RECORD), json.dumps(record, indent=2)
+        )
+        if "epochs" in changes and self.config.schedule != "constant":
+            old_epochs, new_epochs = changes["epochs"]
+            step = start_epoch * self.steps_per_epoch
+            old_schedule = build_schedule(
+                dataclasses.replace(self.config, epochs=old_epochs), self.steps_per_epoch
+            )
+            self.log(
+                f"epochs {old_epochs} -> {new_epochs}: the {self.config.schedule} schedule now "
+                f"spans {new_epochs} epochs; the learning rate at epoch {start_epoch + 1} is "
+                f"{float(self.schedule(step)):.3g} instead of {float(old_schedule(step)):.3g}."
+            )
+        for name in sorted(set(changes) - {"epochs"}):
+            self.log(f"changed on resume: {name} {changes[name][0]} -> {changes[name][1]}")
+
+    # -- compiled functions ----------------------------------------------------------------
+
+    def _compile(self, state: TrainState):
+        config, model = self.config, self.model
+        grad_fn = None
+        if config.clip_per_example is not None:  # the δ rows are clipped: hand-written only
+            grad_fn = per_example.make_clipped_grad_fn(model, self.loss, config.clip_per_example)
+        step = train.make_train_step(
+            model,
+            self.loss,
+            self.optimizer,
+            backward=config.backward,
+            grad_fn=grad_fn,
+            grad_norm=False,  # the evaluation records ‖∇L‖ on the whole training split
+        )
+        epoch_fn = train.make_epoch(
+            step,
+            config.batch_size,
+            num_examples=len(self.dataset.x_train),
+            shard_batch=parallel.shard_batch(self.mesh),
+            donate=True,  # the loop keeps only the returned state
+        )
+
+        def checked_epoch(params, opt_state, x, y, key, epoch):
+            params, opt_state, metrics = epoch_fn(params, opt_state, x, y, key, epoch)
+            finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+            return params, opt_state, metrics["loss"], finite
+
+        loss_name, task = self.loss, self.dataset.task
+        loss_and_grad = train.make_loss_and_grad(model, loss_name, "custom")
+
+        def evaluate(params, x, y, with_grad_norm):
+            metrics = train.evaluate(model, loss_name, params, x, y, task)
+            if with_grad_norm:
+                metrics["grad_norm"] = optax.tree.norm(loss_and_grad(params, x, y)[1])
+            return metrics
+
+        self.epoch_jit = jax.jit(checked_epoch, donate_argnums=(0, 1))
+        self.evaluate_jit = jax.jit(evaluate, static_argnums=3)
+        data = self.dataset
+        self.splits = {
+            name: parallel.replicate(
+                (getattr(data, f"x_{name}"), getattr(data, f"y_{name}")), self.mesh
+            )
+            for name in ("train", "val", "test")
+        }
+        self.x_train, self.y_train = parallel.put_training_data(
+            (data.x_train, data.y_train), self.mesh
+        )
+        started = time.perf_counter()
+        epoch_args = (
+            state.params,
+            state.opt_state,
+            self.x_train,
+            self.y_train,
+            state.key,
+            jnp.asarray(1, jnp.int32),
+        )
+        self.epoch_compiled = self.epoch_jit.lower(*epoch_args).compile()
+        for name in ("train", "val", "test"):
+            self.evaluate_jit(state.params, *self.splits[name], name == "train")
+        return time.perf_counter() - started
+
+    def _evaluate(self, params: Params, split: str) -> dict[str, float]:
+        metrics = self.evaluate_jit(params, *self.splits[split], split == "train")
+        return {k: float(parallel.to_host(v)) for k, v in metrics.items()}
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def train(self, stored: dict[str, Any] | None) -> dict[str, Any]:
+        config, log = self.config, self.log
+        self.stored = stored
+        latest, best = self._checkpointers()
+        state, best_record = self._restore(latest, best)
+        start_epoch = int(state.epoch)
+        best.delete_after(start_epoch)  # a best newer than the state is redone, not kept
+        log(describe_run(config, self.model, self.loss, self.dataset.task))
+        writer = None
+        if self.primary:
+            self._record_start(start_epoch)
+            writer = run_outputs.RunOutputs(self.workdir, self.dataset.task)
+            writer.truncate_after(start_epoch)
+        compile_seconds = self._compile(state)
+        params, opt_state, key = parallel.replicate(
+            (state.params, state.opt_state, state.key), self.mesh
+        )
+        best_epoch = None if best_record is None else best_record["epoch"]
+        best_val = math.inf if best_record is None else best_record["val_loss"]
+        status, epoch, train_seconds = "completed", start_epoch, 0.0
+        with _stop_signals() as stop:
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                t0 = time.perf_counter()
+                new_params, new_opt_state, step_losses, finite = self.epoch_compiled(
+                    params,
+                    opt_state,
+                    self.x_train,
+                    self.y_train,
+                    key,
+                    jnp.asarray(epoch, jnp.int32),
+                )
+                step_losses = parallel.to_host(step_losses)  # the one host sync of the epoch
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                self._check_finite(step_losses, bool(parallel.to_host(finite)), epoch, latest)
+                params, opt_state = new_params, new_opt_state
+                evaluated = epoch % config.eval_interval == 0 or epoch == config.epochs
+                if evaluated:
+                    record = self._record(params, epoch, step_losses, seconds)
+                    if writer:
+                        writer.write(record)
+                    log(_progress_line(record, config.epochs, (config.epochs - epoch) * seconds))
+                    if record["val_loss"] < best_val:
+                        best_epoch, best_val = epoch, record["val_loss"]
+                        meta = {**self.meta, "best": {"epoch": epoch, "val_loss": best_val}}
+                        best.save(epoch, {"params": params}, meta)
+                patience = config.early_stopping_patience
+                early = bool(
+                    patience
+                    and evaluated
+                    and best_epoch is not None
+                    and epoch - best_epoch >= patience
+                )
+                stopping = early or stop.signum is not None
+                if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
+                    latest.save(
+                        epoch,
+                        TrainState(params, opt_state, np.asarray(epoch, np.int32), key),
+                        self.meta,
+                    )
+                if early:
+                    status = "early_stopped"
+                    log(f"early stop: no better val loss for {patience} epochs since {best_epoch}")
+                    break
+                if stop.signum is not None:
+                    status = "interrupted"
+                    break
+        latest.close()
+        summary = self._summary(params, best, best_epoch, epoch, status, train_seconds)
+        summary["compile_seconds"] = compile_seconds
+        best.close()
+        if writer:
+            writer.finish(summary, _hparams(config))
+        if status == "interrupted":
+            assert stop.signum is not None
+            raise RunInterruptedError(stop.signum, summary)
+        return summary
+
+    def _check_finite(self, step_losses: np.ndarray, params_finite: bool, epoch: int, latest):
+        bad = np.flatnonzero(~np.isfinite(step_losses))
+        if not bad.size and params_finite:
+            return
+        kept = latest.latest_epoch()
+        kept_text = (
+            f"the last good checkpoint (epoch {kept}) is kept"
+            if kept is not None
+            else "no checkpoint had been written"
+        )
+        if bad.size:
+            step = (epoch - 1) * self.steps_per_epoch + int(bad[0]) + 1
+            what = f"the loss became {step_losses[bad[0]]} at step {step} (epoch {epoch})"
+        else:
+            what = f"the parameters became non-finite in the last step of epoch {epoch}"
+        raise NonFiniteError(
+            f"{what}; {kept_text} in {self.workdir}. Lower learning_rate or check the data."
+        )
+
+    def _record(
+        self, params: Params, epoch: int, step_losses: np.ndarray, seconds: float
+    ) -> dict[str, float]:
+        record: dict[str, float] = {
+            "epoch": epoch,
+            "step": epoch * self.steps_per_epoch,
+            "epoch_loss": float(step_losses.mean()),
+        }
+        for split in ("train", "val"):
+            record.update({f"{split}_{k}": v for k, v in self._evaluate(params, split).items()})
+        record["learning_rate"] = float(self.schedule(epoch * self.steps_per_epoch))
+        record["steps_per_second"] = self.steps_per_epoch / seconds
+        return record
+
+    def _summary(self, params, best, best_epoch, epoch, status, train_seconds) -> dict[str, Any]:
+        last = {f"{k}": v for k, v in self._evaluate(params, "test").items()}
+        best_params = params
+        if best_epoch is not None and best_epoch != epoch:
+            best_params = best.restore(best_epoch, {"params": params})["params"]
+        test = self._evaluate(best_params, "test")
+        val = self._evaluate(best_params, "val")
+        train_metrics = self._evaluate(best_params, "train")
+        summary: dict[str, Any] = {
+            "status": status,
+            **{f"test_{k}": v for k, v in test.items()},
+            **{f"val_{k}": v for k, v in val.items() if k != "grad_norm"},
+            "train_loss": train_metrics["loss"],
+            "best_epoch": best_epoch if best_epoch is not None else epoch,
+            **{f"last_epoch_test_{k}": v for k, v in last.items()},
+            "epochs": epoch,
+            "steps": epoch * self.steps_per_epoch,
+            "seconds": train_seconds,
+            "task": self.dataset.task,
+            "sizes": list(self.model.sizes),
+            "output_activation": self.model.output_activation,
+            "loss": self.loss,
+            "backward": self.config.backward,
+            "num_devices": self.mesh.size,
+            "num_processes": jax.process_count(),
+            "config": dataclasses.asdict(self.config),
+            **environment(),
+            "started_at": self.started_at,
+        }
+        if status == "interrupted":
+            summary["resume_command"] = f"./launch.sh train --workdir={self.workdir}"
+        return summary
+
+
+def environment() -> dict[str, Any]:
+    """Versions, platform, device kind, CPU count and git commit, for the summary."""
+    import importlib.metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            commit = result.stdout.strip()
+    return {
+        "versions": {n: version(n) for n in ("jaxbp", "jax", "jaxlib", "optax", "numpy")},
+        "python": platform.python_version(),
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+    }
+
+
+def _hparams(config: Config) -> dict[str, Any]:
+    """The config as TensorBoard hparams (scalars and strings only)."""
+    out = {}
+    for k, v in dataclasses.asdict(config).items():
+        if isinstance(v, (tuple, list)):
+            v = config_lib.format_value(tuple(v))
+        out[k] = "" if v is None else v
+    return out
+
+
+class _StopRequest:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_StopRequest]:
+    """SIGINT and SIGTERM ask the loop to stop after the epoch; a second one stops now."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if request.signum is not None:
+            raise KeyboardInterrupt
+        request.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _progress_line(record: dict[str, float], epochs: int, eta: float) -> str:
+    quality = "accuracy" if "val_accuracy" in record else "r2"
+    fmt = (lambda v: f"{100 * v:.2f}%") if quality == "accuracy" else (lambda v: f"{v:.4f}")
+    return (
+        f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  "
+        f"loss {record['epoch_loss']:.4f}  "
+        f"train {quality} {fmt(record[f'train_{quality}'])}  "
+        f"val {quality} {fmt(record[f'val_{quality}'])}  "
+        f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s"
+    )
+
+
+def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
+    """The config, network, best parameters and checkpoint meta of a trained workdir.
+
+    Reads the run record and the newest readable best-validation checkpoint that is not
+    newer than the newest readable train state (a kill between the two saves can leave
+    one), else the newest readable train state's params. Loads no data and writes nothing.
+
+    Raises:
+      FileNotFoundError: when the workdir holds no run or no readable checkpoint.
+    """
+    from jaxbp.checkpoint import Checkpointer
+
+    record = workdir_lib.read_run_record(workdir)
+    if record is None:
+        raise FileNotFoundError(
+            f"{workdir} holds no run ({workdir_lib.RUN_RECORD} is missing); give the workdir "
+            "of a training run."
+        )
+    config = workdir_lib.config_from_record(record)
+    with jax.enable_x64(config.precision == "float64"):
+        latest = _read_newest(Checkpointer, os.path.join(workdir, "checkpoints"), config, True)
+        limit = None if latest is None else latest[0]
+        best = _read_newest(Checkpointer, os.path.join(workdir, "best"), config, False, limit)
+    found = best or latest
+    if found is None:
+        raise FileNotFoundError(f"{workdir} holds no readable checkpoint; train it first.")
+    _, model, params, meta = found
+    return config, model, params, meta
+
+
+def _read_newest(checkpointer_type, path, config, is_state, limit=None):
+    """``(epoch, model, params, meta)`` of the newest readable checkpoint in ``path``."""
+    if not os.path.isdir(path):
+        return None
+    checkpointer = checkpointer_type(path)
+    try:
+        for epoch in reversed(checkpointer.epochs()):
+            if limit is not None and epoch > limit:
+                continue
+            try:
+                meta = checkpointer.read_meta(epoch)
+                network = meta["network"]
+                model = MLP(
+                    tuple(network["sizes"]),
+                    network["activation"],
+                    network["output_activation"],
+                    network["use_bias"],
+                )
+                like_params = init_params(
+                    jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision)
+                )
+                if is_state:
+                    optimizer = build_optimizer(config, 1)
+                    like = initial_state(config, model, optimizer)._replace(params=like_params)
+                    params = checkpointer.restore(epoch, like).params
+                else:
+                    params = checkpointer.restore(epoch, {"params": like_params})["params"]
+            except Exception:  # damaged: an older one may read
+                continue
+            if all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
+                return epoch, model, params, meta
+        return None
+    finally:
+        checkpointer.close()
