@@ -5,7 +5,8 @@
 
 Each device count runs in a child process of its own (`experiments.bench.host.run_child`; on
 CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) and times whole compiled
-epochs of the trainer's sharded step after a warm-up epoch; the table reports the median.
+epochs of the trainer's sharded step (its config's network and optimizer,
+`jaxbp.config.make_config`) after a warm-up epoch; the table reports the median.
 Forced host devices share the machine's cores, so on CPU the table measures the sharded
 step's overhead, not a speed-up.
 """
@@ -21,7 +22,7 @@ from experiments.bench import host
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts to compare.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set to train on.")
-_HIDDEN = flags.DEFINE_list("hidden_sizes", ["128"], "Hidden widths of the network.")
+_HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths (default: the trainer's).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of every count).")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Timed epochs per count (after one warm-up).")
 _FORCE = flags.DEFINE_boolean(
@@ -30,24 +31,26 @@ _FORCE = flags.DEFINE_boolean(
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Times epochs of the sharded train step on ``spec["devices"]`` devices."""
+    """Times epochs of the trainer's sharded step on ``spec["devices"]`` devices."""
     import jax
     import numpy as np
 
-    from jaxbp import data, parallel, train
-    from jaxbp.mlp import MLP, init_params
+    from jaxbp import config as config_lib
+    from jaxbp import parallel, train, trainer
+    from jaxbp.mlp import init_params
 
-    dataset = data.load_dataset(spec["dataset"])
-    batch_size = spec["batch_size"]
-    model = MLP(
-        (dataset.num_features, *spec["hidden_sizes"], dataset.num_outputs), "tanh", "softmax"
-    )
+    hidden = {"hidden_sizes": tuple(spec["hidden_sizes"])} if spec["hidden_sizes"] else {}
+    config = config_lib.make_config(spec["dataset"], batch_size=spec["batch_size"], **hidden)
+    dataset = trainer.load_data(config)
+    steps = len(dataset.x_train) // config.batch_size
+    model = trainer.build_model(config, dataset)
+    _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
     mesh = parallel.make_mesh(spec["devices"])
-    parallel.check_batch_size(batch_size, mesh)
-    optimizer = train.make_optimizer("adam", 1e-3)
-    step = train.make_train_step(model, "softmax_cross_entropy", optimizer)
-    epoch = train.make_epoch(step, batch_size, shard_batch=parallel.shard_batch(mesh))
-    params = init_params(jax.random.PRNGKey(0), model)
+    parallel.check_batch_size(config.batch_size, mesh)
+    optimizer = trainer.build_optimizer(config, steps)
+    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
+    epoch = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
+    params = init_params(jax.random.PRNGKey(config.seed), model)
     params, opt_state = parallel.replicate((params, optimizer.init(params)), mesh)
     x, y = parallel.put_training_data((dataset.x_train, dataset.y_train), mesh)
     key = jax.random.PRNGKey(0)
@@ -57,15 +60,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         jax.block_until_ready(epoch(params, opt_state, x, y, key, e))
         seconds.append(time.perf_counter() - start)
-    steps = len(dataset.x_train) // batch_size
     median = float(np.median(seconds))
     return {
         "devices": spec["devices"],
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
+        "network": "-".join(map(str, model.sizes)),
         "steps_per_epoch": steps,
         "epoch_ms": 1e3 * median,
-        "examples_per_second": steps * batch_size / median,
+        "examples_per_second": steps * config.batch_size / median,
     }
 
 
@@ -73,7 +76,7 @@ def main(argv: list[str]) -> int:
     del argv
     spec = {
         "dataset": _DATASET.value,
-        "hidden_sizes": [int(h) for h in _HIDDEN.value],
+        "hidden_sizes": [int(h) for h in _HIDDEN.value or []],
         "batch_size": _BATCH.value,
         "epochs": _EPOCHS.value,
     }
@@ -96,8 +99,8 @@ def main(argv: list[str]) -> int:
             "overhead, not a speed-up."
         )
     print(
-        f"\n{_DATASET.value}, hidden {','.join(_HIDDEN.value)}, global batch {_BATCH.value}, "
-        f"median of {_EPOCHS.value} epochs\n"
+        f"\n{_DATASET.value} {rows[0]['network']}, the trainer's optimizer, global batch "
+        f"{_BATCH.value}, median of {_EPOCHS.value} epochs\n"
     )
     print("| devices | epoch ms | examples/s | vs 1st row |")
     print("|---|---|---|---|")

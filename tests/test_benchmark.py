@@ -9,15 +9,19 @@ import csv
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 from absl import flags
 from absl.testing import flagsaver
 
 from experiments import benchmark
-from experiments.bench import alternatives, report
+from experiments.bench import alternatives, digits, report
 from experiments.bench.config import BenchConfig
 from experiments.bench.timing import time_interleaved
 from experiments.bench.torch_side import import_torch
+from jaxbp import config as config_lib
+from jaxbp import trainer
 
 SMALLEST = BenchConfig(
     depths=(1,),
@@ -30,7 +34,7 @@ SMALLEST = BenchConfig(
     epoch_steps=2,
     torch_compile=False,  # tens of seconds of compilation; the grid run covers it
     digits_budget=0.05,
-    digits_hidden=(32,),
+    digits_hidden=(),  # the trainer's network alone
     digits_cores=(1,),  # one child process, pinned to one CPU
     alternatives=False,  # compiles ten programs; test_alternatives_run covers them
 )
@@ -80,14 +84,32 @@ def test_smallest_configuration_reports_every_variant(result):
     assert math.isnan(row["torch_compile_ms"])  # switched off in SMALLEST
 
 
-def test_digits_section_reports_the_network(result):
+def test_digits_section_times_the_trainers_network(result):
     result, _ = result
-    networks = [d["network"] for d in result["digits"]]
-    assert networks == ["64-32-10"]
+    trainer_config = config_lib.make_config("digits")
+    sizes = (64, *trainer_config.hidden_sizes, 10)
+    assert [d["network"] for d in result["digits"]] == ["-".join(map(str, sizes))]
     for d in result["digits"]:
-        assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0 and d["steps"] > 0
+        assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0
+        assert d["steps"] == len(digits.trainer_training().x) // trainer_config.batch_size
         assert d["cores"] == 1  # the child ran on the one CPU it was given
         assert d["shuffle_sort_ms"] > 0 and d["shuffle_hashed_ms"] > 0
+        if import_torch() is not None:
+            assert d["torch_eager_ms"] > 0 and d["torch_threads"] >= 1
+
+
+def test_digits_training_is_the_trainers():
+    trainer_config = config_lib.make_config("digits")
+    t = digits.trainer_training()
+    assert t.config == trainer_config and t.loss == "softmax_cross_entropy"
+    assert t.model == trainer.build_model(trainer_config, trainer.load_data(trainer_config))
+    assert digits.trainer_training((32,)).model.sizes == (64, 32, 10)
+    # The optimizer is the trainer's: its learning rate follows the config's schedule.
+    state = t.optimizer.init(t.params)
+    updates, _ = t.optimizer.update(jax.tree.map(jnp.ones_like, t.params), state, t.params)
+    first_step = float(-updates[0]["b"][0])  # adam's first step is the learning rate
+    # (up to float32's bias correction 1 - 0.999, 1e-5 off)
+    assert abs(first_step - trainer_config.learning_rate) < 1e-4 * trainer_config.learning_rate
 
 
 def test_best_of_cores_takes_each_framework_at_its_fastest():
@@ -113,7 +135,7 @@ def test_report_files_are_written(result):
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["custom_ms"]) > 0
     with open(files["digits_csv"]) as f:
-        assert [r["network"] for r in csv.DictReader(f)] == ["64-32-10"]
+        assert [r["network"] for r in csv.DictReader(f)] == [result["digits"][0]["network"]]
     with open(files["markdown"]) as f:
         markdown = f.read()
     assert markdown == result["markdown"]
@@ -178,7 +200,7 @@ def test_targets_read_the_rows_they_name():
 
 
 def test_alternatives_compile_different_programs_and_time_both():
-    config = BenchConfig(repeats=2, point_budget=0.0, digits_warmup_calls=0, digits_hidden=(8,))
+    config = BenchConfig(repeats=2, point_budget=0.0, digits_warmup_calls=0)
     rows = alternatives.measure(config)
     assert len(rows) == 5 and len({(r["choice"], r["program"]) for r in rows}) == 5
     for row in rows:

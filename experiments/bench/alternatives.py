@@ -18,7 +18,6 @@ from experiments.bench.config import BenchConfig, Point
 from experiments.bench.jax_side import build_model, compiled_thunk, make_batch
 from experiments.bench.timing import time_interleaved
 from jaxbp import activations, backprop, mlp
-from jaxbp import data as data_lib
 
 
 def _tanh_one_minus_a_squared():
@@ -62,8 +61,7 @@ def alternatives(config: BenchConfig) -> list[tuple[str, str, str, Any, Any]]:
     small = Point(depth=2, width=32, batch=1024, activation="tanh", dtype="float32")
     row = Point(depth=2, width=1024, batch=1, activation="tanh", dtype="float32")
     einsum = ("layer as einsum('...i,oi->...o')", "a_prev @ W.T")
-    dataset = data_lib.load_dataset("digits", seed=0)
-    training = digits_lib.trainer_training(dataset, config.digits_hidden[0])
+    training = digits_lib.trainer_training()
     epoch = f"digits {'-'.join(map(str, training.model.sizes))} epoch"
     return [
         (

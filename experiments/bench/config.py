@@ -34,7 +34,7 @@ class BenchConfig:
     torch_compile: bool = _field(True, "Time torch.compile too (~15 s compiling a shape).")
     digits: bool = _field(True, "Time the digits epoch: lax.scan against PyTorch eager.")
     digits_budget: float = _field(20.0, "Seconds of rounds of each digits comparison.")
-    digits_hidden: tuple[int, ...] = _field((128, 32), "Digits hidden widths: the trainer's, 32.")
+    digits_hidden: tuple[int, ...] = _field((32,), "Hidden widths timed beside the trainer's.")
     # Training runs epochs back to back, so an epoch is timed after epochs of its own, not
     # right after the other framework's (whose code and data then fill the caches).
     digits_warmup_calls: int = _field(3, "Untimed epochs before each timed one (0: cold).")

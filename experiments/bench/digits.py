@@ -1,11 +1,13 @@
 """The digits epoch: one epoch compiled with `lax.scan` against the same training in PyTorch.
 
-The trainer's recipe on the digits training split: every epoch shuffles
-(`jaxbp.shuffle.permutation` in JAX, ``torch.randperm`` in PyTorch) and runs the same steps.
-JAX builds and calls the step and the epoch as the trainer does (`jaxbp.runner`: no gradient
-norm, donated state), each epoch continuing from the state the last one returned, as
-PyTorch's training does in place. One child process per CPU count (`host.run_child`), since
-XLA:CPU sizes its thread pool once; JAX and PyTorch are interleaved in the same rounds.
+The trainer's run (`jaxbp.config.make_config("digits")`: its network, loss, optimizer and
+learning-rate schedule, built by `jaxbp.trainer`) on the digits training split, and the same
+with other hidden widths. Every epoch shuffles (`jaxbp.shuffle.permutation` in JAX,
+``torch.randperm`` in PyTorch) and runs the same steps. JAX builds and calls the step and the
+epoch as the trainer does (no gradient norm, donated state), each epoch continuing from the
+state the last one returned, as PyTorch's training does in place. One child process per CPU
+count (`host.run_child`), since XLA:CPU sizes its thread pool once; JAX and PyTorch are
+interleaved in the same rounds.
 """
 
 import dataclasses
@@ -23,38 +25,42 @@ from experiments.bench import host, torch_side
 from experiments.bench.config import BenchConfig
 from experiments.bench.jax_side import python_loop_epoch
 from experiments.bench.timing import Thunk, time_interleaved
-from jaxbp import data as data_lib
-from jaxbp import shuffle, train
+from jaxbp import config as config_lib
+from jaxbp import shuffle, train, trainer
 from jaxbp.mlp import MLP
 
 
 class Training(NamedTuple):
     """The trainer's training of one digits network, ready to time."""
 
+    config: config_lib.Config
     model: MLP
     loss: str
     optimizer: optax.GradientTransformation
-    learning_rate: float
-    batch_size: int
     params: jaxbp.Params
     x: jax.Array  # (examples, features): the training split
     y: jax.Array  # (examples, classes), one-hot
 
 
-def trainer_training(dataset: data_lib.Dataset, hidden: int) -> Training:
-    """The trainer's recipe with one hidden layer of ``hidden`` units."""
-    batch_size, learning_rate, loss = 32, 3e-3, "softmax_cross_entropy"
-    model = MLP((dataset.num_features, hidden, dataset.num_outputs), "tanh", "softmax")
-    params = jaxbp.init_params(jax.random.key(0), model)
+def trainer_training(hidden_sizes: tuple[int, ...] | None = None) -> Training:
+    """The trainer's digits run (`jaxbp.config.make_config`), or the same with other hidden
+    widths: its data, network, loss and optimizer (with its learning-rate schedule)."""
+    config = config_lib.make_config("digits")
+    if hidden_sizes is not None:
+        config = dataclasses.replace(config, hidden_sizes=hidden_sizes)
+    dataset = trainer.load_data(config)
+    model = trainer.build_model(config, dataset)
+    _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
+    optimizer = trainer.build_optimizer(config, len(dataset.x_train) // config.batch_size)
+    params = jaxbp.init_params(jax.random.key(config.seed), model)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    optimizer = optax.adam(learning_rate)
-    return Training(model, loss, optimizer, learning_rate, batch_size, params, x, y)
+    return Training(config, model, loss, optimizer, params, x, y)
 
 
 def scan_epoch(t: Training, *, grad_norm: bool = False, donate: bool = True) -> Thunk:
     """An epoch as the trainer runs it, each call continuing from the state of the last."""
     step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=grad_norm)
-    epoch = train.make_epoch(step, t.batch_size, donate=donate)
+    epoch = train.make_epoch(step, t.config.batch_size, donate=donate)
     state = [jax.tree.map(jnp.copy, t.params), t.optimizer.init(t.params)]
     key = jax.random.key(1)
 
@@ -66,41 +72,55 @@ def scan_epoch(t: Training, *, grad_norm: bool = False, donate: bool = True) -> 
 
 
 def torch_epoch(torch, t: Training) -> Thunk:
-    """The same epoch in PyTorch eager: randperm, then zero_grad, backward, step a batch."""
+    """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, step and
+    the learning-rate schedule's step."""
+    config, batch_size = t.config, t.config.batch_size
+    if config.optimizer != "adam" or config.weight_decay or config.schedule not in SCHEDULES:
+        raise NotImplementedError(
+            f"the PyTorch digits epoch has adam with a {' or '.join(SCHEDULES)} schedule and no "
+            f"weight decay; the trainer's config has {config.optimizer}, {config.schedule}, "
+            f"weight_decay={config.weight_decay}: add it to torch_epoch."
+        )
     net = torch_side.torch_mlp(torch, t.model, t.params, "float32", fused_output=True)
     x, y = torch.from_numpy(np.array(t.x)), torch.from_numpy(np.array(t.y))
     loss_fn = torch_side.torch_loss(torch, t.loss)
-    optimizer = torch.optim.Adam(net.parameters(), lr=t.learning_rate)
-    num_batches = len(x) // t.batch_size
+    num_batches = len(x) // batch_size
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    schedule = SCHEDULES[config.schedule](torch, optimizer, config.epochs * num_batches)
 
     def run():
-        order = torch.randperm(len(x))[: num_batches * t.batch_size]
-        for idx in order.view(num_batches, t.batch_size):
+        order = torch.randperm(len(x))[: num_batches * batch_size]
+        for idx in order.view(num_batches, batch_size):
             optimizer.zero_grad()
             loss_fn(net(x[idx]), y[idx]).backward()
             optimizer.step()
+            schedule.step()
 
     return run
+
+
+# The trainer's schedules in PyTorch: (torch, optimizer, total steps) -> a scheduler.
+SCHEDULES = {
+    "constant": lambda torch, opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    "cosine": lambda torch, opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+}
 
 
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """The rows of this process: each network's epochs, and the shuffle alone."""
     torch = torch_side.import_torch() if config.torch else None
-    dataset = data_lib.load_dataset("digits", seed=0)
-    n, key = len(dataset.x_train), jax.random.key(1)
+    networks = [trainer_training(), *(trainer_training((h,)) for h in config.digits_hidden)]
+    n, key = len(networks[0].x), jax.random.key(1)
     sort = jax.jit(lambda k: jax.random.permutation(k, n)).lower(key).compile()
     hashed = jax.jit(lambda k: shuffle.permutation(k, n)).lower(key).compile()
     shuffles = _time(config, {"sort": lambda: sort(key), "hashed": lambda: hashed(key)}, 0.25)
     shuffle_ms = {f"shuffle_{k}_ms": 1e3 * shuffles.median(k) for k in ("sort", "hashed")}
-    rows = []
-    for hidden in config.digits_hidden:
-        rows.append({**_epochs(config, torch, trainer_training(dataset, hidden)), **shuffle_ms})
-    return rows
+    return [{**_epochs(config, torch, t), **shuffle_ms} for t in networks]
 
 
 def _epochs(config: BenchConfig, torch, t: Training) -> dict[str, Any]:
     step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
-    loop = python_loop_epoch(step, t.batch_size, len(t.x))
+    loop = python_loop_epoch(step, t.config.batch_size, len(t.x))
     opt_state, key = t.optimizer.init(t.params), jax.random.key(1)
     thunks = {
         "jax_scan": scan_epoch(t),
@@ -115,7 +135,7 @@ def _epochs(config: BenchConfig, torch, t: Training) -> dict[str, Any]:
     return {
         "network": "-".join(map(str, t.model.sizes)),
         "cores": len(os.sched_getaffinity(0)),
-        "steps": len(t.x) // t.batch_size,
+        "steps": len(t.x) // t.config.batch_size,
         "jax_scan_ms": 1e3 * timings.median("jax_scan"),
         "jax_loop_ms": 1e3 * timings.median("jax_loop"),
         "torch_eager_ms": 1e3 * timings.median(eager),
