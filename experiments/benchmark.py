@@ -1,6 +1,6 @@
 """Speed and memory benchmark of the hand-written backward against autodiff and PyTorch.
 
-    ./launch.sh bench --quick                      # a small grid, about a minute
+    ./launch.sh bench --quick                      # a small grid, about two minutes
     ./launch.sh bench                              # the full grid of docs/performance.md
     ./launch.sh bench --depths=2 --widths=1024 --batch_sizes=256 --activations=tanh,relu
 
@@ -57,7 +57,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 
 
 _CONFIG_FLAGS = _define_flags()
-_QUICK = flags.DEFINE_boolean("quick", False, "The QUICK settings: about a minute in all.")
+_QUICK = flags.DEFINE_boolean("quick", False, "The QUICK settings: about two minutes in all.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output folder (default runs/bench-<time>).")
 
 # --quick: a 6-point grid with shorter budgets; flags given on the command line win.

@@ -141,7 +141,6 @@ SELECTIONS = {
         lambda r: r["width"] >= 1024 and r["batch"] >= 256,
     ),
     "1024x256": (" at width 1024, batch 256", lambda r: (r["width"], r["batch"]) == (1024, 256)),
-    "digits": (", each framework at its fastest", lambda r: True),  # rows of best_of_cores
 }
 # fmt: off
 TARGETS = (  # (what, rows, column, statistic over the rows, comparison, bound)
@@ -154,15 +153,15 @@ TARGETS = (  # (what, rows, column, statistic over the rows, comparison, bound)
     ("residual bytes, custom / autodiff", "all", "residual_ratio", "max", "<=", 1.00),
     ("per_example_grad_norms / l&g", "1024x256", "norms_over_grad", "max", "<=", 1.5),
     ("vmap(grad) norms / per_example_grad_norms", "1024x256", "vmap_over_norms", "min", ">=", 5),
-    ("digits epoch, torch eager / lax.scan", "digits", "speedup", "min", ">=", 20),
 )
 # fmt: on
+TARGET_DIGITS_SPEEDUP = 20.0  # a digits epoch: torch eager over lax.scan, each at its fastest
 
 
 def _where(row: Row) -> str:
     if "network" in row:
         return (
-            f"{row['network']}: scan {row['jax_scan_ms']:.3g} ms on {row['jax_cores']} core(s), "
+            f"scan {row['jax_scan_ms']:.3g} ms on {row['jax_cores']} core(s), "
             f"torch {row['torch_eager_ms']:.3g} ms on {row['torch_cores']} core(s), "
             f"{row['torch_threads']} thread(s)"
         )
@@ -174,8 +173,7 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
     found = []
     for what, selection, key, statistic, comparison, bound in TARGETS:
         shown, test = SELECTIONS[selection]
-        table = best_of_cores(digits) if selection == "digits" else rows
-        mine = [r for r in table if test(r) and not math.isnan(r[key])]
+        mine = [r for r in rows if test(r) and not math.isnan(r[key])]
         if not mine:
             continue
         if statistic == "median":
@@ -187,6 +185,11 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
         found.append(
             Target(f"{what}, {statistic}{shown}", value, f"{comparison} {bound:.2f}", holds, at)
         )
+    for d in best_of_cores(digits):
+        if not math.isnan(speedup := d["speedup"]):
+            name = f"digits {d['network']} epoch: torch eager / lax.scan, each at its fastest"
+            holds = speedup >= TARGET_DIGITS_SPEEDUP
+            found.append(Target(name, speedup, f">= {TARGET_DIGITS_SPEEDUP:.2f}", holds, _where(d)))
     return found
 
 
