@@ -17,7 +17,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   seeds       each derivation's closed form beside the library
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
-  test        ruff (lint and format) and the test suite
+  test        ruff (lint and format), mypy over jaxbp/ and the test suite
   help        this list
 
 The first call sets up .venv (python3 -m venv, pip install -e ".[experiments,dev]").
@@ -79,6 +79,7 @@ case "$cmd" in
   test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
+    "$venv/bin/mypy"
     exec "$python" -m pytest -q -n 2 "$@" ;;
   *) echo "launch.sh: unknown subcommand '$cmd'; ./launch.sh --help lists them." >&2; exit 2 ;;
 esac

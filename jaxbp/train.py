@@ -163,6 +163,20 @@ def epoch_key(key: Array, epoch: int | Array) -> Array:
     return jax.random.fold_in(key, epoch)
 
 
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches in an epoch, ``num_examples // batch_size``; the remainder is dropped.
+
+    Raises:
+      ValueError: when ``batch_size`` is not in ``[1, num_examples]``.
+    """
+    if not 0 < batch_size <= num_examples:
+        raise ValueError(
+            f"batch_size {batch_size} does not fit the {num_examples} training examples: "
+            f"use a batch size from 1 to {num_examples}."
+        )
+    return num_examples // batch_size
+
+
 def epoch_order(key: Array, epoch: int | Array, num_examples: int, batch_size: int) -> Array:
     """The minibatches of an epoch: ``(num_examples // batch_size, batch_size)`` row indices.
 
@@ -170,14 +184,9 @@ def epoch_order(key: Array, epoch: int | Array, num_examples: int, batch_size: i
     partial batch dropped.
 
     Raises:
-      ValueError: when ``batch_size`` exceeds ``num_examples``.
+      ValueError: when ``batch_size`` does not fit ``num_examples`` (`batches_per_epoch`).
     """
-    num_batches = num_examples // batch_size
-    if num_batches == 0:
-        raise ValueError(
-            f"batch_size {batch_size} is larger than the {num_examples} training examples: "
-            "use a batch size of at most the number of training rows."
-        )
+    num_batches = batches_per_epoch(num_examples, batch_size)
     order = shuffle.permutation(epoch_key(key, epoch), num_examples)
     return order[: num_batches * batch_size].reshape(num_batches, batch_size)
 

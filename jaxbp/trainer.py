@@ -39,7 +39,7 @@ import optax
 
 from jaxbp import config as config_lib
 from jaxbp import data as data_lib
-from jaxbp import parallel, per_example, run_outputs, train
+from jaxbp import losses, parallel, per_example, run_outputs, train
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config, ConfigError
 from jaxbp.mlp import MLP, Params, init_params
@@ -157,8 +157,14 @@ def initial_state(
 ) -> TrainState:
     """The state before epoch 1: params from ``fold_in(key, 0)`` of ``PRNGKey(seed)``."""
     key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
-    params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
-    return TrainState(params, optimizer.init(params), np.asarray(0, np.int32), key)
+
+    @jax.jit  # one program, not one compilation per initializer op
+    def draw(key):
+        params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
+        return params, optimizer.init(params)
+
+    params, opt_state = draw(key)
+    return TrainState(params, opt_state, np.asarray(0, np.int32), key)
 
 
 def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
@@ -254,17 +260,18 @@ class _Run:
                 f"does not divide over {self.mesh.size} devices; use a multiple of "
                 f"{self.mesh.size}.",
             )
-        self.dataset = load_data(config)
+        self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
-        _, self.loss = config_lib.resolve_head(config, self.dataset.task, self.dataset.num_outputs)
-        n_train = len(self.dataset.x_train)
-        if config.batch_size > n_train:
-            raise ConfigError(
-                "batch_size",
-                config.batch_size,
-                f"exceeds the {n_train} training rows of {config.dataset}; use at most {n_train}.",
-            )
-        self.steps_per_epoch = n_train // config.batch_size
+        _, self.loss = config_lib.resolve_head(config, data.task, data.num_outputs)
+        for split in ("train", "val", "test"):  # before any work: targets the loss can fit
+            try:
+                losses.check_targets(self.loss, getattr(data, f"y_{split}"))
+            except ValueError as e:
+                raise ConfigError("loss", self.loss, f"{split} targets: {e}") from None
+        try:
+            self.steps_per_epoch = train.batches_per_epoch(len(data.x_train), config.batch_size)
+        except ValueError as e:
+            raise ConfigError("batch_size", config.batch_size, str(e)) from None
         self.optimizer = build_optimizer(config, self.steps_per_epoch)
         self.schedule = build_schedule(config, self.steps_per_epoch)
         self.meta = {
@@ -287,8 +294,8 @@ class _Run:
 
         check_same_network(meta.get("network", {}), self.meta["network"], self.workdir)
 
-    def _restore(self, latest, best) -> tuple[TrainState, dict[str, Any] | None]:
-        """The state to start from and the best-so-far record (None: no evaluation yet)."""
+    def _restore(self, latest, best) -> tuple[TrainState, tuple[Params, dict] | None]:
+        """The state to start from and the best-so-far ``(params, record)`` (None: none yet)."""
         state = initial_state(self.config, self.model, self.optimizer)
         found = latest.restore_newest_readable(state, self._check_meta, self.log)
         if found is None:
@@ -302,14 +309,14 @@ class _Run:
                 f"epochs >= {epoch}, or a new workdir.",
             )
         self.log(f"resuming from the checkpoint of epoch {epoch} in {self.workdir}")
-        best_record = None
         best_found = best.restore_newest_readable(
             {"params": state.params}, self._check_meta, self.log
         )
-        # A best checkpoint newer than the state (a kill between the two saves) is redone.
-        if best_found is not None and best_found[0] <= epoch:
-            best_record = best_found[2]["best"]
-        return state, best_record
+        # The best is saved just before the state, so one newer than the state cannot be
+        # the run's own: it is redone.
+        if best_found is None or best_found[0] > epoch:
+            return state, None
+        return state, (best_found[1]["params"], best_found[2]["best"])
 
     def _record_start(self, start_epoch: int) -> None:
         changes = {}
@@ -346,7 +353,8 @@ class _Run:
 
     # -- compiled functions ----------------------------------------------------------------
 
-    def _compile(self, state: TrainState):
+    def _compile(self, state: TrainState) -> float:
+        """Compiles the epoch and the evaluations for ``state``'s placement; their seconds."""
         config, model = self.config, self.model
         grad_fn = None
         if config.clip_per_example is not None:  # the δ rows are clipped: hand-written only
@@ -426,12 +434,17 @@ class _Run:
             self._record_start(start_epoch)
             writer = run_outputs.RunOutputs(self.workdir, self.dataset.task)
             writer.truncate_after(start_epoch)
-        compile_seconds = self._compile(state)
         params, opt_state, key = parallel.replicate(
             (state.params, state.opt_state, state.key), self.mesh
         )
-        best_epoch = None if best_record is None else best_record["epoch"]
-        best_val = math.inf if best_record is None else best_record["val_loss"]
+        compile_seconds = self._compile(state._replace(params=params, opt_state=opt_state, key=key))
+        # The best params live in memory (a copy: the epoch donates its inputs) and are
+        # written only with a checkpoint, so a run is not paced by a save per improvement.
+        best_params, best_epoch, best_val, saved_best = None, None, math.inf, None
+        if best_record is not None:
+            best_params = parallel.replicate(best_record[0], self.mesh)
+            best_epoch = saved_best = best_record[1]["epoch"]
+            best_val = best_record[1]["val_loss"]
         status, epoch, train_seconds = "completed", start_epoch, 0.0
         with _stop_signals() as stop:
             for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -457,8 +470,7 @@ class _Run:
                     log(_progress_line(record, config.epochs, (config.epochs - epoch) * seconds))
                     if record["val_loss"] < best_val:
                         best_epoch, best_val = epoch, record["val_loss"]
-                        meta = {**self.meta, "best": {"epoch": epoch, "val_loss": best_val}}
-                        best.save(epoch, {"params": params}, meta)
+                        best_params = jax.tree.map(jnp.copy, params)
                 patience = config.early_stopping_patience
                 early = bool(
                     patience
@@ -468,6 +480,10 @@ class _Run:
                 )
                 stopping = early or stop.signum is not None
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
+                    if best_epoch is not None and best_epoch != saved_best:
+                        meta = {**self.meta, "best": {"epoch": best_epoch, "val_loss": best_val}}
+                        best.save(best_epoch, {"params": best_params}, meta)
+                        saved_best = best_epoch
                     latest.save(
                         epoch,
                         TrainState(params, opt_state, np.asarray(epoch, np.int32), key),
@@ -481,7 +497,7 @@ class _Run:
                     status = "interrupted"
                     break
         latest.close()
-        summary = self._summary(params, best, best_epoch, epoch, status, train_seconds)
+        summary = self._summary(params, best_params, best_epoch, epoch, status, train_seconds)
         summary["compile_seconds"] = compile_seconds
         best.close()
         if writer:
@@ -524,11 +540,11 @@ class _Run:
         record["steps_per_second"] = self.steps_per_epoch / seconds
         return record
 
-    def _summary(self, params, best, best_epoch, epoch, status, train_seconds) -> dict[str, Any]:
+    def _summary(
+        self, params, best_params, best_epoch, epoch, status, train_seconds
+    ) -> dict[str, Any]:
         last = {f"{k}": v for k, v in self._evaluate(params, "test").items()}
-        best_params = params
-        if best_epoch is not None and best_epoch != epoch:
-            best_params = best.restore(best_epoch, {"params": params})["params"]
+        best_params = params if best_params is None else best_params
         test = self._evaluate(best_params, "test")
         val = self._evaluate(best_params, "val")
         train_metrics = self._evaluate(best_params, "train")
@@ -639,12 +655,14 @@ def _progress_line(record: dict[str, float], epochs: int, eta: float) -> str:
 def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
     """The config, network, best parameters and checkpoint meta of a trained workdir.
 
-    Reads the run record and the newest readable best-validation checkpoint that is not
-    newer than the newest readable train state (a kill between the two saves can leave
-    one), else the newest readable train state's params. Loads no data and writes nothing.
+    Reads the run record and the newest best-validation checkpoint (the newest train
+    state's params when no evaluation was made). Loads no data and writes nothing. A
+    damaged checkpoint is an error here, not skipped: the params asked for are those the
+    summary describes.
 
     Raises:
-      FileNotFoundError: when the workdir holds no run or no readable checkpoint.
+      FileNotFoundError: when the workdir holds no run or no checkpoint.
+      Exception: what orbax raises for a checkpoint that cannot be read.
     """
     from jaxbp.checkpoint import Checkpointer
 
@@ -655,48 +673,37 @@ def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
             "of a training run."
         )
     config = workdir_lib.config_from_record(record)
-    with jax.enable_x64(config.precision == "float64"):
-        latest = _read_newest(Checkpointer, os.path.join(workdir, "checkpoints"), config, True)
-        limit = None if latest is None else latest[0]
-        best = _read_newest(Checkpointer, os.path.join(workdir, "best"), config, False, limit)
-    found = best or latest
-    if found is None:
-        raise FileNotFoundError(f"{workdir} holds no readable checkpoint; train it first.")
-    _, model, params, meta = found
-    return config, model, params, meta
+    for folder, is_state in (("best", False), ("checkpoints", True)):
+        path = os.path.join(workdir, folder)
+        if not os.path.isdir(path):
+            continue
+        checkpointer = Checkpointer(path)
+        try:
+            epochs = checkpointer.epochs()
+            if not epochs:
+                continue
+            with jax.enable_x64(config.precision == "float64"):
+                model, params, meta = _read_params(checkpointer, epochs[-1], config, is_state)
+            return config, model, params, meta
+        finally:
+            checkpointer.close()
+    raise FileNotFoundError(f"{workdir} holds no checkpoint; train it first.")
 
 
-def _read_newest(checkpointer_type, path, config, is_state, limit=None):
-    """``(epoch, model, params, meta)`` of the newest readable checkpoint in ``path``."""
-    if not os.path.isdir(path):
-        return None
-    checkpointer = checkpointer_type(path)
-    try:
-        for epoch in reversed(checkpointer.epochs()):
-            if limit is not None and epoch > limit:
-                continue
-            try:
-                meta = checkpointer.read_meta(epoch)
-                network = meta["network"]
-                model = MLP(
-                    tuple(network["sizes"]),
-                    network["activation"],
-                    network["output_activation"],
-                    network["use_bias"],
-                )
-                like_params = init_params(
-                    jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision)
-                )
-                if is_state:
-                    optimizer = build_optimizer(config, 1)
-                    like = initial_state(config, model, optimizer)._replace(params=like_params)
-                    params = checkpointer.restore(epoch, like).params
-                else:
-                    params = checkpointer.restore(epoch, {"params": like_params})["params"]
-            except Exception:  # damaged: an older one may read
-                continue
-            if all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
-                return epoch, model, params, meta
-        return None
-    finally:
-        checkpointer.close()
+def _read_params(checkpointer, epoch: int, config: Config, is_state: bool):
+    """``(model, params, meta)`` of one checkpoint, its template built from its meta."""
+    meta = checkpointer.read_meta(epoch)
+    network = meta["network"]
+    model = MLP(
+        tuple(network["sizes"]),
+        network["activation"],
+        network["output_activation"],
+        network["use_bias"],
+    )
+    like_params = init_params(jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision))
+    if is_state:
+        like = initial_state(config, model, build_optimizer(config, 1))._replace(params=like_params)
+        params = checkpointer.restore(epoch, like).params
+    else:
+        params = checkpointer.restore(epoch, {"params": like_params})["params"]
+    return model, params, meta

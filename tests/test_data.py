@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from jaxbp.data import DATASETS, batches_per_epoch, load_dataset, read_features, read_idx
+from jaxbp.data import DATASETS, load_dataset, read_features, read_idx
 
 # name -> (total examples, num_features, num_outputs, task, num_classes)
 BUILTIN = {
@@ -364,14 +364,6 @@ def test_read_features_tells_npz_from_content_and_flattens(tmp_path):
     bools = tmp_path / "bools.npz"
     np.savez(bools, x=np.array([[True, False]]))
     np.testing.assert_array_equal(read_features(str(bools), ("p", "q")), [[1.0, 0.0]])
-
-
-def test_batches_per_epoch():
-    assert batches_per_epoch(100, 32) == 3
-    assert batches_per_epoch(64, 64) == 1
-    for batch_size in (0, -1, 101):
-        with pytest.raises(ValueError, match=f"got {batch_size}"):
-            batches_per_epoch(100, batch_size)
 
 
 def test_module_constants_are_consistent():

@@ -6,20 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from problems import classification_problem as _problem
 
 import jaxbp
 from jaxbp import train
-
-
-def _problem(key=0, n=48, sizes=(5, 16, 3), dtype=jnp.float32):
-    model = jaxbp.MLP(sizes, "tanh", "softmax")
-    k_p, k_x, k_y = jax.random.split(jax.random.key(key), 3)
-    params = jaxbp.init_params(k_p, model, dtype=dtype)
-    x = jax.random.normal(k_x, (n, sizes[0]), dtype)
-    # Learnable labels: which of a fixed random projection of x is largest.
-    labels = jnp.argmax(x @ jax.random.normal(k_y, (sizes[0], sizes[-1]), dtype), axis=-1)
-    y = jax.nn.one_hot(labels, sizes[-1], dtype=dtype)
-    return model, params, x, y
 
 
 def test_sgd_is_seed_002_descent_with_the_sign_right():
@@ -105,7 +95,7 @@ def test_epoch_order_is_a_shuffle_of_whole_batches():
     assert np.asarray(order).max() < 50
     assert not np.array_equal(order, train.epoch_order(key, 4, 50, 8))
     np.testing.assert_array_equal(order, train.epoch_order(key, 3, 50, 8))
-    with pytest.raises(ValueError, match="batch_size 64 is larger than the 50"):
+    with pytest.raises(ValueError, match="batch_size 64 does not fit the 50 training examples"):
         train.epoch_order(key, 0, 50, 64)
 
 
@@ -129,7 +119,7 @@ def test_epoch_drops_the_partial_batch_and_rejects_a_too_large_batch():
         params, opt.init(params), x, y, jax.random.PRNGKey(0), 0
     )
     assert metrics["loss"].shape == (3,)
-    with pytest.raises(ValueError, match="larger than the 20 training examples"):
+    with pytest.raises(ValueError, match="does not fit the 20 training examples"):
         train.make_epoch(step, 32)(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0)
 
 
@@ -214,3 +204,11 @@ def test_optax_state_is_what_the_step_carries():
         params, opt.init(params), (x, y)
     )
     assert int(optax.tree_utils.tree_get(state, "count")) == 1
+
+
+def test_batches_per_epoch_drops_the_remainder_and_refuses_what_does_not_fit():
+    assert train.batches_per_epoch(100, 32) == 3
+    assert train.batches_per_epoch(64, 64) == 1
+    for batch_size in (0, -1, 101):
+        with pytest.raises(ValueError, match=f"batch_size {batch_size} does not fit"):
+            train.batches_per_epoch(100, batch_size)

@@ -249,7 +249,7 @@ def test_early_stopping_reports_the_best_validation_params(tmp_path):
     "overrides, field, message",
     [
         (dict(sizes=(5, 16, 3)), "sizes", "must start with 4 and end with 3"),
-        (dict(batch_size=4096), "batch_size", "exceeds the 105 training rows"),
+        (dict(batch_size=4096), "batch_size", "does not fit the 105 training examples"),
         (dict(output_activation="sigmoid", loss="bce", dataset="diabetes"), "loss", "regression"),
         (dict(learning_rate=float("inf")), "learning_rate", "finite number > 0"),
     ],
