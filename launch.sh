@@ -75,11 +75,7 @@ case "$cmd" in
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   seeds) exec "$python" -m experiments.seeds "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
-  bench)
-    if ! "$python" -c "import torch" 2>/dev/null; then
-      "$python" -m pip install --quiet -e ".[bench]" || echo "launch.sh: torch unavailable; benchmarking JAX only." >&2
-    fi
-    exec "$python" -m experiments.benchmark "$@" ;;
+  bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed
   test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
