@@ -6,6 +6,7 @@ The δ recursions of four seed derivations (docs/derivations.md maps them to the
 
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from jaxbp.backprop import (
+    LayerTrace,
     Residuals,
     apply,
     backward_from_output_delta,
@@ -15,6 +16,7 @@ from jaxbp.backprop import (
     loss_and_grad,
     loss_value,
     output_delta,
+    trace,
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
@@ -38,6 +40,7 @@ __all__ = (
     "Activation",
     "Forward",
     "GradCheckReport",
+    "LayerTrace",
     "LeafCheck",
     "Loss",
     "Params",
@@ -58,4 +61,5 @@ __all__ = (
     "output_delta",
     "per_example_grad_norms",
     "per_example_grads",
+    "trace",
 )

@@ -48,15 +48,6 @@ def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
     return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
-def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
-    """``δ_i^[L] = ∂L_i/∂z_i^[L]`` row by row: the loss's own output δ on a batch of one."""
-
-    def one(y_hat_i: Array, y_i: Array) -> Array:
-        return backprop.loss_output_delta(model, loss_fn, y_hat_i[None], y_i[None])[0]
-
-    return jax.vmap(one)(y_hat, y)
-
-
 def _forward_and_example_deltas(
     model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
 ) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
@@ -64,7 +55,7 @@ def _forward_and_example_deltas(
     z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
     value = backprop.batch_loss(loss_fn, z_out, y_hat, y)
     deltas = backprop.layer_deltas(
-        model, residuals, _example_output_deltas(model, loss_fn, y_hat, y)
+        model, residuals, backprop.example_output_deltas(model, loss_fn, y_hat, y)
     )
     sq_norms = jnp.zeros(x.shape[0], x.dtype)
     for delta, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
