@@ -14,7 +14,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   eval        recompute a trained workdir's test metrics: eval --workdir=W
   predict     label new rows: predict --workdir=W --data_path=F --output=P
   gradcheck   the hand-written gradients against jax.grad and finite differences
-  seeds       each derivation's closed form beside the library
+  derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
   test        ruff (lint and format) and the test suite
@@ -73,7 +73,7 @@ case "$cmd" in
   eval) exec "$python" -m experiments.eval "$@" ;;
   predict) exec "$python" -m experiments.predict "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
-  seeds) exec "$python" -m experiments.seeds "$@" ;;
+  derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench)
     if ! "$python" -c "import torch" 2>/dev/null; then
