@@ -1,7 +1,8 @@
 """jaxbp: hand-derived backpropagation in JAX.
 
-The δ recursions of four seed derivations (docs/derivations.md maps them to the code) as a
-`jax.custom_vjp`, checked against `jax.grad` and finite differences.
+The δ recursions of four backpropagation derivations (docs/derivations.md restates them and
+maps them to the code) as a `jax.custom_vjp`, checked against `jax.grad` and finite
+differences.
 """
 
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation

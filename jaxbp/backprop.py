@@ -1,6 +1,7 @@
 """The hand-written backward pass: the δ recursion as a `jax.custom_vjp`.
 
-The recursion (seed 002 §3.1-3.6, seed 003 Summary of Gradients, for a batch of rows)::
+The recursion (eqs. (3.3)-(3.6) and (4.9) of docs/derivations.md, for a batch of rows,
+eqs. (0.2)-(0.3))::
 
     δ^[L] = ḡ ∘ f'(z^[L])                       (softmax: s ∘ (ḡ − ⟨ḡ, s⟩))
     δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])        k = L−1, ..., 1
@@ -33,7 +34,7 @@ BACKWARDS = ("custom", "autodiff")
 
 
 class Residuals(NamedTuple):
-    """What the backward pass keeps from the forward pass (seed 002's h^(k), seed 003's a^[k]).
+    """What the backward pass keeps from the forward pass (the a^[k] of eq. (3.1)).
 
     Attributes:
       weights: ``W^[k]: (n_k, n_{k-1})`` for k = 1..L (needed to send δ back a layer).
@@ -45,7 +46,7 @@ class Residuals(NamedTuple):
 
 
 def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array, Array, Residuals]:
-    """Forward pass keeping the residuals of the δ recursion (seed 003, Forward Propagation).
+    """Forward pass keeping the residuals of the δ recursion (eq. (4.1), (0.1)).
 
     Args:
       model: the network.
@@ -65,9 +66,9 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
 def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:
     """The δ recursion: every layer's error from ``δ^[L]``.
 
-    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.4-3.5, with W^(L+1) where §3.4
-    writes W^(L); seed 003, Step 2): the error of layer k is the next layer's error sent back
-    through its weights. Each row is one example's, so the recursion acts on rows alone.
+    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (eqs. (3.5)-(3.6), (4.7); for rows, eq. (0.2)):
+    the error of layer k is the next layer's error sent back through its weights. Each row is
+    one example's, so the recursion acts on rows alone.
 
     Args:
       model: the network.
@@ -107,7 +108,7 @@ def backward_from_output_delta(
 
     Returns:
       ``(grads, x_bar)``: one ``{"W", "b"}`` dict per layer with ``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]``
-      and ``∂/∂b^[k] = Σ_batch δ^[k]`` (seed 003, Summary of Gradients; seed 002 §3.3), and
+      and ``∂/∂b^[k] = Σ_batch δ^[k]`` (eqs. (3.4), (4.5), (4.8); for rows, eq. (0.3)), and
       ``∂/∂x = δ^[1] W^[1]``.
     """
     deltas = layer_deltas(model, residuals, delta)
@@ -118,7 +119,7 @@ def backward_from_output_delta(
 def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array, ...]) -> Params:
     """``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]`` and ``∂/∂b^[k] = Σ_batch δ^[k]`` from every layer's δ.
 
-    Seed 003, Summary of Gradients (seed 002 §3.3 without biases), summed over the rows.
+    Eqs. (3.4), (4.5) and (4.8), summed over the rows: eq. (0.3).
 
     Args:
       model: the network.
@@ -139,7 +140,8 @@ def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array,
 
 
 def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:
-    """``δ^[L] = ḡ ∘ f'(z^[L])`` (seed 003, Step 1), or ``s ∘ (ḡ − ⟨ḡ, s⟩)`` for softmax."""
+    """``δ^[L] = ḡ ∘ f'(z^[L])`` (eqs. (3.3), (4.4)), or ``s ∘ (ḡ − ⟨ḡ, s⟩)`` for
+    softmax (eq. (0.5))."""
     return model.layer_activations[-1].vjp(y_hat, g_bar)
 
 
@@ -214,7 +216,7 @@ def _under_forward_mode(tree: object) -> bool:
 
 
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
-    """The network's output ``ŷ = f(z^[L])`` (seed 003, Forward Propagation).
+    """The network's output ``ŷ = f(z^[L])`` (eq. (4.1)).
 
     Args:
       model: the network.
@@ -293,10 +295,10 @@ def loss_and_grad(
 ) -> tuple[Array, Params]:
     """The loss and its gradient by the derivation alone: no ``jax.grad``/``jax.vjp``.
 
-    ∂L/∂ŷ from the loss's hand-written rule (seed 000 eq. 11, seed 003 Step 1), then the δ
-    recursion (seed 002 §3.6, seed 003 Summary of Gradients). For ``"bce"`` and
-    ``"softmax_cross_entropy"`` the output δ is fused, ``δ^[L] = (ŷ − y)/n``, and the value
-    is computed from the logits, so saturated outputs stay finite.
+    ∂L/∂ŷ from the loss's hand-written rule (eqs. (1.5), (4.3)), then the δ recursion
+    (eqs. (3.3)-(3.6), (4.9)). For ``"bce"`` and ``"softmax_cross_entropy"`` the output δ is
+    fused, ``δ^[L] = (ŷ − y)/n`` (eq. (0.6)), and the value is computed from the logits, so
+    saturated outputs stay finite.
 
     Args:
       model: the network.
@@ -334,7 +336,7 @@ def batch_loss(loss_fn: losses_lib.Loss, z_out: Array, y_hat: Array, y: Array) -
 
 def loss_output_delta(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
     """``δ^[L]`` of a loss: fused ``(ŷ − y)/n`` for bce and softmax cross-entropy, else
-    ``ḡ ∘ f'(z^[L])`` with the loss's hand-written ``ḡ = ∂L/∂ŷ`` (seed 003, Step 1)."""
+    ``ḡ ∘ f'(z^[L])`` with the loss's hand-written ``ḡ = ∂L/∂ŷ`` (eqs. (3.3), (4.4))."""
     if loss_fn.delta_from_output is not None:
         return loss_fn.delta_from_output(y_hat, y)
     return output_delta(model, y_hat, loss_fn.grad(y_hat, y))
@@ -426,7 +428,7 @@ def trace(
 def loss_value(
     model: MLP, loss: str, params: Params, x: Array, y: Array, *, backward: str = "autodiff"
 ) -> Array:
-    """The loss as a differentiable function of ``params`` (seed 000 eq. 2; for ``jax.grad``).
+    """The loss as a differentiable function of ``params`` (eq. (1.2); for ``jax.grad``).
 
     With ``backward="autodiff"`` it is plain jnp code: the oracle that `gradcheck` compares
     against. With ``backward="custom"`` the network is differentiated by the hand-written δ

@@ -1,14 +1,15 @@
-"""Each seed's closed-form gradient, written out literally, against the library.
+"""The closed-form gradient of each derivation in docs/derivations.md, written out literally,
+against the library.
 
-The closed forms are `experiments.seeds`' (one example at a time, in each seed's own layout,
-derivatives taken at the pre-activation ``z``, nothing from jaxbp), averaged as seed 000
-eq. 3 does. Each is compared with
+The closed forms are `experiments.derivations`' (one example at a time, in each derivation's
+own layout, derivatives taken at the pre-activation ``z``, nothing from jaxbp), averaged as
+eq. (1.3) does. Each is compared with
 
 * ``jaxbp.loss_and_grad`` (the hand-written δ recursion, no autodiff), and
-* ``jax.grad`` of the seed's loss written on top of ``jaxbp.apply(..., backward="custom")``
+* ``jax.grad`` of the derivation's loss written on top of ``jaxbp.apply(..., backward="custom")``
   (the same recursion as a ``jax.custom_vjp``).
 
-The errata of the seeds (their README) are each reproduced and shown to be caught: the
+The errata (docs/derivations.md, "Errata") are each reproduced and shown to be caught: the
 mistaken formula disagrees with the library by far more than the right one does.
 """
 
@@ -54,7 +55,7 @@ def _draw(seed, *shapes, uniform=None):
 
 
 def _library_grads(model, loss, params, x, y, loss_on_y_hat):
-    """(loss_and_grad's grads, jax.grad of the seed's loss through apply(backward="custom")).
+    """(loss_and_grad's grads, jax.grad of the derivation's loss through apply(backward="custom")).
 
     ``x`` may be one example ``(n0,)``: `apply` takes it as it is, `loss_and_grad` as a
     batch of one. The two loss values are checked to agree on the way.
@@ -85,7 +86,7 @@ def _assert_right_passes_wrong_fails(right, wrong, library):
 
 
 # --------------------------------------------------------------------------------------
-# seed 000_ec86669a6f964b66.txt: one sigmoid unit, L = 1/n Σ (y_i − ŷ_i)²
+# Derivation 1: one sigmoid unit, L = 1/n Σ (y_i − ŷ_i)² (eqs. (1.1)-(1.9))
 # --------------------------------------------------------------------------------------
 
 
@@ -95,7 +96,7 @@ def _derivation1_problem(n=9, m=5):
 
 
 def _derivation1_params(W, b, dW=None, db=None):
-    """The library's layout for the unit (W is (n_out, n_in), the seed's Wᵀ), or for its
+    """The library's layout for the unit (W is (n_out, n_in), the wᵀ of eq. (1.1)), or for its
     gradient when dW, db are given."""
     W, b = (W, b) if dW is None else (dW, db)
     return [{"W": W.T, "b": jnp.reshape(b, (1,))}]
@@ -109,26 +110,26 @@ def _derivation1_closed_form(W, b, X, y, sigma_prime=sigmoid_prime):
 def _derivation1_library(W, b, X, y):
     model = jaxbp.MLP((W.shape[0], 1), output_activation="sigmoid")
 
-    def seed_loss(y_hat, y):  # eq. 2: L = 1/n Σ (y_i − ŷ_i)²
+    def derivation_loss(y_hat, y):  # eq. (1.2): L = 1/n Σ (y_i − ŷ_i)²
         return jnp.mean((y - y_hat[:, 0]) ** 2)
 
-    return _library_grads(model, "mse", _derivation1_params(W, b), X, y, seed_loss)
+    return _library_grads(model, "mse", _derivation1_params(W, b), X, y, derivation_loss)
 
 
-def test_derivation1_eq14_averaged_matches_library():
+def test_derivation1_eq_1_9_averaged_matches_library():
     W, b, X, y = _derivation1_problem()
     closed_form = _derivation1_closed_form(W, b, X, y)
     _assert_matches_library(closed_form, *_derivation1_library(W, b, X, y))
     assert jnp.abs(closed_form[0]["b"]).max() > 1e-3  # a real gradient, not a zero
 
 
-def test_derivation1_mean_of_per_example_grads_is_eq3():
+def test_derivation1_mean_of_per_example_grads_is_eq_1_3():
     W, b, X, y = _derivation1_problem()
     model = jaxbp.MLP((W.shape[0], 1), output_activation="sigmoid")
     per_example = jax.jit(jaxbp.per_example_grads, static_argnums=(0, 1))(
         model, "mse", _derivation1_params(W, b), X, y
     )
-    for i in range(X.shape[0]):  # eq. 14 for each L_i alone
+    for i in range(X.shape[0]):  # eq. (1.9) for each L_i alone
         chex.assert_trees_all_close(
             jax.tree.map(lambda leaf, i=i: leaf[i], per_example),
             _derivation1_params(W, b, *closed_form_1(W, b, X[i], y[i])),
@@ -142,7 +143,7 @@ def test_derivation1_mean_of_per_example_grads_is_eq3():
     [
         # σz_i(1 − σz_i) with "σz_i" taken as the product ŷ_i · z_i.
         lambda z: sigmoid(z) * z * (1 - sigmoid(z) * z),
-        # σz_i(1 − σz_i) with σ dropped: z(1 − z), seed 001's mistake too.
+        # σz_i(1 − σz_i) with σ dropped: z(1 − z), the erratum of eq. (2.3) too.
         lambda z: z * (1 - z),
     ],
     ids=["sigma_times_z", "z_one_minus_z"],
@@ -156,7 +157,7 @@ def test_derivation1_erratum_sigma_z_read_literally_is_caught(misreading):
 
 
 # --------------------------------------------------------------------------------------
-# seed 001_d6f965bfea66bd78.txt: s = σ(Wx + b), ℒ = Σ (s − y)², second answer
+# Derivation 2: s = σ(Wx + b), ℒ = Σ (s − y)², the vector form (eqs. (2.1)-(2.7))
 # --------------------------------------------------------------------------------------
 
 
@@ -168,13 +169,13 @@ def _derivation2_problem(n_in=4, n_out=3):
 
 def _derivation2_library(W, b, x, y):
     model = jaxbp.MLP((W.shape[1], W.shape[0]), output_activation="sigmoid")
-    params = [{"W": W, "b": b}]  # seed 001 writes z = Wx + b: the same W layout
+    params = [{"W": W, "b": b}]  # eq. (2.1) writes z = Wx + b: the same W layout
 
-    def seed_loss(s, y):  # ℒ = r:r, r = s − y, for one example s: (n_out,)
+    def derivation_loss(s, y):  # ℒ = r:r, r = s − y, for one example s: (n_out,)
         r = s - y
         return jnp.sum(r * r)
 
-    return _library_grads(model, "sse", params, x, y, seed_loss)
+    return _library_grads(model, "sse", params, x, y, derivation_loss)
 
 
 def test_derivation2_vector_form_matches_library():
@@ -206,7 +207,7 @@ def test_derivation2_erratum_sign_gives_negated_gradient():
 
 
 # --------------------------------------------------------------------------------------
-# seed 003_9d9dca60a2a4e9a1.txt: two layers with biases, L = ½‖y − ŷ‖²
+# Derivation 4: two layers with biases, L = ½‖y − ŷ‖² (eqs. (4.1)-(4.9))
 # --------------------------------------------------------------------------------------
 
 
@@ -217,7 +218,7 @@ def _derivation4_problem(batch, n0=4, n1=6, n2=3):
     return [{"W": W1, "b": b1}, {"W": W2, "b": b2}], X, Y
 
 
-def _half_mse_on_y_hat(y_hat, y):  # seed 003: L = ½‖y − ŷ‖², averaged over the batch
+def _half_mse_on_y_hat(y_hat, y):  # eq. (4.2): L = ½‖y − ŷ‖², averaged over the batch
     return 0.5 * jnp.sum((y - y_hat) ** 2) / y.shape[0]
 
 
@@ -234,7 +235,8 @@ def test_derivation4_summary_of_gradients_matches_library(f_name, batch):
 
 
 def test_derivation4_why_steps():
-    # The three "why?" steps of Step 1-2, each checked with jax's autodiff of the forward map.
+    # The three "why" answers of eqs. (4.4)-(4.6), each checked with jax's autodiff of the
+    # forward map.
     params, X, _ = _derivation4_problem(1)
     W2, b2, x = params[1]["W"], params[1]["b"], X[0]
     a1 = sigmoid(params[0]["W"] @ x + params[0]["b"])
@@ -252,7 +254,7 @@ def test_derivation4_why_steps():
 
 
 # --------------------------------------------------------------------------------------
-# seed 002_d7d3681c3aab63a0.txt: L hidden layers, no biases, one output node, general g
+# Derivation 3: L hidden layers, no biases, one output node, general g (eqs. (3.1)-(3.7))
 # --------------------------------------------------------------------------------------
 
 SIZES_3 = (4, 5, 5, 5, 1)  # L = 3 hidden layers of equal width, so W^(L) fits where
@@ -268,7 +270,7 @@ def _derivation3_problem(batch=6):
 
 
 def _derivation3_J_grads(params, X, y, g_name, **erratum):
-    """J = 1/n Σ Loss: the per-sample §3.6 gradients averaged."""
+    """J = 1/n Σ Loss (eq. (3.2)): the per-sample gradients of eqs. (3.3)-(3.6) averaged."""
     g, g_prime = AT_Z[g_name]
     Ws = [layer["W"] for layer in params]
     grads = average_over_samples(lambda x, y: closed_form_3(Ws, x, y, g, g_prime, **erratum), X, y)
@@ -278,10 +280,10 @@ def _derivation3_J_grads(params, X, y, g_name, **erratum):
 def _derivation3_library(params, X, y, g_name):
     model = jaxbp.MLP(SIZES_3, activation=g_name, output_activation=g_name, use_bias=False)
 
-    def seed_J(y_hat, y):  # J = 1/n Σ Loss(h(x), y), Loss = (h − y)²
+    def derivation_J(y_hat, y):  # J = 1/n Σ Loss(h(x), y), Loss = (h − y)²
         return jnp.mean((y_hat[:, 0] - y) ** 2)
 
-    return _library_grads(model, "mse", params, X, y, seed_J)
+    return _library_grads(model, "mse", params, X, y, derivation_J)
 
 
 @pytest.mark.parametrize("g_name", ["tanh", "sigmoid"])
@@ -311,7 +313,7 @@ def test_derivation3_erratum_sum_over_the_wrong_index_is_caught():
 
 
 def test_derivation3_erratum_ascent_update_raises_the_loss():
-    # §3.6 writes W ← W + η ∂Loss/∂W; descent is W ← W − η ∂Loss/∂W.
+    # The erratum of eq. (3.7): W ← W + η ∂Loss/∂W; descent is W ← W − η ∂Loss/∂W.
     params, X, y = _derivation3_problem()
     model = jaxbp.MLP(SIZES_3, activation="tanh", output_activation="tanh", use_bias=False)
     learning_rate, num_steps = 0.05, 5  # small steps: the first-order change dominates
