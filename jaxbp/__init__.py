@@ -20,6 +20,7 @@ from jaxbp.backprop import (
     trace,
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
+from jaxbp.gradient_flow import gradient_flow
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import (
     MLP,
@@ -54,6 +55,7 @@ __all__ = (
     "forward_logits",
     "forward_with_residuals",
     "gradcheck",
+    "gradient_flow",
     "gradients_from_deltas",
     "init_params",
     "layer_deltas",
