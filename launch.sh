@@ -15,6 +15,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   predict     label new rows: predict --workdir=W --data_path=F --output=P
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
+  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits: vanishing --outdir=D
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
   test        ruff (lint and format) and the test suite
@@ -74,6 +75,7 @@ case "$cmd" in
   predict) exec "$python" -m experiments.predict "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
+  vanishing) exec "$python" -m experiments.vanishing "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench)
     if ! "$python" -c "import torch" 2>/dev/null; then
