@@ -14,7 +14,8 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   eval        recompute a trained workdir's test metrics: eval --workdir=W
   predict     label new rows: predict --workdir=W --data_path=F --output=P
   gradcheck   the hand-written gradients against jax.grad and finite differences
-  seeds       each derivation's closed form beside the library
+  derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
+  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits: vanishing --outdir=D
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
   test        ruff (lint and format), mypy over jaxbp/ and the test suite
@@ -73,7 +74,8 @@ case "$cmd" in
   eval) exec "$python" -m experiments.eval "$@" ;;
   predict) exec "$python" -m experiments.predict "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
-  seeds) exec "$python" -m experiments.seeds "$@" ;;
+  derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
+  vanishing) exec "$python" -m experiments.vanishing "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed
   test)

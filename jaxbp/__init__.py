@@ -1,11 +1,13 @@
 """jaxbp: hand-derived backpropagation in JAX.
 
-The δ recursions of four seed derivations (docs/derivations.md maps them to the code) as a
-`jax.custom_vjp`, checked against `jax.grad` and finite differences.
+The δ recursions of four backpropagation derivations (docs/derivations.md restates them and
+maps them to the code) as a `jax.custom_vjp`, checked against `jax.grad` and finite
+differences.
 """
 
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from jaxbp.backprop import (
+    LayerTrace,
     Residuals,
     apply,
     backward_from_output_delta,
@@ -15,8 +17,10 @@ from jaxbp.backprop import (
     loss_and_grad,
     loss_value,
     output_delta,
+    trace,
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
+from jaxbp.gradient_flow import gradient_flow
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import (
     MLP,
@@ -38,6 +42,7 @@ __all__ = (
     "Activation",
     "Forward",
     "GradCheckReport",
+    "LayerTrace",
     "LeafCheck",
     "Loss",
     "Params",
@@ -50,6 +55,7 @@ __all__ = (
     "forward_logits",
     "forward_with_residuals",
     "gradcheck",
+    "gradient_flow",
     "gradients_from_deltas",
     "init_params",
     "layer_deltas",
@@ -58,4 +64,5 @@ __all__ = (
     "output_delta",
     "per_example_grad_norms",
     "per_example_grads",
+    "trace",
 )

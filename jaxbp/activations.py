@@ -3,11 +3,12 @@
 Contract: an `Activation` maps a pre-activation ``z`` to ``a = g(z)`` and gives the
 vector-Jacobian product ``vjp(a, g_bar) = g_bar · ∂a/∂z`` *from the output ``a`` alone*.
 That is what lets the custom backward pass keep only the activations as residuals
-(seed 001, second answer: σ' = σ − σ², so ``S − S²`` needs ``s`` and nothing else).
+(eqs. (1.6), (2.3) of docs/derivations.md: σ' = σ − σ², so ``S − S²`` needs ``s`` and nothing
+else).
 
-For every element-wise activation ``vjp(a, g_bar) = g_bar ∘ g'(z)`` (seed 003, "why?"
-step one: the Jacobian of an element-wise map is diagonal). Softmax is the one
-activation whose Jacobian is not diagonal: ``vjp(s, g_bar) = s ∘ (g_bar − ⟨g_bar, s⟩)``.
+For every element-wise activation ``vjp(a, g_bar) = g_bar ∘ g'(z)`` (eq. (4.4): the
+Jacobian of an element-wise map is diagonal). Softmax is the one
+activation whose Jacobian is not diagonal: ``vjp(s, g_bar) = s ∘ (g_bar − ⟨g_bar, s⟩)`` (eq. (0.5)).
 """
 
 from collections.abc import Callable
@@ -22,7 +23,7 @@ LEAKY_RELU_SLOPE = 0.01
 
 
 class Activation(NamedTuple):
-    """An activation and its backward rule (seed 003, "why?" step one; seed 002's g).
+    """An activation and its backward rule (eq. (4.4); the g of eq. (3.1)).
 
     Attributes:
       name: the name used by `MLP` (e.g. ``"sigmoid"``).
@@ -47,7 +48,7 @@ def _elementwise(
     derivative_from_output: Callable[[Array], Array],
     has_kink: bool = False,
 ) -> Activation:
-    """Builds an element-wise activation: δ = ḡ ∘ g'(z) (seed 003, Step 1)."""
+    """Builds an element-wise activation: δ = ḡ ∘ g'(z) (eq. (4.4))."""
 
     def vjp(a: Array, g_bar: Array) -> Array:
         return g_bar * derivative_from_output(a)
@@ -70,7 +71,7 @@ ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
         _elementwise("identity", lambda z: z, jnp.ones_like),
-        # σ' = σ(1 − σ): seed 000 eq. 12 read as σ(z_i)(1 − σ(z_i)); seed 001's S − S².
+        # σ' = σ(1 − σ): eq. (1.6); the S − S² of eq. (2.3).
         _elementwise("sigmoid", jax.nn.sigmoid, lambda a: a * (1 - a)),
         # tanh' = 1 − a², written (1 − a)(1 + a): no cancellation as |a| → 1, and XLA:CPU runs
         # the fused backward faster than with 1 − a·a (measured in docs/performance.md).

@@ -1,6 +1,7 @@
 """The hand-written backward pass: the δ recursion as a `jax.custom_vjp`.
 
-The recursion (seed 002 §3.1-3.6, seed 003 Summary of Gradients, for a batch of rows)::
+The recursion (eqs. (3.3)-(3.6) and (4.9) of docs/derivations.md, for a batch of rows,
+eqs. (0.2)-(0.3))::
 
     δ^[L] = ḡ ∘ f'(z^[L])                       (softmax: s ∘ (ḡ − ⟨ḡ, s⟩))
     δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])        k = L−1, ..., 1
@@ -33,7 +34,7 @@ BACKWARDS = ("custom", "autodiff")
 
 
 class Residuals(NamedTuple):
-    """What the backward pass keeps from the forward pass (seed 002's h^(k), seed 003's a^[k]).
+    """What the backward pass keeps from the forward pass (the a^[k] of eq. (3.1)).
 
     Attributes:
       weights: ``W^[k]: (n_k, n_{k-1})`` for k = 1..L (needed to send δ back a layer).
@@ -45,7 +46,7 @@ class Residuals(NamedTuple):
 
 
 def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array, Array, Residuals]:
-    """Forward pass keeping the residuals of the δ recursion (seed 003, Forward Propagation).
+    """Forward pass keeping the residuals of the δ recursion (eq. (4.1), (0.1)).
 
     Args:
       model: the network.
@@ -65,9 +66,9 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
 def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:
     """The δ recursion: every layer's error from ``δ^[L]``.
 
-    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.4-3.5, with W^(L+1) where §3.4
-    writes W^(L); seed 003, Step 2): the error of layer k is the next layer's error sent back
-    through its weights. Each row is one example's, so the recursion acts on rows alone.
+    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (eqs. (3.5)-(3.6), (4.7); for rows, eq. (0.2)):
+    the error of layer k is the next layer's error sent back through its weights. Each row is
+    one example's, so the recursion acts on rows alone.
 
     Args:
       model: the network.
@@ -107,7 +108,7 @@ def backward_from_output_delta(
 
     Returns:
       ``(grads, x_bar)``: one ``{"W", "b"}`` dict per layer with ``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]``
-      and ``∂/∂b^[k] = Σ_batch δ^[k]`` (seed 003, Summary of Gradients; seed 002 §3.3), and
+      and ``∂/∂b^[k] = Σ_batch δ^[k]`` (eqs. (3.4), (4.5), (4.8); for rows, eq. (0.3)), and
       ``∂/∂x = δ^[1] W^[1]``.
     """
     deltas = layer_deltas(model, residuals, delta)
@@ -118,7 +119,7 @@ def backward_from_output_delta(
 def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array, ...]) -> Params:
     """``∂/∂W^[k] = δ^[k]ᵀ a^[k−1]`` and ``∂/∂b^[k] = Σ_batch δ^[k]`` from every layer's δ.
 
-    Seed 003, Summary of Gradients (seed 002 §3.3 without biases), summed over the rows.
+    Eqs. (3.4), (4.5) and (4.8), summed over the rows: eq. (0.3).
 
     Args:
       model: the network.
@@ -139,7 +140,8 @@ def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array,
 
 
 def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:
-    """``δ^[L] = ḡ ∘ f'(z^[L])`` (seed 003, Step 1), or ``s ∘ (ḡ − ⟨ḡ, s⟩)`` for softmax."""
+    """``δ^[L] = ḡ ∘ f'(z^[L])`` (eqs. (3.3), (4.4)), or ``s ∘ (ḡ − ⟨ḡ, s⟩)`` for
+    softmax (eq. (0.5))."""
     return model.layer_activations[-1].vjp(y_hat, g_bar)
 
 
@@ -214,7 +216,7 @@ def _under_forward_mode(tree: object) -> bool:
 
 
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
-    """The network's output ``ŷ = f(z^[L])`` (seed 003, Forward Propagation).
+    """The network's output ``ŷ = f(z^[L])`` (eq. (4.1)).
 
     Args:
       model: the network.
@@ -293,10 +295,10 @@ def loss_and_grad(
 ) -> tuple[Array, Params]:
     """The loss and its gradient by the derivation alone: no ``jax.grad``/``jax.vjp``.
 
-    ∂L/∂ŷ from the loss's hand-written rule (seed 000 eq. 11, seed 003 Step 1), then the δ
-    recursion (seed 002 §3.6, seed 003 Summary of Gradients). For ``"bce"`` and
-    ``"softmax_cross_entropy"`` the output δ is fused, ``δ^[L] = (ŷ − y)/n``, and the value
-    is computed from the logits, so saturated outputs stay finite.
+    ∂L/∂ŷ from the loss's hand-written rule (eqs. (1.5), (4.3)), then the δ recursion
+    (eqs. (3.3)-(3.6), (4.9)). For ``"bce"`` and ``"softmax_cross_entropy"`` the output δ is
+    fused, ``δ^[L] = (ŷ − y)/n`` (eq. (0.6)), and the value is computed from the logits, so
+    saturated outputs stay finite.
 
     Args:
       model: the network.
@@ -334,16 +336,99 @@ def batch_loss(loss_fn: losses_lib.Loss, z_out: Array, y_hat: Array, y: Array) -
 
 def loss_output_delta(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
     """``δ^[L]`` of a loss: fused ``(ŷ − y)/n`` for bce and softmax cross-entropy, else
-    ``ḡ ∘ f'(z^[L])`` with the loss's hand-written ``ḡ = ∂L/∂ŷ`` (seed 003, Step 1)."""
+    ``ḡ ∘ f'(z^[L])`` with the loss's hand-written ``ḡ = ∂L/∂ŷ`` (eqs. (3.3), (4.4))."""
     if loss_fn.delta_from_output is not None:
         return loss_fn.delta_from_output(y_hat, y)
     return output_delta(model, y_hat, loss_fn.grad(y_hat, y))
 
 
+def example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
+    """``δ_i^[L] = ∂L_i/∂z_i^[L]`` row by row: the loss's own output δ on a batch of one.
+
+    For the mean losses this is B times the batch's ``δ^[L]`` (``L = 1/B Σ_i L_i``), for
+    ``"sse"`` the same rows (``L = Σ_i L_i``).
+    """
+
+    def one(y_hat_i: Array, y_i: Array) -> Array:
+        return loss_output_delta(model, loss_fn, y_hat_i[None], y_i[None])[0]
+
+    return jax.vmap(one)(y_hat, y)
+
+
+class LayerTrace(NamedTuple):
+    """One layer's values in a forward and backward pass.
+
+    Attributes:
+      z: ``z^[k]: (batch, n_k)``, the pre-activation.
+      a: ``a^[k] = g(z^[k]): (batch, n_k)``, the activation (``ŷ`` for the last layer).
+      delta: ``δ^[k] = ∂L/∂z^[k]: (batch, n_k)``: of the batch loss, or with
+        ``per_example=True`` row i is ``δ_i^[k] = ∂L_i/∂z_i^[k]`` of example i's own loss.
+    """
+
+    z: Array
+    a: Array
+    delta: Array
+
+
+def trace(
+    model: MLP, loss: str, params: Params, x: Array, y: Array, *, per_example: bool = False
+) -> tuple[LayerTrace, ...]:
+    """Every layer's ``z^[k]``, ``a^[k]`` and ``δ^[k]``: the quantities of the derivation.
+
+    The forward pass of `jaxbp.forward_layers`, then the output δ of the loss and the same
+    recursion the backward pass runs (`layer_deltas`, eq. (3.5)), so that for every layer
+    ``∂L/∂W^[k] = trace[k].delta.T @ a^[k−1]`` (eq. (0.3), with ``a^[0] = x``) is the
+    gradient `loss_and_grad` returns.
+
+    The batch δ and the derivations' per-example δ differ by the loss's reduction. A mean
+    loss ``L = 1/B Σ_i L_i`` has ``∂L/∂z_i^[k] = δ_i^[k] / B``: row i of the batch δ is
+    example i's own δ divided by B (eqs. (1.3), (1.7)); for ``"sse"``, a sum, the rows are
+    the per-example δ themselves. ``per_example=True`` returns the ``δ_i^[k]`` of each
+    example's own loss ``L_i`` (B times the batch δ for the mean losses), the δ that the
+    one-example derivations write.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+      per_example: whether ``delta`` holds each example's own ``δ_i`` (True) or the batch
+        loss's ``∂L/∂z^[k]`` (False).
+
+    Returns:
+      ``(LayerTrace for layer 1, ..., LayerTrace for layer L)``: ``trace[k - 1]`` is layer k.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 2))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> x, y = jax.numpy.ones((5, 3)), jax.numpy.zeros((5, 2))
+      >>> layers = jaxbp.trace(model, "mse", params, x, y)
+      >>> [layer.delta.shape for layer in layers]
+      [(5, 4), (5, 2)]
+      >>> _, grads = jaxbp.loss_and_grad(model, "mse", params, x, y)
+      >>> bool(jax.numpy.allclose(grads[1]["W"], layers[1].delta.T @ layers[0].a))
+      True
+    """
+    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
+    forward = mlp_lib.forward_layers(model, params, x)
+    residuals = Residuals(tuple(layer["W"] for layer in params), forward.a)
+    y_hat = forward.a[-1]
+    if per_example:
+        delta = example_output_deltas(model, loss_fn, y_hat, y)
+    else:
+        delta = loss_output_delta(model, loss_fn, y_hat, y)
+    deltas = layer_deltas(model, residuals, delta)
+    return tuple(
+        LayerTrace(z, a, d) for z, a, d in zip(forward.z, forward.a[1:], deltas, strict=True)
+    )
+
+
 def loss_value(
     model: MLP, loss: str, params: Params, x: Array, y: Array, *, backward: str = "autodiff"
 ) -> Array:
-    """The loss as a differentiable function of ``params`` (seed 000 eq. 2; for ``jax.grad``).
+    """The loss as a differentiable function of ``params`` (eq. (1.2); for ``jax.grad``).
 
     With ``backward="autodiff"`` it is plain jnp code: the oracle that `gradcheck` compares
     against. With ``backward="custom"`` the network is differentiated by the hand-written δ

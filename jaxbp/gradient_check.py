@@ -71,7 +71,7 @@ def default_tolerances(dtype: jax.typing.DTypeLike) -> tuple[Tolerance, Toleranc
 
 
 class LeafCheck(NamedTuple):
-    """The check of one parameter leaf (e.g. layer 2, ``"W"``: seed 003's ∂L/∂W^[2]).
+    """The check of one parameter leaf (e.g. layer 2, ``"W"``: the ∂L/∂W^[2] of eq. (4.5)).
 
     The three comparisons are worst ratios ``|a − b| / (atol + rtol·|b|)``: at most 1 passes.
     ``vs_finite_diff`` is nan when no entry was compared (float32, or every step crossed a
@@ -93,7 +93,7 @@ def _ratio_text(ratio: float) -> str:
 
 
 class GradCheckReport(NamedTuple):
-    """All leaves of one check (seed 003's four gradients and more), with the tolerances."""
+    """All leaves of one check (the four gradients of eq. (4.9) and more), with the tolerances."""
 
     rows: tuple[LeafCheck, ...]
     dtype: str
@@ -249,7 +249,7 @@ def gradcheck(
     fd_step: float = 1e-3,
     seed: int = 0,
 ) -> GradCheckReport:
-    """Checks the hand-written gradients (seed 002 §3.6, seed 003 Summary of Gradients).
+    """Checks the hand-written gradients (eqs. (3.3)-(3.6), (4.9)).
 
     Args:
       model, loss, params, x, y: as for `loss_and_grad`.

@@ -1,14 +1,15 @@
 """Losses, each kept beside its hand-written ∂L/∂ŷ and the facts that go with it.
 
 Contract: every loss is a batch loss over ``y_hat, y: (batch, n_out)``. Its `Loss.reduction`
-says how the per-example losses combine: ``"mean"``, L = 1/n Σ L_i as in seed 000 (eqs. 2-4),
-for all but ``"sse"``, which is the plain ``"sum"`` of seed 001 (ℒ = Σ (s − y)²).
+says how the per-example losses combine: ``"mean"``, L = 1/n Σ L_i as in eqs. (1.2)-(1.3)
+of docs/derivations.md, for all but ``"sse"``, which is the plain ``"sum"`` of eq. (2.1)
+(ℒ = Σ (s − y)²).
 
 Two losses are *fused* with their output activation: binary cross-entropy with a sigmoid
 and softmax cross-entropy with a softmax. For them the output δ collapses to
-``δ^[L] = (ŷ − y) / n`` and the value is computed from the logits ``z^[L]``, so saturated
-units (|z| ~ 1e3) give finite losses and gradients; they need that output activation. The
-regression losses fit an identity output and train any other.
+``δ^[L] = (ŷ − y) / n`` (eq. (0.6)) and the value is computed from the logits ``z^[L]``, so
+saturated units (|z| ~ 1e3) give finite losses and gradients; they need that output
+activation. The regression losses fit an identity output and train any other.
 """
 
 from collections.abc import Callable
@@ -25,13 +26,13 @@ REDUCTIONS = ("mean", "sum")
 
 
 class Loss(NamedTuple):
-    """A loss, its hand-written gradient and what it fits (seed 000 eq. 11, seed 003 Step 1).
+    """A loss, its hand-written gradient and what it fits (eqs. (1.5), (4.3)).
 
     Attributes:
       name: the name used by `loss_and_grad` (e.g. ``"mse"``).
       value: ``(y_hat, y) -> scalar`` from the network's outputs.
       grad: ``(y_hat, y) -> ∂L/∂ŷ``, shape of ``y_hat``; written by hand, no autodiff.
-      reduction: ``"mean"`` (L = 1/n Σ_i L_i, seed 000 eq. 2) or ``"sum"`` (L = Σ_i L_i).
+      reduction: ``"mean"`` (L = 1/n Σ_i L_i, eq. (1.2)) or ``"sum"`` (L = Σ_i L_i).
       output_activation: the output activation the loss fits; a fused loss needs it.
       value_from_logits: fused losses only: ``(z, y) -> scalar`` from the logits.
       delta_from_output: fused losses only: ``(y_hat, y) -> δ^[L] = (ŷ − y) / n``.
@@ -64,32 +65,32 @@ def _batch_size(y: Array) -> int:
 
 
 def _mse(y_hat: Array, y: Array) -> Array:
-    # seed 000 eq. 2: L = 1/n Σ_i ‖y_i − ŷ_i‖².
+    # eq. (1.2): L = 1/n Σ_i ‖y_i − ŷ_i‖².
     return jnp.sum((y_hat - y) ** 2) / _batch_size(y)
 
 
 def _mse_grad(y_hat: Array, y: Array) -> Array:
-    # seed 000 eq. 11: ∂L_i/∂ŷ_i = 2(ŷ_i − y_i), averaged as in eq. 3.
+    # eq. (1.5): ∂L_i/∂ŷ_i = 2(ŷ_i − y_i), averaged as in eq. (1.3).
     return 2 * (y_hat - y) / _batch_size(y)
 
 
 def _half_mse(y_hat: Array, y: Array) -> Array:
-    # seed 003: L = ½‖y − ŷ‖², averaged over the batch.
+    # eq. (4.2): L = ½‖y − ŷ‖², averaged over the batch.
     return 0.5 * jnp.sum((y_hat - y) ** 2) / _batch_size(y)
 
 
 def _half_mse_grad(y_hat: Array, y: Array) -> Array:
-    # seed 003, Step 1: ∂L/∂ŷ = ŷ − y.
+    # eq. (4.3): ∂L/∂ŷ = ŷ − y.
     return (y_hat - y) / _batch_size(y)
 
 
 def _sse(y_hat: Array, y: Array) -> Array:
-    # seed 001: ℒ = r:r with r = s − y, summed, not averaged.
+    # eq. (2.1): ℒ = r:r with r = s − y, summed, not averaged.
     return jnp.sum((y_hat - y) ** 2)
 
 
 def _sse_grad(y_hat: Array, y: Array) -> Array:
-    # seed 001, second answer: dℒ = 2r:dr, so ∂ℒ/∂s = 2(s − y).
+    # eq. (2.5): dℒ = 2r:dr, so ∂ℒ/∂s = 2(s − y).
     return 2 * (y_hat - y)
 
 

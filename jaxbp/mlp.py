@@ -1,10 +1,10 @@
 """The network: a frozen description, its parameters, and the plain forward pass.
 
-Contract (seed 003, Forward Propagation, with a batch of rows): layer k maps
+Contract (eq. (4.1) of docs/derivations.md, with a batch of rows as in eq. (0.1)): layer k maps
 ``a^[k-1]: (batch, n_{k-1})`` to ``z^[k] = a^[k-1] @ W^[k].T + b^[k]`` and
 ``a^[k] = g(z^[k])``, with ``W^[k]: (n_k, n_{k-1})`` and ``b^[k]: (n_k,)``; the last layer
 uses the output activation f. Parameters are a list with one ``{"W", "b"}`` dict per
-layer (no ``"b"`` when ``use_bias=False``, as in seed 002).
+layer (no ``"b"`` when ``use_bias=False``, as in eq. (3.1)).
 """
 
 import dataclasses
@@ -38,9 +38,9 @@ class MLP:
 
     Attributes:
       sizes: ``(n0, n1, ..., nL)``: input width, hidden widths, output width.
-      activation: hidden activation g (seed 002's thresholding function).
-      output_activation: output activation f (seed 003's f); softmax allowed here only.
-      use_bias: whether layers have ``b`` (seed 003) or not (seed 002).
+      activation: hidden activation g (eq. (3.1)).
+      output_activation: output activation f (eq. (4.1)); softmax allowed here only.
+      use_bias: whether layers have ``b`` (eq. (4.1)) or not (eq. (3.1)).
     """
 
     sizes: tuple[int, ...]
@@ -116,7 +116,7 @@ def init_params(
       dtype: parameter dtype (float64 needs ``jax_enable_x64``).
 
     Returns:
-      A list with one ``{"W", "b"}`` dict per layer (seed 003's W^[1], b^[1], W^[2], b^[2]).
+      A list with one ``{"W", "b"}`` dict per layer (the W^[1], b^[1], W^[2], b^[2] of eq. (4.1)).
     """
     if scheme == "auto":
         scheme = default_init_scheme(model)
@@ -194,7 +194,7 @@ def check_targets(model: MLP, x: Array, y: Array) -> Array:
 
 
 def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
-    """``z = a_prev @ W.T + b`` (seed 003: z = W a + b, for a batch of rows)."""
+    """``z = a_prev @ W.T + b`` (eq. (4.1): z = W a + b, for a batch of rows: eq. (0.1))."""
     # einsum, not a_prev @ W.T: with one row XLA:CPU copies W.T on every call for the
     # matrix-vector product, which dominates at batch 1 (measured in docs/performance.md).
     z = jnp.einsum("...i,oi->...o", a_prev, layer["W"])
@@ -204,7 +204,7 @@ def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
 
 
 class Forward(NamedTuple):
-    """Every layer's values from one forward pass (seed 003, Forward Propagation).
+    """Every layer's values from one forward pass (eqs. (3.1), (4.1)).
 
     Attributes:
       z: ``(z^[1], ..., z^[L])``, the pre-activations, ``z^[k]: (batch, n_k)``.
@@ -240,7 +240,7 @@ def forward_layers(model: MLP, params: Params, x: Array) -> Forward:
 
 
 def forward_logits(model: MLP, params: Params, x: Array) -> Array:
-    """The plain forward pass up to the output pre-activation ``z^[L]`` (seed 003's z^[2]).
+    """The plain forward pass up to the output pre-activation ``z^[L]`` (the z^[2] of eq. (4.1)).
 
     Plain jnp code, differentiated by ``jax.grad``: the oracle for the custom backward.
     """
@@ -248,5 +248,5 @@ def forward_logits(model: MLP, params: Params, x: Array) -> Array:
 
 
 def forward_autodiff(model: MLP, params: Params, x: Array) -> Array:
-    """The plain forward pass ``ŷ = f(z^[L])`` (seed 003, Forward Propagation)."""
+    """The plain forward pass ``ŷ = f(z^[L])`` (eq. (4.1))."""
     return forward_layers(model, params, x).a[-1]

@@ -1,7 +1,7 @@
 """Per-example gradient norms and per-example clipping from one δ recursion.
 
-The gradient of a dense layer on one example is an outer product (seed 003, Summary of
-Gradients, for a single row i)::
+The gradient of a dense layer on one example is an outer product (eqs. (1.9), (3.4) of
+docs/derivations.md, for a single row i)::
 
     ∂L_i/∂W^[k] = δ_i^[k] a_i^[k−1]ᵀ        ∂L_i/∂b^[k] = δ_i^[k]
 
@@ -44,17 +44,8 @@ Array = jax.Array
 
 
 def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
-    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for a sum."""
+    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (eq. (1.2)), 1 for a sum."""
     return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
-
-
-def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
-    """``δ_i^[L] = ∂L_i/∂z_i^[L]`` row by row: the loss's own output δ on a batch of one."""
-
-    def one(y_hat_i: Array, y_i: Array) -> Array:
-        return backprop.loss_output_delta(model, loss_fn, y_hat_i[None], y_i[None])[0]
-
-    return jax.vmap(one)(y_hat, y)
 
 
 def _forward_and_example_deltas(
@@ -64,7 +55,7 @@ def _forward_and_example_deltas(
     z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
     value = backprop.batch_loss(loss_fn, z_out, y_hat, y)
     deltas = backprop.layer_deltas(
-        model, residuals, _example_output_deltas(model, loss_fn, y_hat, y)
+        model, residuals, backprop.example_output_deltas(model, loss_fn, y_hat, y)
     )
     sq_norms = jnp.zeros(x.shape[0], x.dtype)
     for delta, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
@@ -78,7 +69,7 @@ def _forward_and_example_deltas(
 def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
     """Per-example gradients ``∂L_i/∂θ``: `jaxbp.loss_and_grad` on each example alone, by `vmap`.
 
-    Seed 000 eqs. 3-4: ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
+    Eq. (1.3): ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
     leading axis equals the batch gradient (for a ``"sum"`` loss such as ``"sse"``, the sum).
     It forms all B gradients: `per_example_grad_norms` and `clipped_loss_and_grad` need none.
 
@@ -101,7 +92,7 @@ def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array)
 
 
 def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Array:
-    """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (seed 000 eq. 14's ∂L_i/∂W).
+    """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (eq. (1.9)'s ∂L_i/∂W).
 
     ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
     `per_example_grads` (the gradient of the loss on example i alone) without forming
@@ -133,7 +124,7 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
 def clipped_loss_and_grad(
     model: MLP, loss: str, params: Params, x: Array, y: Array, clip_norm: float | Array
 ) -> tuple[Array, Params]:
-    """The loss and the per-example-clipped gradient (seed 000 eq. 3 with each ∂L_i/∂W clipped).
+    """The loss and the per-example-clipped gradient (eq. (1.3) with each ∂L_i/∂W clipped).
 
     Example i's gradient is scaled by ``c_i = min(1, C / ‖∇_θ L_i‖)`` and the scaled gradients
     are reduced as the loss reduces its examples (the mean; the sum for ``"sse"``), so with

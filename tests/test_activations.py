@@ -1,7 +1,7 @@
 """Tests for jaxbp.activations: each hand-written derivative against jax.grad.
 
-Seed 003, "why?" step one: an element-wise activation has a diagonal Jacobian, so its vjp is
-ḡ ∘ g'(z); seed 001, second answer: σ' = σ − σ², a function of the output alone. The oracle
+Eq. (4.4) of docs/derivations.md: an element-wise activation has a diagonal Jacobian, so its
+vjp is ḡ ∘ g'(z); eqs. (1.6), (2.3): σ' = σ − σ², a function of the output alone. The oracle
 is ``jax.grad`` of ``fn``, taken element by element with ``jax.vmap``.
 """
 
@@ -52,7 +52,7 @@ def test_derivative_from_output_matches_jax_grad_float32(name):
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
 def test_elementwise_vjp_is_cotangent_times_derivative(x64, name):
-    """vjp(a, ḡ) equals jax.vjp of fn (the diagonal Jacobian, seed 003 step one)."""
+    """vjp(a, ḡ) equals jax.vjp of fn (the diagonal Jacobian, eq. (4.4))."""
     act = ACTIVATIONS[name]
     rng = np.random.default_rng(0)
     z = jnp.asarray(rng.normal(size=(6, 5)) * 3)

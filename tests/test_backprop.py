@@ -1,5 +1,5 @@
-"""Tests for jaxbp.backprop: the δ recursion (seed 002 §3.1-3.6, seed 003 Summary of
-Gradients) against jax.grad of the plain forward pass.
+"""Tests for jaxbp.backprop: the δ recursion (eqs. (3.3)-(3.6), (4.9) of
+docs/derivations.md) against jax.grad of the plain forward pass.
 
 Three routes to the gradient are compared: `loss_and_grad` (the derivation alone),
 ``jax.grad`` through ``apply(backward="custom")`` (the custom_vjp) and ``jax.grad`` through
@@ -100,11 +100,11 @@ def test_hand_gradients_match_autodiff(config):
         assert_grads_close(through_vjp, autodiff, dtype)
 
 
-# --- The seeds' formulas, written out ------------------------------------------------------
+# --- The derivations' formulas, written out ------------------------------------------------
 
 
-def test_one_layer_gradient_of_seed_000(x64):
-    """Seed 000 eqs. 3, 14: ∂L/∂W = 1/n Σ_i 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i)) x_iᵀ, and ∂L/∂b
+def test_one_layer_gradient_eq_1_9(x64):
+    """Eqs. (1.3), (1.9): ∂L/∂W = 1/n Σ_i 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i)) x_iᵀ, and ∂L/∂b
     (left to the reader there) is the same without the x_i."""
     model = jaxbp.MLP((4, 1), output_activation="sigmoid")
     params, x, y = make_problem(model, "mse", batch=6, seed=1)
@@ -120,8 +120,8 @@ def test_one_layer_gradient_of_seed_000(x64):
     chex.assert_trees_all_close(grads[0]["b"], jnp.asarray([np.mean(common)]), rtol=1e-12)
 
 
-def test_two_layer_summary_of_gradients_of_seed_003(x64):
-    """Seed 003, Summary of Gradients, one example, L = ½‖y − ŷ‖², σ hidden, f = tanh."""
+def test_two_layer_gradients_eq_4_9(x64):
+    """Eq. (4.9), one example, L = ½‖y − ŷ‖², σ hidden, f = tanh."""
     model = jaxbp.MLP((3, 4, 2), activation="sigmoid", output_activation="tanh")
     params, x, y = make_problem(model, "half_mse", batch=1, seed=2)
     W1, b1 = np.asarray(params[0]["W"]), np.asarray(params[0]["b"])

@@ -185,8 +185,8 @@ def test_gradcheck_catches_a_wrong_activation_derivative(x64, monkeypatch):
     assert "PASS" not in report.table()
 
 
-def test_gradcheck_catches_the_sign_error_of_seed_001(x64, monkeypatch):
-    """Seed 001's question writes ∂ℒ/∂ŷ = 2(y − ŷ): the sign flip gives relative error 2.
+def test_gradcheck_catches_the_sign_erratum_of_eq_2_5(x64, monkeypatch):
+    """The sign erratum of eq. (2.5), ∂ℒ/∂ŷ = 2(y − ŷ): the sign flip gives relative error 2.
 
     Only `loss_and_grad` uses the hand-written ∂L/∂ŷ; the custom_vjp path differentiates the
     loss value by jax.grad, so it still agrees with the oracle.

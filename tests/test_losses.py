@@ -1,7 +1,8 @@
 """Tests for jaxbp.losses: each hand-written ∂L/∂ŷ and fused δ^[L] against jax.grad.
 
-Seed 000 eqs. 2-4 (L = 1/n Σ L_i, so the gradient is the mean of per-example gradients),
-seed 001 (ℒ = Σ (s − y)², a sum), seed 003 step one (∂L/∂ŷ = ŷ − y for ½‖y − ŷ‖²).
+Eqs. (1.2)-(1.3) of docs/derivations.md (L = 1/n Σ L_i, so the gradient is the mean of
+per-example gradients), eq. (2.1) (ℒ = Σ (s − y)², a sum), eq. (4.3) (∂L/∂ŷ = ŷ − y for
+½‖y − ŷ‖²).
 """
 
 import chex
@@ -155,7 +156,7 @@ def test_saturated_fused_losses_match_autodiff_oracle(x64, name):
 
 @pytest.mark.parametrize("name", [n for n, loss in LOSSES.items() if loss.reduction == "mean"])
 def test_mean_losses_are_the_batch_mean_of_per_example_losses(x64, name):
-    """Seed 000: L = 1/n Σ L_i, and so ∂L/∂ŷ_i = (1/n) ∂L_i/∂ŷ_i."""
+    """Eq. (1.2): L = 1/n Σ L_i, and so ∂L/∂ŷ_i = (1/n) ∂L_i/∂ŷ_i."""
     loss = LOSSES[name]
     _, y_hat, y = _data(name, np.random.default_rng(5))
     per_example = jnp.stack([loss.value(y_hat[i : i + 1], y[i : i + 1]) for i in range(BATCH)])
@@ -167,7 +168,7 @@ def test_mean_losses_are_the_batch_mean_of_per_example_losses(x64, name):
 
 
 def test_sse_is_a_sum_not_a_mean(x64):
-    """Seed 001: ℒ = Σ (s − y)²; doubling the batch doubles it, while mse stays put."""
+    """Eq. (2.1): ℒ = Σ (s − y)²; doubling the batch doubles it, while mse stays put."""
     _, y_hat, y = _data("sse", np.random.default_rng(6))
     twice_y_hat, twice_y = jnp.concatenate([y_hat, y_hat]), jnp.concatenate([y, y])
     sse, mse = LOSSES["sse"], LOSSES["mse"]
@@ -179,13 +180,13 @@ def test_sse_is_a_sum_not_a_mean(x64):
 
 
 def test_loss_values_match_written_out_formulas(x64):
-    """The formulas of the seeds, written out in numpy."""
+    """The losses of the derivations, written out in numpy."""
     rng = np.random.default_rng(7)
     y_hat, y = rng.normal(size=(BATCH, N_OUT)), rng.normal(size=(BATCH, N_OUT))
     expected = {
-        "mse": np.mean(np.sum((y - y_hat) ** 2, axis=1)),  # seed 000 eq. 2
-        "half_mse": np.mean(0.5 * np.sum((y - y_hat) ** 2, axis=1)),  # seed 003
-        "sse": np.sum((y_hat - y) ** 2),  # seed 001
+        "mse": np.mean(np.sum((y - y_hat) ** 2, axis=1)),  # eq. (1.2)
+        "half_mse": np.mean(0.5 * np.sum((y - y_hat) ** 2, axis=1)),  # eq. (4.2)
+        "sse": np.sum((y_hat - y) ** 2),  # eq. (2.1)
     }
     for name, value in expected.items():
         actual = LOSSES[name].value(jnp.asarray(y_hat), jnp.asarray(y))
@@ -218,7 +219,7 @@ def test_loss_table():
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_reduction_is_how_the_value_combines_examples(x64, name):
-    """ "mean": L(batch) = mean of L(example); "sum": the sum (seed 000 eq. 2, seed 001)."""
+    """ "mean": L(batch) = mean of L(example); "sum": the sum (eqs. (1.2), (2.1))."""
     loss = LOSSES[name]
     _, y_hat, y = _data(name, np.random.default_rng(8))
     per_example = jnp.stack([loss.value(y_hat[i : i + 1], y[i : i + 1]) for i in range(BATCH)])

@@ -1,6 +1,6 @@
 """Tests for jaxbp.mlp: the model description, its parameters and the plain forward pass.
 
-Seed 003, Forward Propagation: z^[k] = W^[k] a^[k−1] + b^[k], a^[k] = g(z^[k]), here for a
+Eq. (4.1) of docs/derivations.md: z^[k] = W^[k] a^[k−1] + b^[k], a^[k] = g(z^[k]), here for a
 batch of rows, with W^[k]: (n_k, n_{k−1}).
 """
 
@@ -204,7 +204,7 @@ def test_init_unknown_scheme():
 
 
 def _numpy_forward(model, params, x):
-    """Seed 003 forward propagation in numpy, layer by layer."""
+    """Eq. (4.1), the forward pass, in numpy, layer by layer."""
     fns = {
         "identity": lambda z: z,
         "sigmoid": lambda z: 1 / (1 + np.exp(-z)),

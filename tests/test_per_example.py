@@ -50,7 +50,7 @@ def _problem(case, dtype, seed=0, sizes=(5, 6, 4)):
     ],
 )
 def test_per_example_grads(x64, output, loss, use_bias):
-    """Seed 000 eqs. 3-4: the batch gradient is the mean of per-example ones (sum for sse)."""
+    """Eq. (1.3): the batch gradient is the mean of per-example ones (sum for sse)."""
     del x64
     model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output, use_bias=use_bias)
     batch = 5

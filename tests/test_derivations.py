@@ -1,14 +1,15 @@
-"""Each seed's closed-form gradient, written out literally, against the library.
+"""The closed-form gradient of each derivation in docs/derivations.md, written out literally,
+against the library.
 
-The closed forms are `experiments.seeds`' (one example at a time, in each seed's own layout,
-derivatives taken at the pre-activation ``z``, nothing from jaxbp), averaged as seed 000
-eq. 3 does. Each is compared with
+The closed forms are `experiments.derivations`' (one example at a time, in each derivation's
+own layout, derivatives taken at the pre-activation ``z``, nothing from jaxbp), averaged as
+eq. (1.3) does. Each is compared with
 
 * ``jaxbp.loss_and_grad`` (the hand-written δ recursion, no autodiff), and
-* ``jax.grad`` of the seed's loss written on top of ``jaxbp.apply(..., backward="custom")``
+* ``jax.grad`` of the derivation's loss written on top of ``jaxbp.apply(..., backward="custom")``
   (the same recursion as a ``jax.custom_vjp``).
 
-The errata of the seeds (their README) are each reproduced and shown to be caught: the
+The errata (docs/derivations.md, "Errata") are each reproduced and shown to be caught: the
 mistaken formula disagrees with the library by far more than the right one does.
 """
 
@@ -19,13 +20,13 @@ import numpy as np
 import pytest
 
 import jaxbp
-from experiments.seeds import (
+from experiments.derivations import (
     AT_Z,
     average_over_samples,
-    closed_form_000,
-    closed_form_001,
-    closed_form_002,
-    closed_form_003,
+    closed_form_1,
+    closed_form_2,
+    closed_form_3,
+    closed_form_4,
     sigmoid,
     sigmoid_prime,
 )
@@ -54,7 +55,7 @@ def _draw(seed, *shapes, uniform=None):
 
 
 def _library_grads(model, loss, params, x, y, loss_on_y_hat):
-    """(loss_and_grad's grads, jax.grad of the seed's loss through apply(backward="custom")).
+    """(loss_and_grad's grads, jax.grad of the derivation's loss through apply(backward="custom")).
 
     ``x`` may be one example ``(n0,)``: `apply` takes it as it is, `loss_and_grad` as a
     batch of one. The two loss values are checked to agree on the way.
@@ -85,55 +86,53 @@ def _assert_right_passes_wrong_fails(right, wrong, library):
 
 
 # --------------------------------------------------------------------------------------
-# seed 000_ec86669a6f964b66.txt: one sigmoid unit, L = 1/n Σ (y_i − ŷ_i)²
+# Derivation 1: one sigmoid unit, L = 1/n Σ (y_i − ŷ_i)² (eqs. (1.1)-(1.9))
 # --------------------------------------------------------------------------------------
 
 
-def _seed000_problem(n=9, m=5):
+def _derivation1_problem(n=9, m=5):
     # W ∈ R^{m×1}, scalar b, row i of X is x_i ∈ R^{1×m}, y_i ∈ [0, 1].
     return _draw(0, (m, 1), (), (n, m), (n,), uniform=(0, 1))
 
 
-def _seed000_params(W, b, dW=None, db=None):
-    """The library's layout for the unit (W is (n_out, n_in), the seed's Wᵀ), or for its
+def _derivation1_params(W, b, dW=None, db=None):
+    """The library's layout for the unit (W is (n_out, n_in), the wᵀ of eq. (1.1)), or for its
     gradient when dW, db are given."""
     W, b = (W, b) if dW is None else (dW, db)
     return [{"W": W.T, "b": jnp.reshape(b, (1,))}]
 
 
-def _seed000_closed_form(W, b, X, y, sigma_prime=sigmoid_prime):
-    grads = average_over_samples(
-        lambda x_i, y_i: closed_form_000(W, b, x_i, y_i, sigma_prime), X, y
-    )
-    return _seed000_params(W, b, *grads)
+def _derivation1_closed_form(W, b, X, y, sigma_prime=sigmoid_prime):
+    grads = average_over_samples(lambda x_i, y_i: closed_form_1(W, b, x_i, y_i, sigma_prime), X, y)
+    return _derivation1_params(W, b, *grads)
 
 
-def _seed000_library(W, b, X, y):
+def _derivation1_library(W, b, X, y):
     model = jaxbp.MLP((W.shape[0], 1), output_activation="sigmoid")
 
-    def seed_loss(y_hat, y):  # eq. 2: L = 1/n Σ (y_i − ŷ_i)²
+    def derivation_loss(y_hat, y):  # eq. (1.2): L = 1/n Σ (y_i − ŷ_i)²
         return jnp.mean((y - y_hat[:, 0]) ** 2)
 
-    return _library_grads(model, "mse", _seed000_params(W, b), X, y, seed_loss)
+    return _library_grads(model, "mse", _derivation1_params(W, b), X, y, derivation_loss)
 
 
-def test_seed000_eq14_averaged_matches_library():
-    W, b, X, y = _seed000_problem()
-    closed_form = _seed000_closed_form(W, b, X, y)
-    _assert_matches_library(closed_form, *_seed000_library(W, b, X, y))
+def test_derivation1_eq_1_9_averaged_matches_library():
+    W, b, X, y = _derivation1_problem()
+    closed_form = _derivation1_closed_form(W, b, X, y)
+    _assert_matches_library(closed_form, *_derivation1_library(W, b, X, y))
     assert jnp.abs(closed_form[0]["b"]).max() > 1e-3  # a real gradient, not a zero
 
 
-def test_seed000_mean_of_per_example_grads_is_eq3():
-    W, b, X, y = _seed000_problem()
+def test_derivation1_mean_of_per_example_grads_is_eq_1_3():
+    W, b, X, y = _derivation1_problem()
     model = jaxbp.MLP((W.shape[0], 1), output_activation="sigmoid")
     per_example = jax.jit(jaxbp.per_example_grads, static_argnums=(0, 1))(
-        model, "mse", _seed000_params(W, b), X, y
+        model, "mse", _derivation1_params(W, b), X, y
     )
-    for i in range(X.shape[0]):  # eq. 14 for each L_i alone
+    for i in range(X.shape[0]):  # eq. (1.9) for each L_i alone
         chex.assert_trees_all_close(
             jax.tree.map(lambda leaf, i=i: leaf[i], per_example),
-            _seed000_params(W, b, *closed_form_000(W, b, X[i], y[i])),
+            _derivation1_params(W, b, *closed_form_1(W, b, X[i], y[i])),
             rtol=RTOL,
             atol=ATOL,
         )
@@ -144,51 +143,51 @@ def test_seed000_mean_of_per_example_grads_is_eq3():
     [
         # σz_i(1 − σz_i) with "σz_i" taken as the product ŷ_i · z_i.
         lambda z: sigmoid(z) * z * (1 - sigmoid(z) * z),
-        # σz_i(1 − σz_i) with σ dropped: z(1 − z), seed 001's mistake too.
+        # σz_i(1 − σz_i) with σ dropped: z(1 − z), the erratum of eq. (2.3) too.
         lambda z: z * (1 - z),
     ],
     ids=["sigma_times_z", "z_one_minus_z"],
 )
-def test_seed000_erratum_sigma_z_read_literally_is_caught(misreading):
-    W, b, X, y = _seed000_problem()
-    hand, _ = _seed000_library(W, b, X, y)
-    right = _seed000_closed_form(W, b, X, y)
-    wrong = _seed000_closed_form(W, b, X, y, sigma_prime=misreading)
+def test_derivation1_erratum_sigma_z_read_literally_is_caught(misreading):
+    W, b, X, y = _derivation1_problem()
+    hand, _ = _derivation1_library(W, b, X, y)
+    right = _derivation1_closed_form(W, b, X, y)
+    wrong = _derivation1_closed_form(W, b, X, y, sigma_prime=misreading)
     _assert_right_passes_wrong_fails(right, wrong, hand)
 
 
 # --------------------------------------------------------------------------------------
-# seed 001_d6f965bfea66bd78.txt: s = σ(Wx + b), ℒ = Σ (s − y)², second answer
+# Derivation 2: s = σ(Wx + b), ℒ = Σ (s − y)², the vector form (eqs. (2.1)-(2.7))
 # --------------------------------------------------------------------------------------
 
 
-def _seed001_problem(n_in=4, n_out=3):
+def _derivation2_problem(n_in=4, n_out=3):
     W, b, x = _draw(1, (n_out, n_in), (n_out,), (n_in,))
     y = jnp.eye(n_out)[1]  # a one-hot target
     return W, b, x, y
 
 
-def _seed001_library(W, b, x, y):
+def _derivation2_library(W, b, x, y):
     model = jaxbp.MLP((W.shape[1], W.shape[0]), output_activation="sigmoid")
-    params = [{"W": W, "b": b}]  # seed 001 writes z = Wx + b: the same W layout
+    params = [{"W": W, "b": b}]  # eq. (2.1) writes z = Wx + b: the same W layout
 
-    def seed_loss(s, y):  # ℒ = r:r, r = s − y, for one example s: (n_out,)
+    def derivation_loss(s, y):  # ℒ = r:r, r = s − y, for one example s: (n_out,)
         r = s - y
         return jnp.sum(r * r)
 
-    return _library_grads(model, "sse", params, x, y, seed_loss)
+    return _library_grads(model, "sse", params, x, y, derivation_loss)
 
 
-def test_seed001_vector_form_matches_library():
-    W, b, x, y = _seed001_problem()
-    dW, db = closed_form_001(W, b, x, y)
-    _assert_matches_library([{"W": dW, "b": db}], *_seed001_library(W, b, x, y))
+def test_derivation2_vector_form_matches_library():
+    W, b, x, y = _derivation2_problem()
+    dW, db = closed_form_2(W, b, x, y)
+    _assert_matches_library([{"W": dW, "b": db}], *_derivation2_library(W, b, x, y))
 
 
-def test_seed001_erratum_sigmoid_derivative_applied_to_z_is_caught():
+def test_derivation2_erratum_sigmoid_derivative_applied_to_z_is_caught():
     # The question: "derivative of sigmoid of x = x(1 − x)", then applied to z = Wx + b.
-    W, b, x, y = _seed001_problem()
-    hand, _ = _seed001_library(W, b, x, y)
+    W, b, x, y = _derivation2_problem()
+    hand, _ = _derivation2_library(W, b, x, y)
     z = W @ x + b
     s = sigmoid(z)
     right = jnp.outer(2 * (s - y) * s * (1 - s), x)
@@ -196,10 +195,10 @@ def test_seed001_erratum_sigmoid_derivative_applied_to_z_is_caught():
     _assert_right_passes_wrong_fails(right, wrong, hand[0]["W"])
 
 
-def test_seed001_erratum_sign_gives_negated_gradient():
+def test_derivation2_erratum_sign_gives_negated_gradient():
     # The question writes ∂Loss/∂ŷ = 2(y − ŷ); the first answer corrects it to −2(y − ŷ).
-    W, b, x, y = _seed001_problem()
-    hand, _ = _seed001_library(W, b, x, y)
+    W, b, x, y = _derivation2_problem()
+    hand, _ = _derivation2_library(W, b, x, y)
     s = sigmoid(W @ x + b)
     wrong = jnp.outer(2 * (y - s) * s * (1 - s), x)
     chex.assert_trees_all_close(-wrong, hand[0]["W"], rtol=RTOL, atol=ATOL)
@@ -208,36 +207,37 @@ def test_seed001_erratum_sign_gives_negated_gradient():
 
 
 # --------------------------------------------------------------------------------------
-# seed 003_9d9dca60a2a4e9a1.txt: two layers with biases, L = ½‖y − ŷ‖²
+# Derivation 4: two layers with biases, L = ½‖y − ŷ‖² (eqs. (4.1)-(4.9))
 # --------------------------------------------------------------------------------------
 
 
-def _seed003_problem(batch, n0=4, n1=6, n2=3):
+def _derivation4_problem(batch, n0=4, n1=6, n2=3):
     W1, b1, W2, b2, X, Y = _draw(
         3, (n1, n0), (n1,), (n2, n1), (n2,), (batch, n0), (batch, n2), uniform=(0, 1)
     )
     return [{"W": W1, "b": b1}, {"W": W2, "b": b2}], X, Y
 
 
-def _half_mse_on_y_hat(y_hat, y):  # seed 003: L = ½‖y − ŷ‖², averaged over the batch
+def _half_mse_on_y_hat(y_hat, y):  # eq. (4.2): L = ½‖y − ŷ‖², averaged over the batch
     return 0.5 * jnp.sum((y - y_hat) ** 2) / y.shape[0]
 
 
 @pytest.mark.parametrize("f_name", ["sigmoid", "identity"])
 @pytest.mark.parametrize("batch", [1, 7], ids=["single_example", "batch_averaged"])
-def test_seed003_summary_of_gradients_matches_library(f_name, batch):
-    params, X, Y = _seed003_problem(batch)
+def test_derivation4_summary_of_gradients_matches_library(f_name, batch):
+    params, X, Y = _derivation4_problem(batch)
     f, f_prime = AT_Z[f_name]
     model = jaxbp.MLP((4, 6, 3), activation="sigmoid", output_activation=f_name)
-    closed_form = average_over_samples(lambda x, y: closed_form_003(params, x, y, f, f_prime), X, Y)
+    closed_form = average_over_samples(lambda x, y: closed_form_4(params, x, y, f, f_prime), X, Y)
     _assert_matches_library(
         closed_form, *_library_grads(model, "half_mse", params, X, Y, _half_mse_on_y_hat)
     )
 
 
-def test_seed003_why_steps():
-    # The three "why?" steps of Step 1-2, each checked with jax's autodiff of the forward map.
-    params, X, _ = _seed003_problem(1)
+def test_derivation4_why_steps():
+    # The three "why" answers of eqs. (4.4)-(4.6), each checked with jax's autodiff of the
+    # forward map.
+    params, X, _ = _derivation4_problem(1)
     W2, b2, x = params[1]["W"], params[1]["b"], X[0]
     a1 = sigmoid(params[0]["W"] @ x + params[0]["b"])
     z2 = W2 @ a1 + b2
@@ -254,70 +254,68 @@ def test_seed003_why_steps():
 
 
 # --------------------------------------------------------------------------------------
-# seed 002_d7d3681c3aab63a0.txt: L hidden layers, no biases, one output node, general g
+# Derivation 3: L hidden layers, no biases, one output node, general g (eqs. (3.1)-(3.7))
 # --------------------------------------------------------------------------------------
 
-SIZES_002 = (4, 5, 5, 5, 1)  # L = 3 hidden layers of equal width, so W^(L) fits where
+SIZES_3 = (4, 5, 5, 5, 1)  # L = 3 hidden layers of equal width, so W^(L) fits where
 # W^(L+1) belongs (the erratum can be computed, not just rejected by shape).
 
 
-def _seed002_problem(batch=6):
+def _derivation3_problem(batch=6):
     # W^(k): (n_k, n_{k−1}) with entries of std 1/sqrt(n_{k−1}): tanh units in their bend.
-    shapes = list(zip(SIZES_002[1:], SIZES_002[:-1], strict=True))
-    *Ws, X, y = _draw(2, *shapes, (batch, SIZES_002[0]), (batch,), uniform=(-0.8, 0.8))
+    shapes = list(zip(SIZES_3[1:], SIZES_3[:-1], strict=True))
+    *Ws, X, y = _draw(2, *shapes, (batch, SIZES_3[0]), (batch,), uniform=(-0.8, 0.8))
     params = [{"W": W / np.sqrt(W.shape[1])} for W in Ws]
     return params, X, y
 
 
-def _seed002_J_grads(params, X, y, g_name, **erratum):
-    """J = 1/n Σ Loss: the per-sample §3.6 gradients averaged."""
+def _derivation3_J_grads(params, X, y, g_name, **erratum):
+    """J = 1/n Σ Loss (eq. (3.2)): the per-sample gradients of eqs. (3.3)-(3.6) averaged."""
     g, g_prime = AT_Z[g_name]
     Ws = [layer["W"] for layer in params]
-    grads = average_over_samples(
-        lambda x, y: closed_form_002(Ws, x, y, g, g_prime, **erratum), X, y
-    )
+    grads = average_over_samples(lambda x, y: closed_form_3(Ws, x, y, g, g_prime, **erratum), X, y)
     return [{"W": dW} for dW in grads]
 
 
-def _seed002_library(params, X, y, g_name):
-    model = jaxbp.MLP(SIZES_002, activation=g_name, output_activation=g_name, use_bias=False)
+def _derivation3_library(params, X, y, g_name):
+    model = jaxbp.MLP(SIZES_3, activation=g_name, output_activation=g_name, use_bias=False)
 
-    def seed_J(y_hat, y):  # J = 1/n Σ Loss(h(x), y), Loss = (h − y)²
+    def derivation_J(y_hat, y):  # J = 1/n Σ Loss(h(x), y), Loss = (h − y)²
         return jnp.mean((y_hat[:, 0] - y) ** 2)
 
-    return _library_grads(model, "mse", params, X, y, seed_J)
+    return _library_grads(model, "mse", params, X, y, derivation_J)
 
 
 @pytest.mark.parametrize("g_name", ["tanh", "sigmoid"])
-def test_seed002_deep_recursion_matches_library(g_name):
-    params, X, y = _seed002_problem()
-    closed_form = _seed002_J_grads(params, X, y, g_name)
-    _assert_matches_library(closed_form, *_seed002_library(params, X, y, g_name))
+def test_derivation3_deep_recursion_matches_library(g_name):
+    params, X, y = _derivation3_problem()
+    closed_form = _derivation3_J_grads(params, X, y, g_name)
+    _assert_matches_library(closed_form, *_derivation3_library(params, X, y, g_name))
 
 
 @pytest.mark.parametrize("g_name", ["tanh", "sigmoid"])
-def test_seed002_erratum_W_L_instead_of_W_L_plus_1_is_caught(g_name):
-    params, X, y = _seed002_problem()
-    hand, _ = _seed002_library(params, X, y, g_name)
-    right = _seed002_J_grads(params, X, y, g_name)
-    wrong = _seed002_J_grads(params, X, y, g_name, back_weights="L")
+def test_derivation3_erratum_W_L_instead_of_W_L_plus_1_is_caught(g_name):
+    params, X, y = _derivation3_problem()
+    hand, _ = _derivation3_library(params, X, y, g_name)
+    right = _derivation3_J_grads(params, X, y, g_name)
+    wrong = _derivation3_J_grads(params, X, y, g_name, back_weights="L")
     _assert_right_passes_wrong_fails(right, wrong, hand)
     # Only the layers below the output are affected: ∂/∂W^(L+1) does not use W_back.
     chex.assert_trees_all_close(wrong[-1], hand[-1], rtol=RTOL, atol=ATOL)
 
 
-def test_seed002_erratum_sum_over_the_wrong_index_is_caught():
-    params, X, y = _seed002_problem()
-    hand, _ = _seed002_library(params, X, y, "tanh")
-    right = _seed002_J_grads(params, X, y, "tanh")
-    wrong = _seed002_J_grads(params, X, y, "tanh", back_sum="over_j")
+def test_derivation3_erratum_sum_over_the_wrong_index_is_caught():
+    params, X, y = _derivation3_problem()
+    hand, _ = _derivation3_library(params, X, y, "tanh")
+    right = _derivation3_J_grads(params, X, y, "tanh")
+    wrong = _derivation3_J_grads(params, X, y, "tanh", back_sum="over_j")
     _assert_right_passes_wrong_fails(right, wrong, hand)
 
 
-def test_seed002_erratum_ascent_update_raises_the_loss():
-    # §3.6 writes W ← W + η ∂Loss/∂W; descent is W ← W − η ∂Loss/∂W.
-    params, X, y = _seed002_problem()
-    model = jaxbp.MLP(SIZES_002, activation="tanh", output_activation="tanh", use_bias=False)
+def test_derivation3_erratum_ascent_update_raises_the_loss():
+    # The erratum of eq. (3.7): W ← W + η ∂Loss/∂W; descent is W ← W − η ∂Loss/∂W.
+    params, X, y = _derivation3_problem()
+    model = jaxbp.MLP(SIZES_3, activation="tanh", output_activation="tanh", use_bias=False)
     learning_rate, num_steps = 0.05, 5  # small steps: the first-order change dominates
 
     @jax.jit

@@ -1,0 +1,90 @@
+"""How the error flows back through the layers: per-layer δ and gradient norms, and the
+gradient noise scale, from one forward and one δ recursion.
+
+Contract: `gradient_flow(model, loss, params, x, y)` returns a flat ``dict[str, Array]`` of
+scalars, ready for a metrics logger, with for every layer k = 1..L
+
+* ``delta_norm/k``: the mean over the examples of ‖δ_i^[k]‖, the per-example error of eq.
+  (1.8)/(3.6) of docs/derivations.md (B times the rows of the batch δ for the mean losses,
+  eq. (0.4)). Eq. (3.6), δ^[k] = ((W^[k+1])ᵀ δ^[k+1]) ∘ g'(z^[k]), multiplies it by g' once
+  per layer on the way down: with sigmoid units g' ≤ 1/4, so it shrinks geometrically unless
+  the weights make up for it (the vanishing gradient, `experiments/vanishing.py`);
+* ``grad_norm/k``: ‖∂L/∂W^[k]‖_F of the batch loss (eq. (0.3));
+
+and ``noise_scale``, the simple gradient noise scale of McCandlish et al. (2018),
+
+    B_simple = tr(Σ) / ‖G‖²,     tr(Σ) ≈ (1/B Σ_i ‖g_i‖² − ‖G‖²) · B / (B − 1)
+
+with g_i = ∇_θ L_i the gradient of example i's own loss and G = 1/B Σ_i g_i their mean (the
+batch gradient for the mean losses). The ‖g_i‖ come from the rank-one identity
+‖δ_i a_iᵀ‖ = ‖δ_i‖ ‖a_i‖ (`jaxbp.per_example_grad_norms`): no per-example gradient is formed.
+The estimate of tr(Σ) is unbiased; the ratio is not, and on one batch it is noisy. B_simple
+is roughly the batch size beyond which a larger batch stops cutting the number of steps.
+
+References:
+  McCandlish, Kaplan, Amodei et al., "An Empirical Model of Large-Batch Training",
+  arXiv:1812.06162 (2018).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp import backprop, per_example
+from jaxbp.mlp import MLP, Params
+
+Array = jax.Array
+
+
+def gradient_flow(model: MLP, loss: str, params: Params, x: Array, y: Array) -> dict[str, Array]:
+    """Per-layer mean ‖δ_i^[k]‖ and ‖∂L/∂W^[k]‖, and the gradient noise scale B_simple.
+
+    One forward pass and one δ recursion from the per-example output errors; jittable with
+    ``model`` and ``loss`` static.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)`` with batch ≥ 2 (the variance needs two examples).
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+
+    Returns:
+      ``{"delta_norm/1": ..., "grad_norm/1": ..., ..., "noise_scale": ...}``, scalars in the
+      params' dtype; the keys are numbered by layer k = 1..L.
+
+    Raises:
+      ValueError: for a batch of one, or any argument `jaxbp.loss_and_grad` refuses.
+
+    Examples:
+      >>> import jax, jaxbp
+      >>> model = jaxbp.MLP((3, 4, 1))
+      >>> params = jaxbp.init_params(jax.random.key(0), model)
+      >>> x = jax.random.normal(jax.random.key(1), (8, 3))
+      >>> flow = jaxbp.gradient_flow(model, "mse", params, x, x[:, :1])
+      >>> sorted(flow)
+      ['delta_norm/1', 'delta_norm/2', 'grad_norm/1', 'grad_norm/2', 'noise_scale']
+    """
+    loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
+    batch = x.shape[0]
+    if batch < 2:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}: the gradient noise scale needs the spread of the "
+            "per-example gradients, so pass a batch of at least 2 examples."
+        )
+    _, residuals, deltas, norms = per_example._forward_and_example_deltas(
+        model, loss_fn, params, x, y
+    )
+    # G = 1/B Σ_i g_i: the recursion's rows scaled by 1/B, then eq. (0.3).
+    mean_grads = backprop.gradients_from_deltas(
+        model, residuals, tuple(delta / batch for delta in deltas)
+    )
+    # The batch loss is w Σ_i L_i, so its gradient is (w B) G: G itself for the mean losses.
+    to_batch = batch if loss_fn.reduction == "sum" else 1
+    flow = {}
+    for k, (delta, grads) in enumerate(zip(deltas, mean_grads, strict=True), start=1):
+        flow[f"delta_norm/{k}"] = jnp.mean(jnp.linalg.norm(delta, axis=-1))
+        flow[f"grad_norm/{k}"] = to_batch * jnp.linalg.norm(grads["W"])
+    mean_sq_norm = sum(jnp.sum(g * g) for g in jax.tree.leaves(mean_grads))
+    trace_sigma = (jnp.mean(norms * norms) - mean_sq_norm) * batch / (batch - 1)
+    flow["noise_scale"] = trace_sigma / mean_sq_norm
+    return flow
