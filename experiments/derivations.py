@@ -173,34 +173,34 @@ def closed_form_3(
 ):
     """Eq. (3.1) forward and eqs. (3.3)-(3.6) backward for one sample, Loss = (g(z) − y)².
 
-    ``Ws = [W^(1), ..., W^(L+1)]`` with ``W^(k): (n_k, n_{k−1})`` and ``W^(L+1): (1, n_L)``,
+    ``Ws = [W^[1], ..., W^[L+1]]`` with ``W^[k]: (n_k, n_{k−1})`` and ``W^[L+1]: (1, n_L)``,
     ``x: (n_0,)``, scalar ``y``, the activation ``g`` and its derivative at z; returns
-    ``[∂Loss/∂W^(1), ..., ∂Loss/∂W^(L+1)]``. The errata (docs/derivations.md):
-    ``back_weights="L"`` sends the output's δ back through W^(L) in eq. (3.5) (right:
-    "L+1"); ``back_sum="over_j"`` sums eq. (3.6) over the wrong index, W δ^(k+1) for
-    Wᵀ δ^(k+1) (right: "over_i", Σ_i over the nodes of layer k+1).
+    ``[∂Loss/∂W^[1], ..., ∂Loss/∂W^[L+1]]``. The errata (docs/derivations.md):
+    ``back_weights="L"`` sends the output's δ back through W^[L] in eq. (3.5) (right:
+    "L+1"); ``back_sum="over_j"`` sums eq. (3.6) over the wrong index, W δ^[k+1] for
+    Wᵀ δ^[k+1] (right: "over_i", Σ_i over the nodes of layer k+1).
     """
     L = len(Ws) - 1
-    h, z = [x], [None]  # h[0] = x; z[k], h[k] for layer k
+    h, z = [x], [None]  # h[k] holds a^[k] (h[0] = x), z[k] holds z^[k]
     for k in range(1, L + 2):
-        z.append(jnp.einsum("ij,j->i", Ws[k - 1], h[k - 1]))  # z_i^(k) = Σ_j W_ij^(k) h_j^(k−1)
-        h.append(g(z[k]))  # h_i^(k) = g(z_i^(k))
-    z_out = z[L + 1][0]  # z = z_1^(L+1)
+        z.append(jnp.einsum("ij,j->i", Ws[k - 1], h[k - 1]))  # z_i^[k] = Σ_j W_ij^[k] a_j^[k−1]
+        h.append(g(z[k]))  # a_i^[k] = g(z_i^[k])
+    z_out = z[L + 1][0]  # z = z_1^[L+1]
     dz_out = 2 * (g(z_out) - y) * g_prime(z_out)  # (3.3): ∂Loss/∂g(z) × ∂g(z)/∂z
     grads = [None] * (L + 1)
-    grads[L] = dz_out * h[L][None, :]  # (3.4): ∂Loss/∂W_1j^(L+1) = ∂Loss/∂z × h_j^(L)
-    # (3.5): ∂Loss/∂z_i^(L) = ∂Loss/∂z × W_1i^(L+1) × g'(z_i^(L)).
+    grads[L] = dz_out * h[L][None, :]  # (3.4): ∂Loss/∂W_1j^[L+1] = ∂Loss/∂z × a_j^[L]
+    # (3.5): ∂Loss/∂z_i^[L] = ∂Loss/∂z × W_1i^[L+1] × g'(z_i^[L]).
     W_back = Ws[L] if back_weights == "L+1" else Ws[L - 1]
     dz = dz_out * W_back[0, :] * g_prime(z[L])
     deltas = [dz_out[None]]
     for k in range(L, 0, -1):
         deltas.append(dz)
-        grads[k - 1] = jnp.einsum("i,j->ij", dz, h[k - 1])  # (3.4), h^(0) = x
-        if k > 1:  # (3.6): ∂Loss/∂z_j^(k−1) = Σ_i ∂Loss/∂z_i^(k) × W_ij^(k) × g'(z_j^(k−1))
+        grads[k - 1] = jnp.einsum("i,j->ij", dz, h[k - 1])  # (3.4), a^[0] = x
+        if k > 1:  # (3.6): ∂Loss/∂z_j^[k−1] = Σ_i ∂Loss/∂z_i^[k] × W_ij^[k] × g'(z_j^[k−1])
             subscripts = "i,ij->j" if back_sum == "over_i" else "j,ij->i"
             dz = jnp.einsum(subscripts, dz, Ws[k - 1]) * g_prime(z[k - 1])
     if with_layers:
-        deltas.reverse()  # δ^(1), ..., δ^(L+1)
+        deltas.reverse()  # δ^[1], ..., δ^[L+1]
         return grads, [Layer(z[k], h[k], deltas[k - 1]) for k in range(1, L + 2)]
     return grads
 

@@ -30,17 +30,21 @@ from jaxbp import activations, config, data, train
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 
-_OUTDIR = flags.DEFINE_string("outdir", None, "Folder for vanishing.png and vanishing.md.")
-_DEPTHS = flags.DEFINE_list(
-    "depths", [str(d) for d in range(2, 11)], "Weight layers L: 2 is one hidden layer."
-)
-_ACTIVATIONS = flags.DEFINE_list("activations", list(ACTIVATIONS), "Hidden activations g.")
-_WIDTH = flags.DEFINE_integer("width", 32, "Units per hidden layer: digits needs few.")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs per network: digits is learnt by then.")
-_PROBE = flags.DEFINE_integer("probe_size", 256, "Training examples the norms are averaged on.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed of the initial weights and the order.")
-_QUICK = flags.DEFINE_bool("quick", False, "Depths 2 and 4, one epoch: a smoke run.")
-flags.mark_flag_as_required("outdir")
+
+def define_flags() -> None:
+    """The command line's flags, defined when the script runs (not on import), so that tests
+    can import this module beside other experiments that define ``--seed`` or ``--outdir``."""
+    flags.DEFINE_string("outdir", None, "Folder for vanishing.png and vanishing.md.")
+    flags.DEFINE_list(
+        "depths", [str(d) for d in range(2, 11)], "Weight layers L: 2 is one hidden layer."
+    )
+    flags.DEFINE_list("activations", list(ACTIVATIONS), "Hidden activations g.")
+    flags.DEFINE_integer("width", 32, "Units per hidden layer: digits needs few.")
+    flags.DEFINE_integer("epochs", 10, "Epochs per network: digits is learnt by then.")
+    flags.DEFINE_integer("probe_size", 256, "Training examples the norms are averaged on.")
+    flags.DEFINE_integer("seed", 0, "Random seed of the initial weights and the order.")
+    flags.DEFINE_bool("quick", False, "Depths 2 and 4, one epoch: a smoke run.")
+    flags.mark_flag_as_required("outdir")
 
 
 class Run(NamedTuple):
@@ -194,23 +198,29 @@ def plot(runs: list[Run], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
-    command = " ".join(["./launch.sh vanishing", *argv[1:]])
-    depths = [2, 4] if _QUICK.value else [int(d) for d in _DEPTHS.value]
-    epochs = 1 if _QUICK.value else _EPOCHS.value
-    unknown = sorted(set(_ACTIVATIONS.value) - set(activations.HIDDEN_ACTIVATIONS))
-    if unknown or min(depths) < 1:
-        print(
-            f"vanishing: --activations takes {', '.join(activations.HIDDEN_ACTIVATIONS)} and "
-            f"--depths positive ints, got {','.join(_ACTIVATIONS.value)} and {depths}.",
-            file=sys.stderr,
+def run_all(
+    outdir: str,
+    depths: list[int],
+    names: list[str],
+    *,
+    width: int = 32,
+    epochs: int = 10,
+    probe_size: int = 256,
+    seed: int = 0,
+    command: str = "./launch.sh vanishing",
+) -> list[Run]:
+    """Trains and measures every (activation, depth), writes the figure and the tables."""
+    unknown = sorted(set(names) - set(activations.HIDDEN_ACTIVATIONS))
+    if unknown or not depths or min(depths) < 1:
+        raise ValueError(
+            f"activations must be among {', '.join(activations.HIDDEN_ACTIVATIONS)} and depths "
+            f"positive ints, got {names} and {depths}."
         )
-        return 2
     ds = data.load_dataset("digits", seed=0)
     runs = []
-    for name in _ACTIVATIONS.value:
+    for name in names:
         for depth in depths:
-            run = run_one(ds, name, depth, _WIDTH.value, epochs, _PROBE.value, _SEED.value)
+            run = run_one(ds, name, depth, width, epochs, probe_size, seed)
             print(
                 f"{name:8s} L = {depth:2d}: ‖δ^[1]‖/‖δ^[L]‖ = "
                 f"{run.delta_init[0] / run.delta_init[-1]:.2e} at init, "
@@ -219,15 +229,38 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
             runs.append(run)
-    os.makedirs(_OUTDIR.value, exist_ok=True)
+    os.makedirs(outdir, exist_ok=True)
     table = markdown(runs, command)
-    with open(os.path.join(_OUTDIR.value, "vanishing.md"), "w") as f:
+    with open(os.path.join(outdir, "vanishing.md"), "w") as f:
         f.write(table)
-    plot(runs, os.path.join(_OUTDIR.value, "vanishing.png"))
+    plot(runs, os.path.join(outdir, "vanishing.png"))
     print(table)
-    print(f"wrote {_OUTDIR.value}/vanishing.png and vanishing.md")
+    print(f"wrote {outdir}/vanishing.png and vanishing.md")
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    del argv  # no positional arguments
+    FLAGS = flags.FLAGS
+    quick = FLAGS.quick
+    try:
+        run_all(
+            FLAGS.outdir,
+            [2, 4] if quick else [int(d) for d in FLAGS.depths],
+            list(FLAGS.activations),
+            width=FLAGS.width,
+            epochs=1 if quick else FLAGS.epochs,
+            probe_size=FLAGS.probe_size,
+            seed=FLAGS.seed,
+            # absl hands main the arguments left after the flags: the flags are in sys.argv.
+            command=" ".join(["./launch.sh vanishing", *sys.argv[1:]]),
+        )
+    except ValueError as e:
+        print(f"vanishing: {e} (--activations, --depths)", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -376,13 +376,13 @@ def trace(
     """Every layer's ``z^[k]``, ``a^[k]`` and ``δ^[k]``: the quantities of the derivation.
 
     The forward pass of `jaxbp.forward_layers`, then the output δ of the loss and the same
-    recursion the backward pass runs (`layer_deltas`, eq. (3.5)), so that for every layer
+    recursion the backward pass runs (`layer_deltas`, eq. (3.6)), so that for every layer
     ``∂L/∂W^[k] = trace[k].delta.T @ a^[k−1]`` (eq. (0.3), with ``a^[0] = x``) is the
     gradient `loss_and_grad` returns.
 
     The batch δ and the derivations' per-example δ differ by the loss's reduction. A mean
     loss ``L = 1/B Σ_i L_i`` has ``∂L/∂z_i^[k] = δ_i^[k] / B``: row i of the batch δ is
-    example i's own δ divided by B (eqs. (1.3), (1.7)); for ``"sse"``, a sum, the rows are
+    example i's own δ divided by B (eq. (0.4)); for ``"sse"``, a sum, the rows are
     the per-example δ themselves. ``per_example=True`` returns the ``δ_i^[k]`` of each
     example's own loss ``L_i`` (B times the batch δ for the mean losses), the δ that the
     one-example derivations write.

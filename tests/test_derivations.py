@@ -257,12 +257,12 @@ def test_derivation4_why_steps():
 # Derivation 3: L hidden layers, no biases, one output node, general g (eqs. (3.1)-(3.7))
 # --------------------------------------------------------------------------------------
 
-SIZES_3 = (4, 5, 5, 5, 1)  # L = 3 hidden layers of equal width, so W^(L) fits where
-# W^(L+1) belongs (the erratum can be computed, not just rejected by shape).
+SIZES_3 = (4, 5, 5, 5, 1)  # L = 3 hidden layers of equal width, so W^[L] fits where
+# W^[L+1] belongs (the erratum can be computed, not just rejected by shape).
 
 
 def _derivation3_problem(batch=6):
-    # W^(k): (n_k, n_{k−1}) with entries of std 1/sqrt(n_{k−1}): tanh units in their bend.
+    # W^[k]: (n_k, n_{k−1}) with entries of std 1/sqrt(n_{k−1}): tanh units in their bend.
     shapes = list(zip(SIZES_3[1:], SIZES_3[:-1], strict=True))
     *Ws, X, y = _draw(2, *shapes, (batch, SIZES_3[0]), (batch,), uniform=(-0.8, 0.8))
     params = [{"W": W / np.sqrt(W.shape[1])} for W in Ws]
@@ -300,7 +300,7 @@ def test_derivation3_erratum_W_L_instead_of_W_L_plus_1_is_caught(g_name):
     right = _derivation3_J_grads(params, X, y, g_name)
     wrong = _derivation3_J_grads(params, X, y, g_name, back_weights="L")
     _assert_right_passes_wrong_fails(right, wrong, hand)
-    # Only the layers below the output are affected: ∂/∂W^(L+1) does not use W_back.
+    # Only the layers below the output are affected: ∂/∂W^[L+1] does not use W_back.
     chex.assert_trees_all_close(wrong[-1], hand[-1], rtol=RTOL, atol=ATOL)
 
 

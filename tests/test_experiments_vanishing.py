@@ -1,24 +1,48 @@
-"""Smoke test of experiments/vanishing.py: a --quick run writes the figure and the table, and
-the sigmoid network's δ shrinks by at most about σ' ≤ 1/4 times the weights per layer."""
+"""Smoke tests of experiments/vanishing.py: a --quick run from the command line writes the
+figure and the table, and the sigmoid network's δ shrinks by about σ' ≤ 1/4 per layer."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
-from absl import flags
-from absl.testing import flagsaver
+import pytest
 
 from experiments import vanishing
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-def test_quick_run_writes_the_figure_and_table(tmp_path, capsys):
-    with flagsaver.flagsaver():
-        flags.FLAGS(["vanishing", f"--outdir={tmp_path}", "--quick", "--probe_size=64"])
-        assert vanishing.main(["vanishing"]) == 0
+
+def run_script(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.vanishing", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_quick_run_writes_the_figure_and_table(tmp_path):
+    result = run_script(f"--outdir={tmp_path}", "--quick", "--probe_size=64")
+    assert result.returncode == 0, result.stderr
     assert os.path.getsize(tmp_path / "vanishing.png") > 1000
     table = (tmp_path / "vanishing.md").read_text()
     for name in vanishing.ACTIVATIONS:
         assert f"| {name} | 2 |" in table and f"| {name} | 4 |" in table
     assert "k = 4" in table
-    assert "wrote" in capsys.readouterr().out
+    assert "--quick" in table  # the command that made it
+    assert "wrote" in result.stdout
+
+
+def test_bad_activation_is_refused(tmp_path):
+    result = run_script(f"--outdir={tmp_path}", "--activations=softmax", "--quick")
+    assert result.returncode == 2
+    assert "activations must be among" in result.stderr
+    with pytest.raises(ValueError, match="activations must be among"):
+        vanishing.run_all(str(tmp_path), [2], ["softmax"])
 
 
 def test_sigmoid_layers_shrink_delta_and_relu_keeps_it():
@@ -29,9 +53,3 @@ def test_sigmoid_layers_shrink_delta_and_relu_keeps_it():
     assert all(g <= 0.25 for g in sigmoid.g_prime_init)  # σ' ≤ 1/4 at every unit
     assert vanishing.per_layer_factor(sigmoid.delta_init) < 0.5
     assert vanishing.per_layer_factor(relu.delta_init) > 0.5
-
-
-def test_bad_activation_is_refused(tmp_path):
-    with flagsaver.flagsaver():
-        flags.FLAGS(["vanishing", f"--outdir={tmp_path}", "--activations=softmax", "--quick"])
-        assert vanishing.main(["vanishing"]) == 2

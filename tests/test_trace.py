@@ -86,7 +86,7 @@ def test_deltas_match_jax_grad_and_finite_differences(loss):
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_per_example_deltas_are_each_examples_own(loss):
     """Row i of ``per_example=True`` is ∂L_i/∂z_i^[k] of example i alone: B times the batch
-    row for the mean losses, the batch row for sse (eq. (1.3))."""
+    row for the mean losses, the batch row for sse (eq. (0.4))."""
     model = NETWORKS[loss]
     batch = 5
     params, x, y = make_problem(model, loss, batch=batch, seed=2)
