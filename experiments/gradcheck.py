@@ -29,7 +29,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 7, "Rows in the checked batch."
 _PRECISION = flags.DEFINE_enum(
     "precision", "float64", ["float32", "float64"], "float64 also runs finite differences."
 )
-_USE_BIAS = flags.DEFINE_boolean("use_bias", True, "Layers with b (seed 003) or without (002).")
+_USE_BIAS = flags.DEFINE_boolean(
+    "use_bias", True, "Layers with b (eqs. (4.x)) or without (eqs. (3.x))."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds params, inputs and targets.")
 _DETAIL = flags.DEFINE_boolean("detail", False, "Print the per-leaf table of every check.")
 

@@ -93,7 +93,9 @@ class Config:
         "fixed",
         (AUTO, *losses.LOSSES),
     )
-    use_bias: bool = _field(True, "Layers with biases b (seed 002's network has none).", "fixed")
+    use_bias: bool = _field(
+        True, "Layers with biases b (the L-layer derivation, eqs. (3.x), has none).", "fixed"
+    )
     precision: str = _field("float32", "Float dtype of data and parameters.", "fixed", PRECISIONS)
     # Optimisation.
     optimizer: str = _field(
@@ -154,7 +156,7 @@ def field_choices(name: str) -> tuple[str, ...] | None:
 # What differs per data set: `--dataset=NAME` alone gives a good run.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {},
-    # seed 000's network: one sigmoid unit on the 30 features, MSE, plain SGD.
+    # The network of eqs. (1.1)-(1.9): one sigmoid unit on the 30 features, MSE, plain SGD.
     "breast_cancer": dict(
         hidden_sizes=(),
         output_activation="sigmoid",

@@ -63,7 +63,7 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """An optax optimiser by name.
 
-    ``"sgd"`` is seed 002's update with the sign right, W ← W − η ∂L/∂W (the seed writes
+    ``"sgd"`` is eq. (3.7)'s update with the sign right, W ← W − η ∂L/∂W (the derivation writes
     ``+``, which is gradient ascent). Weight decay is decoupled (AdamW-style) for adam and
     added to the gradient (L2) for the SGD family.
 
@@ -103,7 +103,7 @@ def make_loss_and_grad(
     Args:
       model: the network.
       loss: a loss name.
-      backward: ``"custom"`` (`jaxbp.loss_and_grad`, seed 002 §3.6) or ``"autodiff"``.
+      backward: ``"custom"`` (`jaxbp.loss_and_grad`, eqs. (3.2)-(3.6)) or ``"autodiff"``.
     """
     if backward == "custom":
         return lambda params, x, y: backprop.loss_and_grad(model, loss, params, x, y)
@@ -127,7 +127,7 @@ def make_train_step(
 ) -> StepFn:
     """A pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
 
-    The update is optax's (for sgd: seed 002's W ← W − η ∂L/∂W). Not jitted itself, so it
+    The update is optax's (for sgd: eq. (3.7), W ← W − η ∂L/∂W). Not jitted itself, so it
     can sit inside `make_epoch`'s scan; wrap it in `jax.jit` to call it alone.
 
     Args:
