@@ -76,7 +76,7 @@ class RunOutputs:
         workdir_lib.append_line(self.metrics_path, json.dumps(record))
         tensorboard = self._tensorboard(record.get("member"))
         for name, value in record.items():
-            if name not in ("epoch", "step", "member"):
+            if name not in ("epoch", "step", "member") and value is not None:
                 tensorboard.add_scalar(name, value, record["step"])
         tensorboard.flush()
 

@@ -286,12 +286,17 @@ def evaluate(
     """
     value = backprop.loss_value(model, loss, params, x, y)
     y_hat = backprop.apply(model, params, x, backward="autodiff")
+    return {"loss": value, **output_metrics(y_hat, y, task)}
+
+
+def output_metrics(y_hat: Array, y: Array, task: str) -> dict[str, Array]:
+    """`evaluate`'s accuracy or R² from outputs ``ŷ: (n, nL)`` alone (e.g. an ensemble's mean)."""
     if task == "regression":
         residual = jnp.sum((y - y_hat) ** 2)
         total = jnp.sum((y - jnp.mean(y, axis=0)) ** 2)
-        return {"loss": value, "r2": 1 - residual / total}
+        return {"r2": 1 - residual / total}
     if y.shape[-1] == 1:
         correct = (y_hat[:, 0] > 0.5) == (y[:, 0] > 0.5)
     else:
         correct = jnp.argmax(y_hat, axis=-1) == jnp.argmax(y, axis=-1)
-    return {"loss": value, "accuracy": jnp.mean(correct)}
+    return {"accuracy": jnp.mean(correct)}

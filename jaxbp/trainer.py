@@ -580,7 +580,7 @@ class _Run:
                 params, opt_state = new_params, new_opt_state
                 evaluated = epoch % config.eval_interval == 0 or epoch == config.epochs
                 if evaluated:
-                    records = self._records(params, epoch, step_losses, seconds)
+                    records = self._records(params, epoch, step_losses, seconds, progress)
                     if writer:
                         for record in records:
                             writer.write(record)
@@ -682,9 +682,14 @@ class _Run:
         )
 
     def _records(
-        self, params: Params, epoch: int, step_losses: np.ndarray, seconds: float
+        self, params: Params, epoch: int, step_losses: np.ndarray, seconds: float, progress
     ) -> list[dict[str, float]]:
-        """One metrics record per member (with ``member`` for a set of several)."""
+        """One metrics record per member (with ``member`` for a set of several).
+
+        A diverged member's record holds its frozen params' metrics and no ``epoch_loss``
+        (null: its epoch was thrown away).
+        """
+        active = progress.active()
         evaluated = {split: self._evaluate(params, split) for split in ("train", "val")}
         rates = self._rates(epoch * self.steps_per_epoch)
         records = []
@@ -694,7 +699,7 @@ class _Run:
                 {
                     "epoch": epoch,
                     "step": epoch * self.steps_per_epoch,
-                    "epoch_loss": float(step_losses[k].mean()),
+                    "epoch_loss": float(step_losses[k].mean()) if active[k] else None,
                 }
             )
             for split, metrics in evaluated.items():
@@ -713,8 +718,13 @@ class _Run:
         test = self._evaluate(best_params, "test")
         val = self._evaluate(best_params, "val")
         train_metrics = self._evaluate(best_params, "train")
-        best_epochs = [epoch if e is None else e for e in progress.best_epoch]
         kept = progress.active()
+        # No evaluation yet: the params now are the ones reported (a diverged member's are
+        # those of the epoch before it diverged).
+        best_epochs = [
+            e if e is not None else (epoch if live else None)
+            for e, live in zip(progress.best_epoch, kept, strict=True)
+        ]
 
         def mean(values: np.ndarray) -> float:
             return float(np.mean(values[kept]))
@@ -877,7 +887,7 @@ def _progress_line(
     live = [r for r, a in zip(records, active, strict=True) if a]
 
     def value(name: str) -> str:
-        values = np.asarray([r[name] for r in live])
+        values = np.asarray([r[name] for r in live], np.float64)
         text = fmt(values.mean()) if name != "epoch_loss" else f"{values.mean():.4f}"
         if len(records) > 1:
             spread = fmt(values.std()) if name != "epoch_loss" else f"{values.std():.4f}"
@@ -887,7 +897,9 @@ def _progress_line(
     members_text = ""
     if len(records) > 1:
         diverged = len(records) - len(live)
-        members_text = f"  {len(live)} members" + (f" ({diverged} diverged)" if diverged else "")
+        members_text = f"  {len(records)} members" + (
+            f" ({diverged} diverged, left out)" if diverged else ""
+        )
     record = records[0]
     return (
         f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  "
@@ -947,7 +959,13 @@ def _read_params(checkpointer, epoch: int, config: Config, is_state: bool):
         network["use_bias"],
     )
     like_params = init_params(jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision))
-    if is_state:
+    num_members = network.get("members", 1)
+    if num_members > 1:  # a member set's checkpoint holds the stacked state
+        like_params = members.stack([like_params] * num_members)
+    if is_state and num_members > 1:
+        like = initial_member_state(config, model, member_optimizer(config, 1))
+        params = checkpointer.restore(epoch, like).params
+    elif is_state:
         like = initial_state(config, model, build_optimizer(config, 1))._replace(params=like_params)
         params = checkpointer.restore(epoch, like).params
     else:
