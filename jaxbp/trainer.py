@@ -15,6 +15,18 @@ metrics, TensorBoard events, curves, the latest and the best-validation checkpoi
 * **A stop is clean.** SIGINT and SIGTERM end the run after the current epoch with a
   checkpoint, curves and a summary marked ``interrupted``; `RunInterruptedError` carries the signal.
 
+A config with ``repeats`` or ``sweep`` trains a *member set* (`jaxbp.members`): every
+combination of the swept values and the repeat seeds (`jaxbp.config.member_grid`), one
+compiled epoch for all of them, one stacked state in each checkpoint (a single run's
+checkpoint keeps its unstacked layout). Each member keeps its own best-validation params
+and early-stops only when all of them have run out of patience. **A diverging member is
+frozen:** when its loss or params stop being finite in an epoch, that epoch is thrown away
+for it alone, it keeps the params of the epoch before (finite, so every checkpoint stays
+loadable), is marked ``diverged_at_epoch`` in ``summary.json`` and left out of the means,
+the std, the sweep table's figures and the ensemble; the others train on unaffected. Only
+when every member has diverged does the run stop with `NonFiniteError`. A single run keeps
+the stop-at-the-first-NaN rule.
+
 Uses the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib, scikit-learn).
 """
 
