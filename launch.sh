@@ -83,6 +83,7 @@ case "$cmd" in
   test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .
+    "$venv/bin/mypy"
     exec "$python" -m pytest -q -n 2 "$@" ;;
   *) echo "launch.sh: unknown subcommand '$cmd'; ./launch.sh --help lists them." >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 """Each seed's own closed-form gradient beside the library's, on real data.
 
-For every seed derivation (shared/seeds/) the script writes the seed's formula out in jnp,
+For every seed derivation (cited by file name) the script writes the seed's formula out in jnp,
 evaluates it on a real dataset, and prints it beside ``jaxbp.loss_and_grad`` (the
 hand-written δ recursion), ``jax.grad`` through ``jaxbp.apply(backward="custom")`` (the same
 recursion as a custom_vjp) and ``jax.grad`` of the plain forward pass, with the largest
@@ -55,9 +55,9 @@ SIZES_003 = (4, 8, 3)  # iris's 4 features, 8 hidden units, 3 sigmoid outputs on
 # share of the gradient's largest entry: an entry that is a sum of a few hundred rows
 # cancelling to ~1e-4 of the largest keeps few float32 digits, whichever order sums it.
 RELATIVE_ERROR_FLOOR = 1e-3
-# float64: rounding only (the library's gradcheck threshold); float32: its 1e-5 was set on
+# float64: rounding only (the rtol of the library's gradcheck); float32: its 1e-5 was set on
 # small batches, and a few hundred rows summed in another order reach ~1e-5 here.
-THRESHOLD = {"float64": gradient_check.AUTODIFF_THRESHOLD["float64"], "float32": 1e-4}
+THRESHOLD = {"float64": gradient_check.AUTODIFF_RTOL["float64"], "float32": 1e-4}
 MIN_ACCURACY = 0.95  # seed 000's logistic unit reaches this on breast_cancer; so should 002
 
 
@@ -66,9 +66,8 @@ class SeedResult(NamedTuple):
 
     Attributes:
       seed: "000" ... "003".
-      max_relative_error: the largest element-wise relative error (`gradient_table`)
-        between any two of the gradients (the seed's closed form, loss_and_grad, jax.grad
-        via the custom_vjp, jax.grad of the plain forward).
+      max_relative_error: the largest element-wise relative error between any two of the
+        seed's closed form and the library's three gradients (`compare`).
       test_accuracy: after training (seeds 000 and 002), else None.
       lines: the printed report.
     """
@@ -79,32 +78,52 @@ class SeedResult(NamedTuple):
     lines: tuple[str, ...]
 
 
+# --------------------------------------------------------------------------------------
+# The seeds' closed forms, typed in literally, in each seed's own layout (column vectors,
+# W x + b, one example at a time). They use nothing from jaxbp: every derivative is taken at
+# the pre-activation z, as the seeds write them, not read from the output as the library
+# does. tests/test_seeds.py checks them against the library, errata included.
+# --------------------------------------------------------------------------------------
+
+
 def sigmoid(z):
     return 1.0 / (1.0 + jnp.exp(-z))
 
 
-# --------------------------------------------------------------------------------------
-# The seeds' closed forms, in each seed's own layout (column vectors, W x + b).
-# --------------------------------------------------------------------------------------
+def sigmoid_prime(z):
+    """σ'(z) = σ(z)(1 − σ(z)), at the pre-activation (seed 000 eq. 12)."""
+    return sigmoid(z) * (1.0 - sigmoid(z))
 
 
-def closed_form_000(W, b, X, y):
-    """seed 000 eq. 14, averaged over the n samples by eqs. 3-4.
+# Each activation with its derivative at z: seed 002's g, seed 003's σ and f.
+AT_Z = {
+    "sigmoid": (sigmoid, sigmoid_prime),
+    "tanh": (jnp.tanh, lambda z: 1.0 - jnp.tanh(z) ** 2),
+    "identity": (lambda z: z, jnp.ones_like),
+}
 
-    ∂L/∂W = 1/n Σ_i 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i)) x_iᵀ,   z_i = x_i W + b
-    ∂L/∂b = 1/n Σ_i 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i))          (left to the reader there)
 
-    Args:
-      W: ``(m, 1)``; b: scalar; X: ``(n, m)`` rows x_i; y: ``(n,)``.
+def average_over_samples(per_sample, X, y):
+    """Seed 000 eqs. 3-4, J = 1/n Σ_i: ``per_sample(x_i, y_i)``, the gradients of one example,
+    averaged over the rows of ``X`` and ``y`` (one compile, ``jax.vmap`` over the rows)."""
+    grads = jax.jit(jax.vmap(per_sample))(X, y)
+    return jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
 
-    Returns:
-      ``(dW: (m, 1), db: scalar)``.
+
+def closed_form_000(W, b, x_i, y_i, sigma_prime=sigmoid_prime):
+    """seed 000 eq. 14 for one sample, L_i = (y_i − ŷ_i)², and ∂L_i/∂b worked out alike.
+
+    ∂L_i/∂W = 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i)) x_iᵀ,   z_i = x_i W + b   (eqs. 11-14)
+    ∂L_i/∂b = 2(ŷ_i − y_i) σ(z_i)(1 − σ(z_i))        (eq. 12 with ∂z_i/∂b = 1)
+
+    ``W: (m, 1)``, scalar ``b``, ``x_i: (m,)`` (seed 000's row vector), scalar ``y_i``; returns
+    ``(dW: (m, 1), db)``. ``sigma_prime`` replaces ∂ŷ_i/∂z_i to reproduce misreadings of eq. 12.
     """
-    z = X @ W[:, 0] + b  # z_i = x_i W + b, eq. 1
-    y_hat = sigmoid(z)
-    dz = 2 * (y_hat - y) * sigmoid(z) * (1 - sigmoid(z))  # eqs. 11-12
-    dW = jnp.mean(dz[:, None] * X, axis=0)[:, None]  # eq. 13: ∂z_i/∂W = x_iᵀ; eq. 3
-    return dW, jnp.mean(dz)
+    x_i = x_i[None, :]  # (1, m)
+    z_i = (x_i @ W + b)[0, 0]  # eq. 1
+    dL_dyhat = 2 * (sigmoid(z_i) - y_i)  # eq. 11
+    dz = dL_dyhat * sigma_prime(z_i)  # eq. 12
+    return dz * x_i.T, dz  # eqs. 13-14: ∂z_i/∂W = x_iᵀ
 
 
 def closed_form_001(W, b, x, y):
@@ -118,109 +137,103 @@ def closed_form_001(W, b, x, y):
     return jnp.outer(dz, x), dz
 
 
-def closed_form_002(Ws, x, y, g, g_prime):
-    """seed 002 §3.1-3.6 for one sample, Loss = (g(z) − y)², with W^(L+1) in §3.4.
+def closed_form_002(Ws, x, y, g, g_prime, *, back_weights="L+1", back_sum="over_i"):
+    """seed 002 §2 forward and §3.1-3.6 backward for one sample, Loss = (g(z) − y)².
 
-    Args:
-      Ws: ``[W^(1), ..., W^(L+1)]``, ``W^(k): (n_k, n_{k−1})``, ``W^(L+1): (1, n_L)``.
-      x: ``(n_0,)``; y: scalar.
-      g, g_prime: the activation and its derivative at z.
-
-    Returns:
-      ``[∂Loss/∂W^(1), ..., ∂Loss/∂W^(L+1)]``.
+    ``Ws = [W^(1), ..., W^(L+1)]`` with ``W^(k): (n_k, n_{k−1})`` and ``W^(L+1): (1, n_L)``,
+    ``x: (n_0,)``, scalar ``y``, the activation ``g`` and its derivative at z; returns
+    ``[∂Loss/∂W^(1), ..., ∂Loss/∂W^(L+1)]``. The errata: ``back_weights="L"`` is the seed's
+    W_1i^(L) in §3.4 (right: "L+1"); ``back_sum="over_j"`` the other reading of §3.6's mixed
+    indices, W δ^(k+1) for Wᵀ δ^(k+1) (right: "over_i", Σ_i over the nodes of layer k+1).
     """
     L = len(Ws) - 1
-    h, z = [x], [None]
-    for k in range(1, L + 2):  # §2: z_i^(k) = Σ_j W_ij^(k) h_j^(k−1), h_i^(k) = g(z_i^(k))
-        z.append(jnp.einsum("ij,j->i", Ws[k - 1], h[k - 1]))
-        h.append(g(z[k]))
-    z_out = z[L + 1][0]
-    dz_out = 2 * (g(z_out) - y) * g_prime(z_out)  # §3.1
+    h, z = [x], [None]  # h[0] = x; z[k], h[k] for layer k
+    for k in range(1, L + 2):
+        z.append(jnp.einsum("ij,j->i", Ws[k - 1], h[k - 1]))  # z_i^(k) = Σ_j W_ij^(k) h_j^(k−1)
+        h.append(g(z[k]))  # h_i^(k) = g(z_i^(k))
+    z_out = z[L + 1][0]  # z = z_1^(L+1)
+    dz_out = 2 * (g(z_out) - y) * g_prime(z_out)  # §3.1: ∂Loss/∂g(z) × ∂g(z)/∂z
     grads = [None] * (L + 1)
     grads[L] = dz_out * h[L][None, :]  # §3.2: ∂Loss/∂W_1j^(L+1) = ∂Loss/∂z × h_j^(L)
-    dz = dz_out * Ws[L][0, :] * g_prime(z[L])  # §3.4 with W_1i^(L+1) (the seed: W^(L))
+    # §3.4: ∂Loss/∂z_i^(L) = ∂Loss/∂z × W_1i^(L+1) × g'(z_i^(L)).
+    W_back = Ws[L] if back_weights == "L+1" else Ws[L - 1]
+    dz = dz_out * W_back[0, :] * g_prime(z[L])
     for k in range(L, 0, -1):
-        grads[k - 1] = jnp.einsum("i,j->ij", dz, h[k - 1])  # §3.3
-        if k > 1:  # §3.5: Σ_i ∂Loss/∂z_i^(k) × W_ij^(k) × g'(z_j^(k−1))
-            dz = jnp.einsum("i,ij->j", dz, Ws[k - 1]) * g_prime(z[k - 1])
+        grads[k - 1] = jnp.einsum("i,j->ij", dz, h[k - 1])  # §3.3, h^(0) = x
+        if k > 1:  # §3.5: ∂Loss/∂z_j^(k−1) = Σ_i ∂Loss/∂z_i^(k) × W_ij^(k) × g'(z_j^(k−1))
+            subscripts = "i,ij->j" if back_sum == "over_i" else "j,ij->i"
+            dz = jnp.einsum(subscripts, dz, Ws[k - 1]) * g_prime(z[k - 1])
     return grads
 
 
-def closed_form_003(W1, b1, W2, b2, x, y):
-    """seed 003, Summary of Gradients, σ = f = sigmoid, for one example x: (n0,)."""
-    z1 = W1 @ x + b1
+def closed_form_003(params, x, y, f, f_prime):
+    """seed 003, Summary of Gradients, σ hidden and output f, for one example ``x: (n0,)``;
+    returns the gradients in ``params``' layout (two ``{"W", "b"}`` dicts)."""
+    W1, b1, W2, b2 = params[0]["W"], params[0]["b"], params[1]["W"], params[1]["b"]
+    z1 = W1 @ x + b1  # Forward Propagation
     a1 = sigmoid(z1)
     z2 = W2 @ a1 + b2
-    y_hat = sigmoid(z2)
-    delta2 = (y_hat - y) * sigmoid(z2) * (1 - sigmoid(z2))  # (ŷ − y) ∘ f'(z^[2])
-    delta1 = (W2.T @ delta2) * sigmoid(z1) * (1 - sigmoid(z1))  # (W^[2])ᵀ δ^[2] ∘ σ'(z^[1])
-    return jnp.outer(delta1, x), delta1, jnp.outer(delta2, a1), delta2
+    y_hat = f(z2)
+    delta2 = (y_hat - y) * f_prime(z2)  # (ŷ − y) ∘ f'(z^[2])
+    delta1 = (W2.T @ delta2) * sigmoid_prime(z1)  # (W^[2])ᵀ δ^[2] ∘ σ'(z^[1])
+    return [
+        {"W": jnp.outer(delta1, x), "b": delta1},  # ∂L/∂W^[1] = δ^[1] xᵀ, ∂L/∂b^[1] = δ^[1]
+        {"W": jnp.outer(delta2, a1), "b": delta2},  # ∂L/∂W^[2] = δ^[2] (a^[1])ᵀ, ∂L/∂b^[2]
+    ]
 
 
 # --------------------------------------------------------------------------------------
-# Comparison and training helpers.
+# One reproduction per seed: its closed form beside the library's gradients, then training.
 # --------------------------------------------------------------------------------------
 
+FILES = {
+    "000": "000_ec86669a6f964b66.txt",
+    "001": "001_d6f965bfea66bd78.txt",
+    "002": "002_d7d3681c3aab63a0.txt",
+    "003": "003_9d9dca60a2a4e9a1.txt",
+}
 
-def library_gradients(model, loss, params, x, y) -> dict[str, jaxbp.Params]:
-    """The three library-side gradients of the same loss, by name."""
+
+def compare(model, loss, params, x, y, seed, what, closed_form) -> tuple[list[str], float]:
+    """The seed's ``closed_form = (name, gradient)`` (in the library's layout) beside the
+    library's three gradients of ``loss``, as a markdown table titled with the seed and
+    ``what``, and the largest element-wise relative error between any two of the four."""
     _, hand = jax.jit(jaxbp.loss_and_grad, static_argnums=(0, 1))(model, loss, params, x, y)
 
     def loss_fn(p, backward):
         return jaxbp.loss_value(model, loss, p, x, y, backward=backward)
 
     grad = jax.jit(jax.grad(loss_fn), static_argnums=1)
-    return {
+    grads = {
+        closed_form[0]: closed_form[1],
         "jaxbp.loss_and_grad": hand,
         'jax.grad via apply(backward="custom")': grad(params, "custom"),
         "jax.grad of the plain forward": grad(params, "autodiff"),
     }
-
-
-def gradient_table(grads: dict[str, jaxbp.Params]) -> tuple[list[str], float]:
-    """A markdown table of the gradients (first row is the seed's) and the max pairwise error."""
     flats = {name: np.asarray(ravel_pytree(g)[0]) for name, g in grads.items()}
-    seed_flat = next(iter(flats.values()))
-    floor = RELATIVE_ERROR_FLOOR * float(np.abs(seed_flat).max())
-
-    def relative_error(a, b):
-        return gradient_check.relative_error(a, b, floor)
-
+    floor = RELATIVE_ERROR_FLOOR * float(np.abs(flats[closed_form[0]]).max())
+    errors = {
+        (a, b): gradient_check.relative_error(flats[a], flats[b], floor)
+        for a in flats
+        for b in flats
+    }
     lines = [
+        f"## seed {seed} ({FILES[seed]}): {what}",
+        "",
         "| gradient | ‖∇‖ | first entries of ∂/∂W^[1] | max rel. error vs seed |",
         "|---|---|---|---|",
     ]
-    for i, (name, g) in enumerate(grads.items()):
-        first = np.asarray(g[0]["W"]).ravel()[:3]
-        entries = ", ".join(f"{v:+.6e}" for v in first)
-        error = "—" if i == 0 else f"{relative_error(flats[name], seed_flat):.1e}"
+    for name, g in grads.items():
+        entries = ", ".join(f"{v:+.6e}" for v in np.asarray(g[0]["W"]).ravel()[:3])
+        error = "—" if name == closed_form[0] else f"{errors[name, closed_form[0]]:.1e}"
         lines.append(f"| {name} | {np.linalg.norm(flats[name]):.6e} | {entries} | {error} |")
-    names = list(flats)
-    worst = max(
-        relative_error(flats[a], flats[b]) for i, a in enumerate(names) for b in names[i + 1 :]
-    )
-    return lines, worst
+    return lines, max(errors.values())
 
 
 def accuracy(model, params, x, y, threshold) -> float:
     """Share of rows whose single output lands on the right side of ``threshold``."""
     y_hat = jaxbp.apply(model, params, x)
     return float(jnp.mean((y_hat > threshold) == (y > threshold)))
-
-
-def _title(seed: str, what: str) -> str:
-    files = {
-        "000": "000_ec86669a6f964b66.txt",
-        "001": "001_d6f965bfea66bd78.txt",
-        "002": "002_d7d3681c3aab63a0.txt",
-        "003": "003_9d9dca60a2a4e9a1.txt",
-    }
-    return f"## seed {seed} ({files[seed]}): {what}"
-
-
-# --------------------------------------------------------------------------------------
-# One reproduction per seed.
-# --------------------------------------------------------------------------------------
 
 
 def seed_000(seed: int, dtype) -> SeedResult:
@@ -230,11 +243,11 @@ def seed_000(seed: int, dtype) -> SeedResult:
     params = jaxbp.init_params(jax.random.key(seed), model, dtype=dtype)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     # The seed's W ∈ R^{m×1} is the library's W^T (the library stores (n_out, n_in)).
-    dW, db = closed_form_000(params[0]["W"].T, params[0]["b"][0], x, y[:, 0])
-    grads = {"seed 000 eq. 14 averaged (eq. 3)": [{"W": dW.T, "b": db[None]}]}
-    grads.update(library_gradients(model, "mse", params, x, y))
-    table, worst = gradient_table(grads)
-
+    W, b = params[0]["W"].T, params[0]["b"][0]
+    dW, db = average_over_samples(lambda x_i, y_i: closed_form_000(W, b, x_i, y_i), x, y[:, 0])
+    what = f"one sigmoid unit, mse, breast_cancer {model.sizes}, {len(x)} examples"
+    closed_form = ("seed 000 eq. 14 averaged (eq. 3)", [{"W": dW.T, "b": db[None]}])
+    table, worst = compare(model, "mse", params, x, y, "000", what, closed_form)
     optimizer = optax.sgd(LEARNING_RATE_000)  # W ← W − η ∂L/∂W
 
     @jax.jit
@@ -252,16 +265,12 @@ def seed_000(seed: int, dtype) -> SeedResult:
 
     trained, values = train(params)
     test_accuracy = accuracy(model, trained, ds.x_test, ds.y_test, 0.5)
-    lines = [
-        _title("000", f"one sigmoid unit, mse, breast_cancer {model.sizes}, {len(x)} examples"),
-        "",
-        *table,
-        "",
+    training = (
         f"training: {NUM_STEPS_000} full-batch steps of optax.sgd({LEARNING_RATE_000}), "
         f"W ← W − η ∂L/∂W: loss {values[0]:.4f} → {values[-1]:.4f}; "
-        f"test accuracy {test_accuracy:.1%} on {len(ds.x_test)} examples (threshold 0.5)",
-    ]
-    return SeedResult("000", worst, test_accuracy, tuple(lines))
+        f"test accuracy {test_accuracy:.1%} on {len(ds.x_test)} examples (threshold 0.5)"
+    )
+    return SeedResult("000", worst, test_accuracy, (*table, "", training))
 
 
 def seed_001(seed: int, dtype) -> SeedResult:
@@ -271,15 +280,10 @@ def seed_001(seed: int, dtype) -> SeedResult:
     params = jaxbp.init_params(jax.random.key(seed), model, dtype=dtype)
     x, y = jnp.asarray(ds.x_train[:1]), jnp.asarray(ds.y_train[:1])
     dW, db = closed_form_001(params[0]["W"], params[0]["b"], x[0], y[0])
-    grads = {"seed 001: 2(S − S²)(s − y)xᵀ": [{"W": dW, "b": db}]}
-    grads.update(library_gradients(model, "sse", params, x, y))
-    table, worst = gradient_table(grads)
-    lines = [
-        _title("001", f"s = σ(Wx + b), ℒ = Σ (s − y)², iris {model.sizes}, one example"),
-        "",
-        *table,
-    ]
-    return SeedResult("001", worst, None, tuple(lines))
+    what = f"s = σ(Wx + b), ℒ = Σ (s − y)², iris {model.sizes}, one example"
+    closed_form = ("seed 001: 2(S − S²)(s − y)xᵀ", [{"W": dW, "b": db}])
+    table, worst = compare(model, "sse", params, x, y, "001", what, closed_form)
+    return SeedResult("001", worst, None, tuple(table))
 
 
 def seed_002(seed: int, dtype) -> SeedResult:
@@ -290,16 +294,17 @@ def seed_002(seed: int, dtype) -> SeedResult:
     params = jaxbp.init_params(k_init, model, dtype=dtype)
     x = jnp.asarray(ds.x_train)
     y = 2 * jnp.asarray(ds.y_train) - 1  # {0, 1} → {−1, +1}, the range of the tanh output
-
-    def g_prime(z):
-        return 1 - jnp.tanh(z) ** 2
-
+    g, g_prime = AT_Z[ACTIVATION_002]
     Ws = [layer["W"] for layer in params]
-    per_sample = jax.vmap(lambda x_i, y_i: closed_form_002(Ws, x_i, y_i, jnp.tanh, g_prime))
-    seed_grads = [jnp.mean(dW, axis=0) for dW in jax.jit(per_sample)(x, y[:, 0])]  # J = 1/n Σ
-    grads = {"seed 002 §3.6 (W^(L+1)), J = 1/n Σ": [{"W": dW} for dW in seed_grads]}
-    grads.update(library_gradients(model, "mse", params, x, y))
-    table, worst = gradient_table(grads)
+    seed_grads = average_over_samples(  # J = 1/n Σ Loss
+        lambda x_i, y_i: closed_form_002(Ws, x_i, y_i, g, g_prime), x, y[:, 0]
+    )
+    what = (
+        f"{model.num_layers - 1} hidden layers, no biases, one output node, g = tanh, "
+        f"mse, breast_cancer {model.sizes}, {len(x)} examples, targets ±1"
+    )
+    closed_form = ("seed 002 §3.6 (W^(L+1)), J = 1/n Σ", [{"W": dW} for dW in seed_grads])
+    table, worst = compare(model, "mse", params, x, y, "002", what, closed_form)
 
     @jax.jit
     def sgd_epochs(params, sign, key):
@@ -323,23 +328,15 @@ def seed_002(seed: int, dtype) -> SeedResult:
     trained = sgd_epochs(params, -1.0, k_order)
     ascended = sgd_epochs(params, +1.0, k_order)
     test_accuracy = accuracy(model, trained, ds.x_test, 2 * ds.y_test - 1, 0.0)
-    lines = [
-        _title(
-            "002",
-            f"{model.num_layers - 1} hidden layers, no biases, one output node, g = tanh, "
-            f"mse, breast_cancer {model.sizes}, {len(x)} examples, targets ±1",
-        ),
-        "",
-        *table,
-        "",
+    training = (
         f"training: {NUM_EPOCHS_002} epochs of SGD one shuffled sample at a time (lax.scan), "
         f"η = {LEARNING_RATE_002}:",
         f"  descent W ← W − η ∂Loss/∂W:           J {J(params):.4f} → {J(trained):.4f}; "
         f"test accuracy {test_accuracy:.1%} on {len(ds.x_test)} examples (threshold 0)",
         f"  seed's W ← W + η ∂Loss/∂W (erratum): J {J(params):.4f} → {J(ascended):.4f} "
         "(ascent: the loss goes up)",
-    ]
-    return SeedResult("002", worst, test_accuracy, tuple(lines))
+    )
+    return SeedResult("002", worst, test_accuracy, (*table, "", *training))
 
 
 def seed_003(seed: int, dtype) -> SeedResult:
@@ -353,30 +350,21 @@ def seed_003(seed: int, dtype) -> SeedResult:
         for layer, k in zip(params, jax.random.split(jax.random.key(seed + 1), 2), strict=True)
     ]
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    W1, b1, W2, b2 = params[0]["W"], params[0]["b"], params[1]["W"], params[1]["b"]
-    per_example = jax.vmap(lambda x_i, y_i: closed_form_003(W1, b1, W2, b2, x_i, y_i))
-    dW1, db1, dW2, db2 = (jnp.mean(g, axis=0) for g in jax.jit(per_example)(x, y))
-    grads = {"seed 003 Summary, batch-averaged": [{"W": dW1, "b": db1}, {"W": dW2, "b": db2}]}
-    grads.update(library_gradients(model, "half_mse", params, x, y))
-    table, worst = gradient_table(grads)
-    lines = [
-        _title(
-            "003",
-            f"two layers with biases, σ = f = sigmoid, ½‖y − ŷ‖², iris {model.sizes}, "
-            f"{len(x)} examples",
-        ),
-        "",
-        *table,
-    ]
-    return SeedResult("003", worst, None, tuple(lines))
+    f, f_prime = AT_Z["sigmoid"]
+    closed_form = average_over_samples(
+        lambda x_i, y_i: closed_form_003(params, x_i, y_i, f, f_prime), x, y
+    )
+    what = (
+        f"two layers with biases, σ = f = sigmoid, ½‖y − ŷ‖², iris {model.sizes}, {len(x)} examples"
+    )
+    closed_form = ("seed 003 Summary, batch-averaged", closed_form)
+    table, worst = compare(model, "half_mse", params, x, y, "003", what, closed_form)
+    return SeedResult("003", worst, None, tuple(table))
 
 
-REPRODUCTIONS: dict[str, Callable[[int, object], SeedResult]] = {
-    "000": seed_000,
-    "001": seed_001,
-    "002": seed_002,
-    "003": seed_003,
-}
+REPRODUCTIONS: dict[str, Callable[[int, object], SeedResult]] = dict(
+    zip(SEEDS, (seed_000, seed_001, seed_002, seed_003), strict=True)
+)
 
 
 def reproduce(which, seed: int = 0, precision: str = "float64") -> dict[str, SeedResult]:

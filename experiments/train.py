@@ -160,7 +160,11 @@ def main(argv: list[str]) -> int:
             )
         return 128 + e.signum
     except KeyboardInterrupt:
-        return fail(f"interrupted before training; re-run to start again in {workdir}.", 130)
+        return fail(
+            f"interrupted at once (a second Ctrl-C); the last checkpoint in {workdir} is kept. "
+            f"Resume with: ./launch.sh train --workdir={workdir}",
+            130,
+        )
     except (ValueError, FileNotFoundError, OSError, trainer.NonFiniteError) as e:
         return fail(config_flags.to_flag_words(str(e)), 1)
     if parallel.is_primary():

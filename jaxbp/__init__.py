@@ -1,7 +1,7 @@
 """jaxbp: hand-derived backpropagation in JAX.
 
-The δ recursions of the seed derivations (shared/seeds/) as a `jax.custom_vjp`, checked
-against `jax.grad` and finite differences.
+The δ recursions of four seed derivations (docs/derivations.md maps them to the code) as a
+`jax.custom_vjp`, checked against `jax.grad` and finite differences.
 """
 
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
@@ -15,12 +15,19 @@ from jaxbp.backprop import (
     loss_and_grad,
     loss_value,
     output_delta,
-    per_example_grads,
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.losses import LOSSES, Loss
-from jaxbp.mlp import MLP, Params, forward_autodiff, forward_logits, init_params
-from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms
+from jaxbp.mlp import (
+    MLP,
+    Forward,
+    Params,
+    forward_autodiff,
+    forward_layers,
+    forward_logits,
+    init_params,
+)
+from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms, per_example_grads
 
 __all__ = (
     "ACTIVATIONS",
@@ -29,6 +36,7 @@ __all__ = (
     "MLP",
     "OUTPUT_ACTIVATIONS",
     "Activation",
+    "Forward",
     "GradCheckReport",
     "LeafCheck",
     "Loss",
@@ -38,6 +46,7 @@ __all__ = (
     "backward_from_output_delta",
     "clipped_loss_and_grad",
     "forward_autodiff",
+    "forward_layers",
     "forward_logits",
     "forward_with_residuals",
     "gradcheck",

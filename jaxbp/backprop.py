@@ -15,8 +15,10 @@ output (σ' = σ(1 − σ), tanh' = 1 − a², ...), so no pre-activation is sto
 """
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -54,22 +56,17 @@ def forward_with_residuals(model: MLP, params: Params, x: Array) -> tuple[Array,
       ``(z_L, y_hat, residuals)``: the output logits ``(batch, nL)``, ``ŷ = f(z^[L])`` and
       the `Residuals` (whose last activation is ŷ).
     """
-    a = x
-    acts = [x]
-    z = x
-    for layer, act in zip(params, model.layer_activations, strict=True):
-        z = mlp_lib.layer_forward(a, layer)
-        a = act.fn(z)
-        acts.append(a)
+    forward = mlp_lib.forward_layers(model, params, x)
     weights = tuple(layer["W"] for layer in params)
-    return z, a, Residuals(weights, tuple(acts))
+    # The z^[k] are dropped here: the residuals are the activations and weights only.
+    return forward.z[-1], forward.a[-1], Residuals(weights, forward.a)
 
 
 def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array, ...]:
     """The δ recursion: every layer's error from ``δ^[L]``.
 
-    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.5, with W^(k+1) where the seed
-    writes W^(L) for k = L): the error of layer k is the next layer's error sent back
+    ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])`` (seed 002 §3.4-3.5, with W^(L+1) where §3.4
+    writes W^(L); seed 003, Step 2): the error of layer k is the next layer's error sent back
     through its weights. Each row is one example's, so the recursion acts on rows alone.
 
     Args:
@@ -80,10 +77,18 @@ def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array,
     Returns:
       ``(δ^[1], ..., δ^[L])`` with ``δ^[k]: (batch, n_k)``.
     """
-    hidden = activations.ACTIVATIONS[model.activation]
+    # Shapes are static: under jit these checks cost nothing at run time.
+    chex.assert_equal(len(residuals.weights), model.num_layers)
+    chex.assert_equal(len(residuals.activations), model.num_layers + 1)
+    chex.assert_equal_shape([delta, residuals.activations[-1]])
+    g_prime = activations.ACTIVATIONS[model.activation].derivative_from_output
+    assert g_prime is not None, "MLP admits element-wise hidden activations only"
+    # The pairs (W^[k+1], a^[k]) for k = 1, ..., L−1: the weights after each hidden layer.
+    pairs = zip(residuals.weights[1:], residuals.activations[1:-1], strict=True)
     deltas = [delta]
-    for k in reversed(range(1, model.num_layers)):
-        delta = hidden.vjp(residuals.activations[k], delta @ residuals.weights[k])
+    for W_next, a_k in reversed(tuple(pairs)):
+        # δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k]), with g'(z^[k]) read from a^[k] = g(z^[k]).
+        delta = (delta @ W_next) * g_prime(a_k)
         deltas.append(delta)
     return tuple(reversed(deltas))
 
@@ -91,7 +96,8 @@ def layer_deltas(model: MLP, residuals: Residuals, delta: Array) -> tuple[Array,
 def backward_from_output_delta(
     model: MLP, residuals: Residuals, delta: Array, *, input_grad: bool = True
 ) -> tuple[Params, Array | None]:
-    """Runs the δ recursion down from ``δ^[L]`` and forms the gradients.
+    """The δ recursion down from ``δ^[L]`` (`layer_deltas`), then the gradients
+    (`gradients_from_deltas`) and ``∂/∂x``.
 
     Args:
       model: the network.
@@ -122,6 +128,7 @@ def gradients_from_deltas(model: MLP, residuals: Residuals, deltas: tuple[Array,
     Returns:
       One ``{"W", "b"}`` dict per layer, shaped like the params.
     """
+    chex.assert_trees_all_equal_shapes(tuple(deltas), residuals.activations[1:])  # δ^[k] ~ a^[k]
     grads = []
     for delta_k, a_prev in zip(deltas, residuals.activations[:-1], strict=True):
         layer = {"W": delta_k.T @ a_prev}
@@ -146,12 +153,36 @@ def _apply_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Resi
     return y_hat, residuals
 
 
-def _apply_custom_bwd(model: MLP, residuals: Residuals, g_bar: Array) -> tuple[Params, Array]:
+def _apply_custom_bwd(
+    model: MLP, residuals: Residuals, g_bar: Array
+) -> tuple[Params, Array | None]:
     delta = output_delta(model, residuals.activations[-1], g_bar)
     return backward_from_output_delta(model, residuals, delta)
 
 
 _apply_custom.defvjp(_apply_custom_fwd, _apply_custom_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _logits_custom(model: MLP, params: Params, x: Array) -> Array:
+    return mlp_lib.forward_logits(model, params, x)
+
+
+def _logits_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
+    z_out, _, residuals = forward_with_residuals(model, params, x)
+    return z_out, residuals
+
+
+def _logits_custom_bwd(
+    model: MLP, residuals: Residuals, z_bar: Array
+) -> tuple[Params, Array | None]:
+    # The cotangent of z^[L] is δ^[L] = ∂L/∂z^[L] itself: the recursion starts from it.
+    return backward_from_output_delta(model, residuals, z_bar)
+
+
+# The fused losses take the logits: their δ^[L] reaches the recursion without passing through
+# f'(z^[L]), which a saturated sigmoid or softmax rounds to 0 against an infinite ∂L/∂ŷ.
+_logits_custom.defvjp(_logits_custom_fwd, _logits_custom_bwd)
 
 _FORWARD_MODE_HINT = (
     "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function: jax.jvp and "
@@ -159,6 +190,27 @@ _FORWARD_MODE_HINT = (
     "does work: it differentiates the hand-written backward). For forward mode use "
     "backward='autodiff'."
 )
+
+
+@jax.custom_vjp
+def _custom_vjp_probe(tree: object) -> object:
+    return tree
+
+
+_custom_vjp_probe.defvjp(lambda tree: (tree, None), lambda _, g_bar: (g_bar,))
+
+
+def _under_forward_mode(tree: object) -> bool:
+    """Whether ``tree`` carries forward-mode tangents, which no custom_vjp function takes.
+
+    JAX is asked, not its error text read: a trivial custom_vjp function is called on the same
+    values, and it raises a TypeError exactly when they are being pushed forward.
+    """
+    try:
+        _custom_vjp_probe(tree)
+    except TypeError:
+        return True
+    return False
 
 
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
@@ -193,13 +245,20 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     if backward == "autodiff":
         y_hat = mlp_lib.forward_autodiff(model, params, x)
     else:
-        try:
-            y_hat = _apply_custom(model, params, x)
-        except TypeError as e:
-            if "forward-mode" not in str(e) and "jvp" not in str(e):
-                raise
-            raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
+        y_hat = _call_custom(_apply_custom, model, params, x)
     return y_hat[0] if single else y_hat
+
+
+def _call_custom(
+    fn: Callable[[MLP, Params, Array], Array], model: MLP, params: Params, x: Array
+) -> Array:
+    """``fn(model, params, x)`` for a custom_vjp ``fn``, with a hint if forward mode meets it."""
+    try:
+        return fn(model, params, x)
+    except TypeError as e:
+        if not _under_forward_mode((params, x)):
+            raise
+        raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
 
 
 def check_loss_inputs(
@@ -209,7 +268,7 @@ def check_loss_inputs(
 
     Raises:
       ValueError: for an unknown loss, a loss the output activation does not fit, params
-        that do not match the model, or ``x``/``y`` of the wrong shape.
+        that do not match the model, ``x``/``y`` of the wrong shape, or an empty batch.
     """
     loss_fn = losses_lib.get_loss(loss, model.output_activation)
     mlp_lib.check_params(model, params)
@@ -220,6 +279,11 @@ def check_loss_inputs(
             f"{model.sizes[0]}); for one example use x[None]."
         )
     mlp_lib.check_inputs(model, x)
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}: an empty batch has no loss (its mean is 0/0); "
+            "pass at least one example."
+        )
     y = mlp_lib.check_targets(model, x, y)
     return loss_fn, x, y
 
@@ -254,12 +318,6 @@ def loss_and_grad(
       (4, 3)
     """
     loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-    return _loss_and_grad(model, loss_fn, params, x, y)
-
-
-def _loss_and_grad(
-    model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
-) -> tuple[Array, Params]:
     z_out, y_hat, residuals = forward_with_residuals(model, params, x)
     value = batch_loss(loss_fn, z_out, y_hat, y)
     delta = loss_output_delta(model, loss_fn, y_hat, y)
@@ -287,33 +345,19 @@ def loss_value(
 ) -> Array:
     """The loss as a differentiable function of ``params`` (seed 000 eq. 2; for ``jax.grad``).
 
-    With ``backward="autodiff"`` it is plain jnp code (fused losses from the logits): the
-    oracle that `gradcheck` compares against. With ``backward="custom"`` the network goes
-    through `apply`'s custom_vjp and the loss is taken on ŷ.
+    With ``backward="autodiff"`` it is plain jnp code: the oracle that `gradcheck` compares
+    against. With ``backward="custom"`` the network is differentiated by the hand-written δ
+    recursion (a custom_vjp, as in `apply`), and ``jax.grad`` differentiates only the loss
+    itself. Either way the fused losses (bce, softmax cross-entropy) are taken from the logits
+    ``z^[L]``, so saturated outputs give finite values and gradients; the others from ŷ.
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r}: expected one of {', '.join(BACKWARDS)}.")
     loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-    if backward == "autodiff" and loss_fn.value_from_logits is not None:
-        return loss_fn.value_from_logits(mlp_lib.forward_logits(model, params, x), y)
+    if loss_fn.value_from_logits is not None:
+        if backward == "autodiff":
+            z_out = mlp_lib.forward_logits(model, params, x)
+        else:
+            z_out = _call_custom(_logits_custom, model, params, x)
+        return loss_fn.value_from_logits(z_out, y)
     return loss_fn.value(apply(model, params, x, backward=backward), y)
-
-
-def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
-    """Per-example gradients ``∂L_i/∂θ`` by `vmap` of the hand-written backward.
-
-    Seed 000 eqs. 3-4: ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
-    leading axis equals the batch gradient (for ``"sse"``, a sum, the sum does).
-
-    Args:
-      model, loss, params: as for `loss_and_grad`.
-      x: ``(batch, n0)``.
-      y: ``(batch, nL)``.
-
-    Returns:
-      A pytree like ``params`` with a leading ``batch`` axis on every leaf.
-    """
-    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-
-    def one(x_i: Array, y_i: Array) -> Params:
-        return _loss_and_grad(model, loss_fn, params, x_i[None], y_i[None])[1]
-
-    return jax.vmap(one)(x, y)

@@ -526,7 +526,7 @@ def resolve_head(config: Config, task: str, num_outputs: int) -> tuple[str, str]
     loss, output = config.loss, config.output_activation
     if output == AUTO:
         if loss != AUTO:
-            output = losses.LOSSES[loss].output_activation or "identity"
+            output = losses.default_output_activation(loss)
         elif task == "regression":
             output = "identity"
         else:

@@ -94,8 +94,8 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt")
-_FASHION_NAMES += ("Sneaker", "Bag", "Ankle boot")
+_FASHION_NAMES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
+_FASHION_NAMES += ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DATASETS: tuple[str, ...] = (*_SKLEARN, "xor", *_GENERATED, "npz", "csv", "mnist", "fashion_mnist")
 _USED_BY = {  # load_dataset argument -> the data sets it applies to; the rest refuse it
     "path": ("npz", "csv"),
@@ -392,10 +392,11 @@ def _load_mnist(name: str, data_dir: str | None) -> _Raw:
         raise ValueError(
             f"Dataset {name!r} needs data_dir=...; pass the directory of its IDX files."
         )
-    paths, missing = [], []
+    paths: list[str] = []
+    missing: list[str] = []
     for file in _IDX_FILES:
         found = [p for p in (file, file + ".gz") if os.path.isfile(os.path.join(data_dir, p))]
-        paths.append(os.path.join(data_dir, found[0]) if found else None)
+        paths.append(os.path.join(data_dir, found[0]) if found else "")
         missing += [] if found else [file]
     if missing:
         where = os.path.abspath(data_dir)
@@ -406,7 +407,8 @@ def _load_mnist(name: str, data_dir: str | None) -> _Raw:
         )
     x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
     fix = f"replace it with the original {name} file"
-    for x, y, x_path, y_path in ((x_train, y_train, *paths[:2]), (x_test, y_test, *paths[2:])):
+    pairs = ((x_train, y_train, paths[0], paths[1]), (x_test, y_test, paths[2], paths[3]))
+    for x, y, x_path, y_path in pairs:
         if x.ndim != 3:
             raise ValueError(
                 f"{x_path!r} holds an array of shape {x.shape}; expected images (n, rows, cols). "
@@ -696,7 +698,7 @@ def _check_raw(raw: _Raw, source: str, fix: str | None) -> None:
             f"{_flat(raw.x).shape[1]}; expected the same features. Pass matching data."
         )
     if raw.task == "classification" and len(np.unique(raw.y)) < 2:
-        label = raw.class_names[int(raw.y[0])]
+        label = raw.class_names[int(raw.y[0])] if raw.class_names else str(raw.y[0])
         raise ValueError(
             f"{source}: all {len(raw.y)} training examples have label {label!r}; classification "
             f"needs at least two classes. {fix or 'Check the target, or add other classes'}."
@@ -786,7 +788,7 @@ def _at(lines: list[int], mask: np.ndarray) -> list[int]:
     return [line for line, hit in zip(lines, mask, strict=True) if hit]
 
 
-def _some(items: Sequence, unit: str | None = None) -> str:
+def _some(items: Sequence | np.ndarray, unit: str | None = None) -> str:
     """The first few of `items` for an error message, e.g. "lines 3, 8 (and 4 more)"."""
     shown = ", ".join(repr(i) if isinstance(i, str) else str(int(i)) for i in items[:_SHOWN])
     more = f" (and {len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
@@ -870,15 +872,17 @@ def _assemble(
     """Splits `raw`, standardises x (and regression y) with train statistics, encodes targets."""
     x = _flat(raw.x).astype(dtype, copy=False)
     labels = raw.y if raw.task == "classification" else None
+    splits: list[tuple[np.ndarray, np.ndarray]]
     if name == "xor":  # 4 points cannot be split: the truth table is every split
         splits = [(x, raw.y)] * 3
     elif raw.test is None:
-        idx = _split(labels, len(x), val_fraction, test_fraction, rng)
-        splits = [(x[i], raw.y[i]) for i in idx]
+        splits = [
+            (x[i], raw.y[i]) for i in _split(labels, len(x), val_fraction, test_fraction, rng)
+        ]
     else:  # the source's own test set; validation comes out of its training set
-        idx = _split(labels, len(x), val_fraction, 0.0, rng)[:2]
+        train_val = _split(labels, len(x), val_fraction, 0.0, rng)[:2]
         x_test = _flat(raw.test[0]).astype(dtype, copy=False)
-        splits = [(x[i], raw.y[i]) for i in idx] + [(x_test, raw.test[1])]
+        splits = [(x[i], raw.y[i]) for i in train_val] + [(x_test, raw.test[1])]
     for (xs, _), split in zip(splits, ("train", "validation", "test"), strict=True):
         if len(xs) == 0:
             raise ValueError(
@@ -889,6 +893,7 @@ def _assemble(
     x_mean, x_scale = _standardiser(splits[0][0], per_feature=not name.endswith("mnist"))
     y_mean = y_scale = num_classes = None
     if raw.task == "classification":
+        assert raw.class_names is not None  # every classification loader names its classes
         num_classes = len(raw.class_names)
         codes = (
             np.eye(num_classes, dtype=dtype)[:, 1:]
@@ -904,16 +909,22 @@ def _assemble(
             return codes[y]  # one-hot rows, or the {0, 1} column for binary
         return ((y.reshape(len(y), -1) - y_mean) / y_scale).astype(dtype)
 
-    out = []
-    for xs, ys in splits:
-        out += [(xs - x_mean.astype(dtype)) / x_scale.astype(dtype), encode(ys)]
+    def standardise(xs: np.ndarray) -> np.ndarray:
+        return (xs - x_mean.astype(dtype)) / x_scale.astype(dtype)
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits
     features = raw.feature_names or tuple(f"x{i}" for i in range(x.shape[1]))
     if len(features) != x.shape[1]:  # a loader's bug, not the user's
         raise AssertionError(f"{name}: {len(features)} feature names for {x.shape[1]} features")
     return Dataset(
         name,
         raw.task,
-        *out,
+        standardise(x_train),
+        encode(y_train),
+        standardise(x_val),
+        encode(y_val),
+        standardise(x_test),
+        encode(y_test),
         num_classes,
         raw.class_names,
         x_mean,

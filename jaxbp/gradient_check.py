@@ -1,17 +1,30 @@
 """Gradient checking: the hand-written gradients against jax.grad and finite differences.
 
-For every layer and leaf, three relative errors (CS231n-style, element-wise
-``|a − b| / max(|a|, |b|)``, the maximum over the leaf):
+Each entry ``a`` of a hand-written gradient is compared with its reference ``b`` by
+
+    |a − b| ≤ atol + rtol·|b|
+
+and every layer and leaf reports its worst ratio ``|a − b| / (atol + rtol·|b|)``: at most 1
+passes, and the ratio says by how much. Three comparisons per leaf:
 
 * ``loss_and_grad`` (the derivation alone) against ``jax.grad`` of the plain forward;
-* ``jax.grad`` through ``apply(backward="custom")`` (the custom_vjp) against the same;
+* ``jax.grad`` through the custom_vjp (``loss_value(backward="custom")``) against the same;
 * ``loss_and_grad`` against fourth-order central finite differences
   ``(−L(θ + 2h e_i) + 8L(θ + h e_i) − 8L(θ − h e_i) + L(θ − 2h e_i)) / 12h`` on a sample of
   entries, in float64 only. Its truncation error is O(h⁴), so a step large enough to keep
   rounding small (h = 1e-3) still agrees to ~1e-10. An entry whose steps move a
   ReLU-family pre-activation across its kink is skipped (no derivative there).
+
+The tolerances depend on the dtype (`default_tolerances`). Against jax.grad, ``rtol`` is the
+project's threshold (README, "Gradient checks") and ``atol`` is `ATOL_ULPS` rounding units of
+the leaf's largest entry: an entry of ∂/∂W = δᵀ a or ∂/∂b = Σ_batch δ is a sum whose terms
+can cancel, and the two routes sum in different orders, so it carries an absolute rounding
+error of about ε times the size of its terms whatever its own size. Against finite
+differences, ``atol`` is the quotient's rounding noise, ≈ ε_64 · |L| / h ≈ 2e-13 · |L|, with a
+margin: an exact zero (a dead ReLU unit) cannot be matched relatively.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -20,22 +33,50 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxbp import backprop
+from jaxbp import losses as losses_lib
 from jaxbp import mlp as mlp_lib
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
 
-# Thresholds of the project (README, "Gradient checks").
-AUTODIFF_THRESHOLD = {"float64": 1e-10, "float32": 1e-5}
-FINITE_DIFF_THRESHOLD = 1e-6
-# A finite difference carries rounding noise ≈ ε_64 · |L| / h ≈ 2e-13 · |L| at h = 1e-3, so an
-# exact zero (a dead ReLU unit) cannot be matched relatively: denominators are floored at
-# FINITE_DIFF_FLOOR · max(1, |L|), i.e. entries below it are compared at 1e-12 · max(1, |L|).
-FINITE_DIFF_FLOOR = 1e-6
+
+class Tolerance(NamedTuple):
+    """``|a − b| ≤ atol·scale + rtol·|b|`` per entry, with ``b`` the reference.
+
+    Attributes:
+      rtol: relative to the reference entry.
+      atol: absolute, in units of a scale: the leaf's largest ``|jax.grad|`` entry against
+        jax.grad, ``max(1, |L|)`` against finite differences.
+    """
+
+    rtol: float
+    atol: float
+
+
+# rtol against jax.grad: rounding only in float64; float32 keeps about five of its seven digits
+# through a few layers and a batch sum.
+AUTODIFF_RTOL = {"float64": 1e-10, "float32": 1e-5}
+# atol against jax.grad, in ε of the dtype times the leaf's largest entry: a margin over the
+# cancellation that `./launch.sh gradcheck --precision=float32` shows.
+ATOL_ULPS = 8
+FINITE_DIFF_TOLERANCE = Tolerance(rtol=1e-6, atol=1e-12)
+
+
+def default_tolerances(dtype: jax.typing.DTypeLike) -> tuple[Tolerance, Tolerance]:
+    """``(against jax.grad, against finite differences)`` for float32 or float64 params."""
+    name = jnp.dtype(dtype).name
+    eps = float(jnp.finfo(dtype).eps)
+    return Tolerance(AUTODIFF_RTOL[name], ATOL_ULPS * eps), FINITE_DIFF_TOLERANCE
 
 
 class LeafCheck(NamedTuple):
-    """The check of one parameter leaf (e.g. layer 2, ``"W"``: seed 003's ∂L/∂W^[2])."""
+    """The check of one parameter leaf (e.g. layer 2, ``"W"``: seed 003's ∂L/∂W^[2]).
+
+    The three comparisons are worst ratios ``|a − b| / (atol + rtol·|b|)``: at most 1 passes.
+    ``vs_finite_diff`` is nan when no entry was compared (float32, or every step crossed a
+    kink).
+    """
 
     layer: int
     leaf: str
@@ -47,37 +88,41 @@ class LeafCheck(NamedTuple):
     fd_skipped: int
 
 
+def _ratio_text(ratio: float) -> str:
+    return "skipped" if math.isnan(ratio) else f"{ratio:.1e}"
+
+
 class GradCheckReport(NamedTuple):
-    """All leaves of one check (seed 003's four gradients and more), with the thresholds."""
+    """All leaves of one check (seed 003's four gradients and more), with the tolerances."""
 
     rows: tuple[LeafCheck, ...]
     dtype: str
-    autodiff_threshold: float
-    finite_diff_threshold: float
+    autodiff_tolerance: Tolerance
+    finite_diff_tolerance: Tolerance
 
     @property
     def passed(self) -> bool:
-        """True when every leaf is within both thresholds."""
+        """True when every entry of every leaf is within its tolerances."""
         return all(
-            r.vs_autodiff <= self.autodiff_threshold
-            and r.custom_vjp_vs_autodiff <= self.autodiff_threshold
-            and (r.fd_entries == 0 or r.vs_finite_diff <= self.finite_diff_threshold)
+            r.vs_autodiff <= 1
+            and r.custom_vjp_vs_autodiff <= 1
+            and (r.fd_entries == r.fd_skipped or r.vs_finite_diff <= 1)
             for r in self.rows
         )
 
     @property
     def max_vs_autodiff(self) -> float:
-        """Worst relative error of either hand-written path against jax.grad."""
+        """Worst ratio to the tolerance of either hand-written path against jax.grad."""
         return max(max(r.vs_autodiff, r.custom_vjp_vs_autodiff) for r in self.rows)
 
     @property
     def max_vs_finite_diff(self) -> float:
-        """Worst relative error against finite differences (nan if none were taken)."""
-        values = [r.vs_finite_diff for r in self.rows if r.fd_entries]
+        """Worst ratio to the tolerance against finite differences (nan if none compared)."""
+        values = [r.vs_finite_diff for r in self.rows if r.fd_entries > r.fd_skipped]
         return max(values) if values else float("nan")
 
     def table(self) -> str:
-        """The report as a markdown table."""
+        """The report as a markdown table of worst ratios to the tolerance."""
         lines = [
             "| layer | leaf | shape | hand vs jax.grad | custom_vjp vs jax.grad "
             "| hand vs finite diff | fd entries (skipped) |",
@@ -85,42 +130,74 @@ class GradCheckReport(NamedTuple):
         ]
         for r in self.rows:
             lines.append(
-                f"| {r.layer} | {r.leaf} | {r.shape} | {r.vs_autodiff:.1e} "
-                f"| {r.custom_vjp_vs_autodiff:.1e} | {r.vs_finite_diff:.1e} "
+                f"| {r.layer} | {r.leaf} | {r.shape} | {_ratio_text(r.vs_autodiff)} "
+                f"| {_ratio_text(r.custom_vjp_vs_autodiff)} | {_ratio_text(r.vs_finite_diff)} "
                 f"| {r.fd_entries} ({r.fd_skipped}) |"
             )
         verdict = "PASS" if self.passed else "FAIL"
-        lines.append(
-            f"\n{verdict} ({self.dtype}): thresholds {self.autodiff_threshold:.0e} vs "
-            f"jax.grad, {self.finite_diff_threshold:.0e} vs finite differences."
-        )
+        lines.append(f"\n{verdict} ({self.dtype}): {self.tolerance_text()}")
         return "\n".join(lines)
 
+    def tolerance_text(self) -> str:
+        """What the ratios are ratios to, in one line."""
+        ad, fd = self.autodiff_tolerance, self.finite_diff_tolerance
+        return (
+            "columns are the worst |a − b| / (atol + rtol·|b|), at most 1 to pass; vs jax.grad "
+            f"rtol {ad.rtol:.0e}, atol {ad.atol:.1e} × the leaf's largest entry; vs finite "
+            f"differences rtol {fd.rtol:.0e}, atol {fd.atol:.0e} × max(1, |L|)."
+        )
 
-def relative_error(a: Array, b: Array, floor: float = 0.0) -> float:
+
+def tolerance_ratio(a: ArrayLike, b: ArrayLike, tolerance: Tolerance, scale: float) -> float:
+    """Max over entries of ``|a − b| / (atol·scale + rtol·|b|)``: at most 1 passes.
+
+    Args:
+      a: the checked entries.
+      b: the reference entries, same shape.
+      tolerance: the ``rtol`` and ``atol``.
+      scale: the unit of ``atol``.
+
+    Returns:
+      The worst ratio; 0 for no entries; inf if any entry is NaN or inf (a broken gradient
+      must never pass), or differs where the bound is 0.
+    """
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        return float("inf")
+    diff = np.abs(a64 - b64)
+    bound = tolerance.atol * scale + tolerance.rtol * np.abs(b64)
+    ratio = np.divide(diff, bound, out=np.where(diff > 0, np.inf, 0.0), where=bound > 0)
+    return float(ratio.max()) if ratio.size else 0.0
+
+
+def relative_error(a: ArrayLike, b: ArrayLike, floor: float = 0.0) -> float:
     """Max over entries of ``|a − b| / max(|a|, |b|, floor)``; 0 where both are 0.
 
     A NaN or inf anywhere gives inf: a broken gradient must never pass.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
         return float("inf")
-    denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    diff = np.abs(a - b)
+    denom = np.maximum(np.maximum(np.abs(a64), np.abs(b64)), floor)
+    diff = np.abs(a64 - b64)
     ratio = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
     return float(ratio.max()) if ratio.size else 0.0
 
 
 def _kink_pattern(model: MLP, params: Params, x: Array) -> Array:
-    """Signs of every pre-activation that enters a ReLU-family unit (empty if none)."""
-    signs = []
-    a = x
-    for layer, act in zip(params, model.layer_activations, strict=True):
-        z = mlp_lib.layer_forward(a, layer)
-        if act.has_kink:
-            signs.append((z > 0).ravel())
-        a = act.fn(z)
+    """The side of its kink every ReLU-family unit is on (empty if there is none).
+
+    Read from the activations: a > 0 exactly when z > 0, the same test that picks the branch
+    of ``derivative_from_output``.
+    """
+    acts = mlp_lib.forward_layers(model, params, x).a[1:]
+    signs = [
+        (a > 0).ravel()
+        for a, act in zip(acts, model.layer_activations, strict=True)
+        if act.has_kink
+    ]
     return jnp.concatenate(signs) if signs else jnp.zeros((0,), bool)
 
 
@@ -166,6 +243,8 @@ def gradcheck(
     x: Array,
     y: Array,
     *,
+    rtol: float | None = None,
+    atol: float | None = None,
     fd_entries_per_leaf: int = 32,
     fd_step: float = 1e-3,
     seed: int = 0,
@@ -174,6 +253,8 @@ def gradcheck(
 
     Args:
       model, loss, params, x, y: as for `loss_and_grad`.
+      rtol, atol: the tolerance against jax.grad (module docstring); None takes the
+        params' dtype's from `default_tolerances`.
       fd_entries_per_leaf: entries per leaf checked by finite differences (all of them when
         the leaf is smaller); finite differences run in float64 only.
       fd_step: the finite-difference step h.
@@ -181,16 +262,29 @@ def gradcheck(
 
     Returns:
       A `GradCheckReport`; ``report.passed`` is the verdict, ``report.table()`` the table.
+
+    Raises:
+      ValueError: for params that are not float32 or float64, an empty batch, or targets the
+        loss cannot fit (`jaxbp.losses.check_targets`).
     """
     dtype = jnp.result_type(*jax.tree.leaves(params))
     if dtype not in (jnp.float32, jnp.float64):
         raise ValueError(f"gradcheck needs float32 or float64 params, got {dtype}.")
-    dtype_name = jnp.dtype(dtype).name
+    if jnp.size(x) == 0:
+        raise ValueError(
+            f"gradcheck got x of shape {tuple(jnp.shape(x))}: with no examples every gradient is "
+            "zero and the check would pass without checking anything; pass at least one row."
+        )
+    losses_lib.check_targets(loss, y)
+    autodiff_tol, fd_tol = default_tolerances(dtype)
+    autodiff_tol = Tolerance(
+        autodiff_tol.rtol if rtol is None else rtol, autodiff_tol.atol if atol is None else atol
+    )
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, dtype)
 
     value, hand = backprop.loss_and_grad(model, loss, params, x, y)
-    fd_floor = FINITE_DIFF_FLOOR * max(1.0, abs(float(value)))
+    fd_scale = max(1.0, abs(float(value)))
     oracle = jax.grad(backprop.loss_value, argnums=2)(model, loss, params, x, y)
     through_vjp = jax.grad(lambda p: backprop.loss_value(model, loss, p, x, y, backward="custom"))(
         params
@@ -208,8 +302,10 @@ def gradcheck(
     use_fd = dtype == jnp.float64
     if use_fd:
         all_picks = jnp.asarray(np.concatenate(picks))
-        fd, valid = finite_difference_grads(model, loss, params, x, y, all_picks, step=fd_step)
-        fd, valid = np.asarray(fd), np.asarray(valid)
+        fd_grads, fd_valid = finite_difference_grads(
+            model, loss, params, x, y, all_picks, step=fd_step
+        )
+        fd, valid = np.asarray(fd_grads), np.asarray(fd_valid)
     flat_hand = np.asarray(ravel_pytree(hand)[0])
 
     rows = []
@@ -218,46 +314,40 @@ def gradcheck(
         leaves_hand, jax.tree.leaves(oracle), jax.tree.leaves(through_vjp), picks, strict=True
     ):
         layer, name = path[0].idx + 1, path[1].key
+        scale = float(jnp.max(jnp.abs(leaf_oracle))) if leaf_oracle.size else 0.0
         vs_fd, skipped = float("nan"), 0
         if use_fd:
             sl = slice(start, start + len(pick))
             ok = valid[sl]
             skipped = int((~ok).sum())
-            vs_fd = relative_error(flat_hand[pick][ok], fd[sl][ok], fd_floor)
+            if ok.any():
+                vs_fd = tolerance_ratio(flat_hand[pick][ok], fd[sl][ok], fd_tol, fd_scale)
         start += len(pick)
         rows.append(
             LeafCheck(
                 layer=layer,
                 leaf=name,
                 shape=tuple(leaf_hand.shape),
-                vs_autodiff=relative_error(leaf_hand, leaf_oracle),
-                custom_vjp_vs_autodiff=relative_error(leaf_vjp, leaf_oracle),
+                vs_autodiff=tolerance_ratio(leaf_hand, leaf_oracle, autodiff_tol, scale),
+                custom_vjp_vs_autodiff=tolerance_ratio(leaf_vjp, leaf_oracle, autodiff_tol, scale),
                 vs_finite_diff=vs_fd,
                 fd_entries=len(pick) if use_fd else 0,
                 fd_skipped=skipped,
             )
         )
-    return GradCheckReport(
-        tuple(rows), dtype_name, AUTODIFF_THRESHOLD[dtype_name], FINITE_DIFF_THRESHOLD
-    )
-
-
-# The output activation each loss is checked with when none is named: seed 003's identity
-# regression for mse, its sigmoid example f for ½‖·‖², seed 001's sigmoid for the sum.
-DEFAULT_OUTPUT_ACTIVATION = {
-    "mse": "identity",
-    "half_mse": "sigmoid",
-    "sse": "sigmoid",
-    "bce": "sigmoid",
-    "softmax_cross_entropy": "softmax",
-}
+    return GradCheckReport(tuple(rows), jnp.dtype(dtype).name, autodiff_tol, fd_tol)
 
 
 def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp.float32) -> Array:
-    """Targets a loss accepts: {0, 1} for bce, one-hot for softmax cross-entropy, else normal.
+    """Targets a loss fits, drawn in the range of its output activation
+    (`jaxbp.losses.default_output_activation`): {0, 1} for a sigmoid (bce), one-hot for a
+    softmax (softmax cross-entropy), standard normal for the regression losses.
+
+    Drawn on the host by numpy, seeded by the key's data: a problem of a new shape costs no
+    compilation (jax.random compiles a program per shape). Not for use under ``jax.jit``.
 
     Args:
-      key: a PRNG key.
+      key: a PRNG key (``jax.random.key`` or ``PRNGKey``); another key gives other targets.
       model: the network (its output width).
       loss: the loss name.
       batch_size: rows.
@@ -266,10 +356,16 @@ def random_targets(key: Array, model: MLP, loss: str, batch_size: int, dtype=jnp
     Returns:
       ``(batch_size, nL)`` targets.
     """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    rng = np.random.default_rng(np.asarray(key).ravel())
     n_out = model.sizes[-1]
-    if loss == "bce":
-        return jax.random.bernoulli(key, 0.5, (batch_size, n_out)).astype(dtype)
-    if loss == "softmax_cross_entropy":
-        labels = jax.random.randint(key, (batch_size,), 0, n_out)
-        return jax.nn.one_hot(labels, n_out, dtype=dtype)
-    return jax.random.normal(key, (batch_size, n_out), dtype)
+    output = losses_lib.default_output_activation(loss)
+    y: np.ndarray
+    if output == "sigmoid":
+        y = rng.integers(0, 2, size=(batch_size, n_out))
+    elif output == "softmax":
+        y = np.eye(n_out)[rng.integers(0, n_out, size=batch_size)]
+    else:
+        y = rng.standard_normal(size=(batch_size, n_out))
+    return jnp.asarray(y.astype(jnp.dtype(dtype)), dtype)  # cast on the host: no compile

@@ -9,7 +9,7 @@ layer (no ``"b"`` when ``use_bias=False``, as in seed 002).
 
 import dataclasses
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,13 @@ class MLP:
             raise ValueError(f"MLP sizes must all be positive, got {sizes}.")
         object.__setattr__(self, "sizes", sizes)
         activations.get_activation(self.activation, allowed=activations.HIDDEN_ACTIVATIONS)
-        activations.get_activation(self.output_activation)
+        output = activations.get_activation(self.output_activation)
+        if not output.elementwise and sizes[-1] == 1:
+            raise ValueError(
+                f"output_activation={self.output_activation!r} over one output unit is the "
+                "constant 1, so nothing could be learnt: for two classes use one unit with "
+                "output_activation='sigmoid' and loss 'bce', or give softmax one unit per class."
+            )
 
     @property
     def num_layers(self) -> int:
@@ -85,7 +91,7 @@ class MLP:
         """The shape of every leaf, in the layout of `init_params`."""
         shapes = []
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            layer = {"W": (n_out, n_in)}
+            layer: dict[str, tuple[int, ...]] = {"W": (n_out, n_in)}
             if self.use_bias:
                 layer["b"] = (n_out,)
             shapes.append(layer)
@@ -190,11 +196,47 @@ def check_targets(model: MLP, x: Array, y: Array) -> Array:
 def layer_forward(a_prev: Array, layer: dict[str, Array]) -> Array:
     """``z = a_prev @ W.T + b`` (seed 003: z = W a + b, for a batch of rows)."""
     # einsum, not a_prev @ W.T: with one row XLA:CPU copies W.T on every call for the
-    # matrix-vector product (2x to 6x slower at batch 1, docs/performance.md).
+    # matrix-vector product, which dominates at batch 1 (measured in docs/performance.md).
     z = jnp.einsum("...i,oi->...o", a_prev, layer["W"])
     if "b" in layer:
         z = z + layer["b"]
     return z
+
+
+class Forward(NamedTuple):
+    """Every layer's values from one forward pass (seed 003, Forward Propagation).
+
+    Attributes:
+      z: ``(z^[1], ..., z^[L])``, the pre-activations, ``z^[k]: (batch, n_k)``.
+      a: ``(a^[0] = x, a^[1], ..., a^[L] = ŷ)``, the activations, ``a^[k]: (batch, n_k)``.
+    """
+
+    z: tuple[Array, ...]
+    a: tuple[Array, ...]
+
+
+def forward_layers(model: MLP, params: Params, x: Array) -> Forward:
+    """The forward pass layer by layer: ``z^[k] = a^[k-1] @ W^[k].T + b^[k]``, ``a^[k] = g(z^[k])``.
+
+    The one loop over the layers: `forward_logits`, `forward_autodiff` and
+    `jaxbp.forward_with_residuals` take what they need from it.
+
+    Args:
+      model: the network.
+      params: its parameters (`init_params` layout).
+      x: ``(batch, n0)``.
+
+    Returns:
+      A `Forward` with every ``z^[k]`` and ``a^[k]``.
+    """
+    a = x
+    zs, acts = [], [x]
+    for layer, act in zip(params, model.layer_activations, strict=True):
+        z = layer_forward(a, layer)
+        a = act.fn(z)
+        zs.append(z)
+        acts.append(a)
+    return Forward(tuple(zs), tuple(acts))
 
 
 def forward_logits(model: MLP, params: Params, x: Array) -> Array:
@@ -202,15 +244,9 @@ def forward_logits(model: MLP, params: Params, x: Array) -> Array:
 
     Plain jnp code, differentiated by ``jax.grad``: the oracle for the custom backward.
     """
-    a = x
-    for k, (layer, act) in enumerate(zip(params, model.layer_activations, strict=True)):
-        z = layer_forward(a, layer)
-        if k == model.num_layers - 1:
-            return z
-        a = act.fn(z)
-    raise AssertionError("unreachable: an MLP has at least one layer")
+    return forward_layers(model, params, x).z[-1]
 
 
 def forward_autodiff(model: MLP, params: Params, x: Array) -> Array:
     """The plain forward pass ``ŷ = f(z^[L])`` (seed 003, Forward Propagation)."""
-    return model.layer_activations[-1].fn(forward_logits(model, params, x))
+    return forward_layers(model, params, x).a[-1]

@@ -10,7 +10,7 @@ and ``‖u vᵀ‖_F² = Σ_jl u_j² v_l² = ‖u‖² ‖v‖²``, so the norm 
     ‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])
 
 Here ``δ_i^[k] = ∂L_i/∂z_i^[k]`` is the error of example i's own loss, the loss on a batch of
-one, as in `jaxbp.per_example_grads`. The recursion ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])``
+one, as in `per_example_grads`. The recursion ``δ^[k] = (δ^[k+1] W^[k+1]) ∘ g'(z^[k])``
 acts on each row alone and is linear in ``δ^[L]``, so running it once from the per-example
 output errors gives every ``δ_i^[k]`` at the cost of one backward pass without its
 weight-gradient matmuls, and without forming the B gradients that `per_example_grads` (a
@@ -42,13 +42,10 @@ from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
 
-# losses.py contract: every loss but these is the mean over the batch of a per-example loss.
-_SUM_LOSSES = ("sse",)
-
 
 def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
-    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for ``"sse"``."""
-    return 1.0 if loss_fn.name in _SUM_LOSSES else 1.0 / batch_size
+    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (seed 000 eq. 2), 1 for a sum."""
+    return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
 def _example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array) -> Array:
@@ -78,11 +75,36 @@ def _forward_and_example_deltas(
     return value, residuals, deltas, jnp.sqrt(sq_norms)
 
 
+def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
+    """Per-example gradients ``∂L_i/∂θ``: `jaxbp.loss_and_grad` on each example alone, by `vmap`.
+
+    Seed 000 eqs. 3-4: ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
+    leading axis equals the batch gradient (for a ``"sum"`` loss such as ``"sse"``, the sum).
+    It forms all B gradients: `per_example_grad_norms` and `clipped_loss_and_grad` need none.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+
+    Returns:
+      A pytree like ``params`` with a leading ``batch`` axis on every leaf.
+    """
+    _, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
+
+    def one(x_i: Array, y_i: Array) -> Params:
+        return backprop.loss_and_grad(model, loss, params, x_i[None], y_i[None])[1]
+
+    return jax.vmap(one)(x, y)
+
+
 def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Array:
     """``‖∇_θ L_i‖₂`` for every example, from one δ recursion (seed 000 eq. 14's ∂L_i/∂W).
 
     ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
-    `jaxbp.per_example_grads` (the gradient of the loss on example i alone) without forming
+    `per_example_grads` (the gradient of the loss on example i alone) without forming
     them; the cost is one forward and one backward pass without the weight-gradient matmuls.
 
     Args:

@@ -1,8 +1,7 @@
 """Epoch shuffling without a sort: a keyed bijection of ``[0, n)``, O(n) and elementwise.
 
 `jax.random.permutation` sorts n random keys with their indices. On XLA:CPU that key-value sort
-of the 1258 rows of the digits training split took 0.25 to 0.3 ms, a fifth of a whole compiled
-epoch of 39 adam steps (docs/performance.md). An
+is a sizeable share of a compiled epoch of small steps (measured in docs/performance.md). An
 epoch's order only needs a permutation that changes with the key and is well mixed, so this
 module uses Kensler's hashed permutation (A. Kensler, "Correlated Multi-Jittered Sampling",
 Pixar Technical Memo 13-01, 2013, Listing 3): a sequence of steps that are each invertible

@@ -51,7 +51,7 @@ import optax
 
 from jaxbp import config as config_lib
 from jaxbp import data as data_lib
-from jaxbp import members, parallel, per_example, run_outputs, train
+from jaxbp import losses, members, parallel, per_example, run_outputs, train
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config, ConfigError
 from jaxbp.mlp import MLP, Params, init_params
@@ -169,8 +169,14 @@ def initial_state(
 ) -> TrainState:
     """The state before epoch 1: params from ``fold_in(key, 0)`` of ``PRNGKey(seed)``."""
     key = jax.random.PRNGKey(config.seed)  # raw uint32 key: orbax stores it as an array
-    params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
-    return TrainState(params, optimizer.init(params), np.asarray(0, np.int32), key)
+
+    @jax.jit  # one program, not one compilation per initializer op
+    def draw(key):
+        params = init_params(jax.random.fold_in(key, 0), model, dtype=jnp.dtype(config.precision))
+        return params, optimizer.init(params)
+
+    params, opt_state = draw(key)
+    return TrainState(params, opt_state, np.asarray(0, np.int32), key)
 
 
 def member_optimizer(
@@ -219,10 +225,14 @@ def initial_member_state(
     """
     grid = config_lib.member_grid(config)
     keys = members.member_keys([m.seed for m in grid])
-    params = members.init_member_params(keys, model, jnp.dtype(config.precision))
-    opt_state = members.over_members(lambda p, hp: optimizer_of(hp).init(p), len(grid), (0, 0))(
-        params, member_hparams(config)
-    )
+
+    @jax.jit  # one program, not one compilation per initializer op
+    def draw(keys, hparams):
+        params = members.init_member_params(keys, model, jnp.dtype(config.precision))
+        init = members.over_members(lambda p, hp: optimizer_of(hp).init(p), len(grid), (0, 0))
+        return params, init(params, hparams)
+
+    params, opt_state = draw(keys, member_hparams(config))
     return TrainState(params, opt_state, np.asarray(0, np.int32), keys)
 
 
@@ -324,7 +334,12 @@ class _Run:
             )
         self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
-        _, self.loss = config_lib.resolve_head(config, self.dataset.task, self.dataset.num_outputs)
+        _, self.loss = config_lib.resolve_head(config, data.task, data.num_outputs)
+        for split in ("train", "val", "test"):  # before any work: targets the loss can fit
+            try:
+                losses.check_targets(self.loss, getattr(data, f"y_{split}"))
+            except ValueError as e:
+                raise ConfigError("loss", self.loss, f"{split} targets: {e}") from None
         try:
             self.steps_per_epoch = train.batches_per_epoch(len(data.x_train), config.batch_size)
         except ValueError as e:
@@ -390,7 +405,8 @@ class _Run:
         best_found = best.restore_newest_readable(
             {"params": self._to_disk(state.params)}, self._check_meta, self.log
         )
-        # A best checkpoint newer than the state (a kill between the two saves) is redone.
+        # The best is saved just before the state, so one newer than the state cannot be
+        # the run's own: it is redone.
         if best_found is not None and best_found[0] <= epoch:
             record = best_found[2]["best"]
             bests = record.get("members", [record])
@@ -399,6 +415,7 @@ class _Run:
                 math.inf if b["epoch"] is None else b["val_loss"] for b in bests
             ]
             progress.best_params = self._from_disk(best_found[1]["params"])
+            progress.saved_best = best_found[0]
         return state, progress
 
     def _record_start(self, start_epoch: int) -> None:
@@ -436,7 +453,8 @@ class _Run:
 
     # -- compiled functions ----------------------------------------------------------------
 
-    def _compile(self, state: TrainState):
+    def _compile(self, state: TrainState) -> float:
+        """Compiles the epoch and the evaluations for ``state``'s placement; their seconds."""
         config, model, loss_name = self.config, self.model, self.loss
         optimizer_of, num = self.optimizer_of, self.num_members
 
@@ -524,11 +542,12 @@ class _Run:
             self.y_train,
             state.key,
             jnp.asarray(1, jnp.int32),
-            jnp.ones(num, bool),
+            parallel.replicate(np.ones(num, bool), self.mesh),
         )
         self.epoch_compiled = self.epoch_jit.lower(*epoch_args).compile()
         for name in ("train", "val", "test"):
             self.evaluate_jit(state.params, *self.splits[name], name == "train")
+        self.select_best(jnp.ones(num, bool), state.params, state.params)
         return time.perf_counter() - started
 
     def _evaluate(self, params: Params, split: str) -> dict[str, np.ndarray]:
@@ -560,10 +579,10 @@ class _Run:
             self._record_start(start_epoch)
             writer = run_outputs.RunOutputs(self.workdir, self.dataset.task, num)
             writer.truncate_after(start_epoch)
-        compile_seconds = self._compile(state)
         params, opt_state, key = parallel.replicate(
             (state.params, state.opt_state, state.key), self.mesh
         )
+        compile_seconds = self._compile(state._replace(params=params, opt_state=opt_state, key=key))
         if progress.best_params is not None:
             progress.best_params = parallel.replicate(progress.best_params, self.mesh)
         status, epoch, train_seconds = "completed", start_epoch, 0.0
@@ -601,11 +620,12 @@ class _Run:
                     val_loss = np.asarray([r["val_loss"] for r in records])
                     improved = progress.active() & (val_loss < progress.best_val)
                     if improved.any():
-                        self._save_best(best, progress, improved, params, val_loss, epoch)
+                        self._keep_best(progress, improved, params, val_loss, epoch)
                 patience = config.early_stopping_patience
                 early = bool(patience and evaluated and progress.patience_out(epoch, patience))
                 stopping = early or stop.signum is not None
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
+                    self._save_best(best, progress)
                     meta = dict(self.meta)
                     if num > 1:
                         meta["diverged"] = list(progress.diverged_at)
@@ -637,25 +657,40 @@ class _Run:
             raise RunInterruptedError(stop.signum, summary)
         return summary
 
-    def _save_best(self, best, progress, improved, params, val_loss, epoch: int) -> None:
-        """Keeps the improved members' params as their best and writes them to best/."""
+    def _keep_best(self, progress, improved, params, val_loss, epoch: int) -> None:
+        """Keeps the improved members' params as their best, in memory (a copy: the epoch
+        donates its inputs); they are written only with a checkpoint (`_save_best`), so a
+        run is not paced by a save per improvement."""
         for k in np.flatnonzero(improved):
             progress.best_epoch[k], progress.best_val[k] = epoch, float(val_loss[k])
         if progress.best_params is None:
             progress.best_params = params
         progress.best_params = self.select_best(jnp.asarray(improved), params, progress.best_params)
-        record: dict[str, Any] = {"epoch": epoch, "val_loss": float(val_loss.min())}
-        if self.num_members > 1:
-            record["members"] = [
-                {"epoch": e, "val_loss": None if e is None else float(v)}
-                for e, v in zip(progress.best_epoch, progress.best_val, strict=True)
-            ]
+
+    def _save_best(self, best, progress) -> None:
+        """Writes the best params to best/ when they changed since the last write.
+
+        The checkpoint is numbered by the newest improvement, so it is never newer than the
+        state saved right after it.
+        """
+        newest = max((e for e in progress.best_epoch if e is not None), default=None)
+        if newest is None or newest == progress.saved_best:
+            return
+        if self.num_members == 1:
+            record: dict[str, Any] = {"epoch": newest, "val_loss": float(progress.best_val[0])}
         else:
-            record["val_loss"] = progress.best_val[0]
+            record = {
+                "epoch": newest,
+                "members": [
+                    {"epoch": e, "val_loss": None if e is None else float(v)}
+                    for e, v in zip(progress.best_epoch, progress.best_val, strict=True)
+                ],
+            }
         meta = {**self.meta, "best": record}
         if self.num_members > 1:
             meta["diverged"] = list(progress.diverged_at)
-        best.save(epoch, {"params": self._to_disk(progress.best_params)}, meta)
+        best.save(newest, {"params": self._to_disk(progress.best_params)}, meta)
+        progress.saved_best = newest
 
     def _mark_diverged(self, progress, newly: np.ndarray, step_losses: np.ndarray, epoch: int):
         """Freezes the members whose loss or params stopped being finite this epoch."""
@@ -801,6 +836,7 @@ class _Progress:
     best_val: np.ndarray
     diverged_at: list[int | None]
     best_params: Params | None = None
+    saved_best: int | None = None  # the epoch of the best params last written to best/
 
     @classmethod
     def new(cls, num_members: int) -> _Progress:

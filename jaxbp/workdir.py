@@ -143,7 +143,9 @@ def read_run_record(workdir: str) -> dict[str, Any] | None:
 
 def config_from_record(record: dict[str, Any]) -> config_lib.Config:
     """The `Config` stored in a run record (JSON lists back to tuples)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()
+    }
     return config_lib.Config(**fields)
 
 

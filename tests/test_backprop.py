@@ -15,72 +15,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from problems import TOLERANCES, assert_grads_close, make_params, make_problem
 
 import jaxbp
-from jaxbp.activations import HIDDEN_ACTIVATIONS
+from jaxbp.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
 from jaxbp.losses import LOSSES
 
-REGRESSION = ("mse", "half_mse", "sse")
 # The losses each output activation can be trained with (bce and softmax cross-entropy
 # require their activation; the regression losses go with any).
 COMPATIBLE_LOSSES = {
-    "identity": REGRESSION,
-    "sigmoid": (*REGRESSION, "bce"),
-    "tanh": REGRESSION,
-    "relu": REGRESSION,
-    "leaky_relu": REGRESSION,
-    "softplus": REGRESSION,
-    "softmax": ("softmax_cross_entropy", "mse"),
+    output: tuple(name for name, loss in LOSSES.items() if loss.fits(output))
+    for output in OUTPUT_ACTIVATIONS
 }
-
-# (rtol, atol as a fraction of the leaf's largest |entry|). The atol is relative to the
-# leaf: an entry of ∂/∂W = δᵀ a or ∂/∂b = Σ_batch δ is a sum whose terms can cancel, and the
-# two routes sum in different orders, so the result carries an absolute rounding error of
-# about ε·(size of the terms) whatever its own size. Element-wise relative error on such an
-# entry is noise (in float32 it reaches 1e-3 on near-zero entries); the per-leaf scale keeps
-# the check tight for every entry of normal size.
-TOLERANCES = {"float64": (1e-10, 1e-13), "float32": (1e-5, 1e-6)}
-
-
-def assert_grads_close(actual, expected, dtype):
-    """Leaf-by-leaf comparison with `TOLERANCES` (same structure, shapes and dtypes)."""
-    chex.assert_trees_all_equal_structs(actual, expected)
-    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
-    rtol, atol_fraction = TOLERANCES[dtype]
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        scale = float(jnp.max(jnp.abs(e))) if e.size else 0.0
-        chex.assert_trees_all_close(a, e, rtol=rtol, atol=atol_fraction * scale)
-
-
-def make_params(model, rng, dtype):
-    """Random parameters (numpy, so no per-shape PRNG compile): W ~ N(0, 1/n_in), b ~ N(0, 1/4)."""
-    params = []
-    for shapes in model.param_shapes():
-        n_out, n_in = shapes["W"]
-        layer = {"W": jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), dtype)}
-        if "b" in shapes:
-            layer["b"] = jnp.asarray(rng.normal(size=n_out) * 0.5, dtype)
-        params.append(layer)
-    return params
-
-
-def make_targets(loss, rng, batch, n_out, dtype):
-    """Targets in the loss's encoding: {0, 1} for bce, one-hot for softmax, else normal."""
-    if loss == "bce":
-        y = rng.integers(0, 2, size=(batch, n_out))
-    elif loss == "softmax_cross_entropy":
-        y = np.eye(n_out)[rng.integers(0, n_out, size=batch)]
-    else:
-        y = rng.normal(size=(batch, n_out))
-    return jnp.asarray(y, dtype)
-
-
-def make_problem(model, loss, batch=5, seed=0, dtype="float64"):
-    rng = np.random.default_rng(seed)
-    params = make_params(model, rng, dtype)
-    x = jnp.asarray(rng.normal(size=(batch, model.sizes[0])), dtype)
-    y = make_targets(loss, rng, batch, model.sizes[-1], dtype)
-    return params, x, y
 
 
 def loss_through_apply(model, loss, params, x, y, backward):
@@ -96,6 +42,8 @@ def configs(draw):
     depth = draw(st.integers(1, 6))
     sizes = tuple(draw(st.lists(st.integers(1, 32), min_size=depth + 1, max_size=depth + 1)))
     output = draw(st.sampled_from(sorted(COMPATIBLE_LOSSES)))
+    if output == "softmax":  # softmax needs two units at least (one is the constant 1)
+        sizes = (*sizes[:-1], max(2, sizes[-1]))
     return dict(
         sizes=sizes,
         activation=draw(st.sampled_from(HIDDEN_ACTIVATIONS)),
@@ -108,7 +56,7 @@ def configs(draw):
     )
 
 
-# Each example compiles a fresh network; one jit of all four gradients is ~10x cheaper than
+# Each example compiles a fresh network; one jit of all four gradients is much cheaper than
 # running them eagerly (one XLA compile per op and shape), so the property runs under jit and
 # the eager path is covered by the deterministic tests below.
 @settings(
@@ -125,7 +73,9 @@ def test_hand_gradients_match_autodiff(config):
             config["sizes"], config["activation"], config["output"], config["use_bias"]
         )
         loss = config["loss"]
-        params, x, y = make_problem(model, loss, config["batch"], config["seed"], dtype)
+        params, x, y = make_problem(
+            model, loss, batch=config["batch"], seed=config["seed"], dtype=dtype
+        )
 
         @jax.jit
         def routes(params, x, y):
@@ -321,6 +271,49 @@ def test_forward_mode_raises_with_hint(transform):
     transform(lambda p: jaxbp.apply(model, p, x, backward="autodiff"), params)
 
 
+def test_forward_mode_through_a_fused_loss_raises_with_hint():
+    """loss_value(backward="custom") takes bce and softmax cross-entropy from the logits,
+    through a second custom_vjp: forward mode meets the same hint there."""
+    model = jaxbp.MLP((3, 4, 2), output_activation="softmax")
+    params, x, y = make_problem(model, "softmax_cross_entropy", dtype="float32")
+
+    def f(p):
+        return jaxbp.loss_value(model, "softmax_cross_entropy", p, x, y, backward="custom")
+
+    with pytest.raises(TypeError, match="backward='autodiff'"):
+        jax.jvp(f, (params,), (params,))
+
+
+def test_jax_refuses_forward_mode_through_any_custom_vjp_with_a_type_error():
+    """What `apply`'s hint relies on: JAX raises a TypeError (whatever its words) when a
+    tangent is pushed through a custom_vjp function, here one unrelated to jaxbp."""
+
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (2 * g,))
+    assert float(jax.grad(double)(1.0)) == 2.0  # reverse mode is fine
+    with pytest.raises(TypeError):
+        jax.jvp(double, (1.0,), (1.0,))
+
+
+def test_other_type_errors_of_the_custom_path_get_no_hint(monkeypatch):
+    """The hint is added only under forward mode: a TypeError raised inside the network
+    (here by a broken activation) comes out unchanged."""
+    model = jaxbp.MLP((3, 4, 2), activation="softplus")
+    params, x, _ = make_problem(model, "mse", dtype="float32")
+
+    def broken(z):
+        raise TypeError("broken activation")
+
+    broken_softplus = jaxbp.ACTIVATIONS["softplus"]._replace(fn=broken)
+    monkeypatch.setitem(jaxbp.ACTIVATIONS, "softplus", broken_softplus)
+    with pytest.raises(TypeError, match="broken activation") as info:
+        jaxbp.apply(model, params, x)
+    assert "backward='autodiff'" not in str(info.value)
+
+
 def test_forward_mode_under_jit_still_raises():
     """Under jit the jvp happens after `apply` has returned, so JAX's own TypeError arrives
     without jaxbp's hint; it is still a TypeError about forward mode."""
@@ -329,44 +322,6 @@ def test_forward_mode_under_jit_still_raises():
     f = jax.jit(lambda p: jaxbp.apply(model, p, x))
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(f, (params,), (params,))
-
-
-# --- per_example_grads -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("output", "loss", "use_bias"),
-    [
-        ("identity", "mse", True),
-        ("sigmoid", "sse", False),
-        ("sigmoid", "bce", True),
-        ("softmax", "softmax_cross_entropy", False),
-    ],
-)
-def test_per_example_grads(x64, output, loss, use_bias):
-    """Seed 000 eqs. 3-4: the batch gradient is the mean of per-example ones (sum for sse)."""
-    model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output, use_bias=use_bias)
-    batch = 5
-    params, x, y = make_problem(model, loss, batch=batch, seed=12)
-    per_example = jaxbp.per_example_grads(model, loss, params, x, y)
-    chex.assert_tree_shape_prefix(per_example, (batch,))
-    chex.assert_trees_all_equal_structs(per_example, params)
-    for rows, leaf in zip(jax.tree.leaves(per_example), jax.tree.leaves(params), strict=True):
-        chex.assert_shape(rows, (batch, *leaf.shape))
-    reduce = jnp.sum if loss == "sse" else jnp.mean
-    _, batch_grads = jaxbp.loss_and_grad(model, loss, params, x, y)
-    assert_grads_close(
-        jax.tree.map(lambda g: reduce(g, axis=0), per_example), batch_grads, "float64"
-    )
-    for i in (0, batch - 1):
-        _, single = jaxbp.loss_and_grad(model, loss, params, x[i : i + 1], y[i : i + 1])
-        assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single, "float64")
-
-
-def test_per_example_grads_differ_between_examples(x64):
-    params, x, y = make_problem(MODEL, "mse", batch=3, seed=13)
-    rows = jaxbp.per_example_grads(MODEL, "mse", params, x, y)[0]["W"]
-    assert float(jnp.max(jnp.abs(rows[0] - rows[1]))) > 1e-3
 
 
 # --- Residuals -------------------------------------------------------------------------------
@@ -450,6 +405,16 @@ def test_wrong_feature_count(small_problem, entry):
             jaxbp.apply(SMALL, params, x)
         else:
             getattr(jaxbp, entry)(SMALL, "mse", params, x, y)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["loss_and_grad", "loss_value", "per_example_grads", "per_example_grad_norms"],
+)
+def test_empty_batch_is_refused(small_problem, entry):
+    params, _, _ = small_problem
+    with pytest.raises(ValueError, match=r"x has shape \(0, 3\): an empty batch.*at least one"):
+        getattr(jaxbp, entry)(SMALL, "mse", params, jnp.zeros((0, 3)), jnp.zeros((0, 2)))
 
 
 def test_apply_rejects_3d_x(small_problem):
@@ -573,6 +538,18 @@ def test_backward_from_output_delta_input_grad_flag(x64):
         lambda p, x: jnp.vdot(jaxbp.forward_logits(MODEL, p, x), delta), argnums=(0, 1)
     )(params, x)
     assert_grads_close((grads, x_bar), oracle, "float64")
+
+
+def test_recursion_pieces_check_the_shapes_they_are_given(x64):
+    params, x, _ = make_problem(MODEL, "mse", seed=22)
+    _, _, residuals = jaxbp.forward_with_residuals(MODEL, params, x)
+    with pytest.raises(AssertionError):  # δ^[L] must be shaped like ŷ = a^[L]: (5, 3)
+        jaxbp.layer_deltas(MODEL, residuals, jnp.ones((5, 2)))
+    with pytest.raises(AssertionError):  # residuals of another network
+        jaxbp.layer_deltas(jaxbp.MLP((4, 5, 3)), residuals, jnp.ones((5, 3)))
+    deltas = jaxbp.layer_deltas(MODEL, residuals, jnp.ones((5, 3)))
+    with pytest.raises(AssertionError):  # δ^[k] must be shaped like a^[k]
+        jaxbp.gradients_from_deltas(MODEL, residuals, (deltas[0].T, *deltas[1:]))
 
 
 def test_output_delta_softmax_matches_jax_vjp(x64):

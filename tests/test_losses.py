@@ -78,6 +78,19 @@ def test_value_from_logits_matches_value_on_outputs(x64, name):
     chex.assert_trees_all_close(loss.value_from_logits(z, y), expected, rtol=1e-12, atol=0.0)
 
 
+def _hand_routes(model, name, params, x, y):
+    """``(value, grads)`` by `loss_and_grad` and by ``jax.grad`` of
+    ``loss_value(backward="custom")``: the two routes through the hand-written recursion."""
+
+    def through_custom_vjp(p):
+        return jaxbp.loss_value(model, name, p, x, y, backward="custom")
+
+    return [
+        jaxbp.loss_and_grad(model, name, params, x, y),
+        jax.value_and_grad(through_custom_vjp)(params),
+    ]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_saturated_bce_is_finite_via_loss_and_grad(dtype):
     """|z| = 1e3: σ(z) rounds to 1 or 0, yet loss and gradient stay finite and exact.
@@ -93,11 +106,12 @@ def test_saturated_bce_is_finite_via_loss_and_grad(dtype):
         y = jnp.zeros((2, 1), dtype)
         # Without the fusion the loss would be log(1 − σ(1000)) = log(0): the test bites.
         assert not np.isfinite(float(LOSSES["bce"].value(jax.nn.sigmoid(x @ params[0]["W"].T), y)))
-        value, grads = jaxbp.loss_and_grad(model, "bce", params, x, y)
-        assert value.dtype == dtype
-        chex.assert_tree_all_finite((value, grads))
-        chex.assert_trees_all_close(value, jnp.asarray(500.0, dtype), rtol=1e-6, atol=0.0)
-        chex.assert_trees_all_close(grads[0]["W"], jnp.array([[0.5]], dtype), rtol=1e-6, atol=0.0)
+        for value, grads in _hand_routes(model, "bce", params, x, y):
+            assert value.dtype == dtype
+            chex.assert_tree_all_finite((value, grads))
+            chex.assert_trees_all_close(value, jnp.asarray(500.0, dtype), rtol=1e-6, atol=0.0)
+            expected_w = jnp.array([[0.5]], dtype)
+            chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -111,16 +125,17 @@ def test_saturated_softmax_cross_entropy_is_finite_via_loss_and_grad(dtype):
         params = [{"W": jnp.array([[1e3, 0.0], [0.0, 0.0], [-1e3, 0.0]], dtype)}]
         x = jnp.array([[1.0, 0.0]], dtype)
         y = jnp.array([[0.0, 0.0, 1.0]], dtype)
-        value, grads = jaxbp.loss_and_grad(model, "softmax_cross_entropy", params, x, y)
-        chex.assert_tree_all_finite((value, grads))
-        chex.assert_trees_all_close(value, jnp.asarray(2000.0, dtype), rtol=1e-6, atol=0.0)
         expected_w = jnp.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]], dtype)
-        chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=1e-30)
+        for value, grads in _hand_routes(model, "softmax_cross_entropy", params, x, y):
+            chex.assert_tree_all_finite((value, grads))
+            chex.assert_trees_all_close(value, jnp.asarray(2000.0, dtype), rtol=1e-6, atol=0.0)
+            chex.assert_trees_all_close(grads[0]["W"], expected_w, rtol=1e-6, atol=1e-30)
 
 
 @pytest.mark.parametrize("name", list(FUSED))
 def test_saturated_fused_losses_match_autodiff_oracle(x64, name):
-    """A deeper saturated net: loss_and_grad equals jax.grad of the from-logits loss."""
+    """A deeper saturated net: both hand-written routes equal jax.grad of the from-logits
+    loss."""
     output = "sigmoid" if name == "bce" else "softmax"
     model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output)
     params = jaxbp.init_params(jax.random.key(0), model, dtype=jnp.float64)
@@ -128,16 +143,17 @@ def test_saturated_fused_losses_match_autodiff_oracle(x64, name):
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(5, 3)) * 3)
     _, _, y = _data(name, rng, batch=5, n_out=3)
-    value, grads = jaxbp.loss_and_grad(model, name, params, x, y)
     z = jaxbp.forward_logits(model, params, x)
     assert float(jnp.max(jnp.abs(z))) > 100  # really saturated
-    chex.assert_tree_all_finite((value, grads))
     oracle = jax.grad(jaxbp.loss_value, argnums=2)(model, name, params, x, y)
-    chex.assert_trees_all_close(grads, oracle, rtol=1e-10, atol=1e-12)
-    chex.assert_trees_all_close(value, jaxbp.loss_value(model, name, params, x, y), rtol=1e-12)
+    oracle_value = jaxbp.loss_value(model, name, params, x, y)
+    for value, grads in _hand_routes(model, name, params, x, y):
+        chex.assert_tree_all_finite((value, grads))
+        chex.assert_trees_all_close(grads, oracle, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(value, oracle_value, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", [n for n in LOSSES if n != "sse"])
+@pytest.mark.parametrize("name", [n for n, loss in LOSSES.items() if loss.reduction == "mean"])
 def test_mean_losses_are_the_batch_mean_of_per_example_losses(x64, name):
     """Seed 000: L = 1/n Σ L_i, and so ∂L/∂ŷ_i = (1/n) ∂L_i/∂ŷ_i."""
     loss = LOSSES[name]
@@ -186,12 +202,101 @@ def test_loss_table():
     assert set(LOSSES) == {"mse", "half_mse", "sse", "bce", "softmax_cross_entropy"}
     for name, loss in LOSSES.items():
         assert loss.name == name
-        fused = loss.delta_from_output is not None
-        assert fused == (name in FUSED)
-        assert (loss.value_from_logits is not None) == fused
-        assert (loss.output_activation is not None) == fused
-    assert LOSSES["bce"].output_activation == "sigmoid"
-    assert LOSSES["softmax_cross_entropy"].output_activation == "softmax"
+        assert loss.fused == (name in FUSED)
+        assert (loss.delta_from_output is not None) == loss.fused
+        assert (loss.value_from_logits is not None) == loss.fused
+        assert loss.reduction in losses.REDUCTIONS
+    assert [n for n, loss in LOSSES.items() if loss.reduction == "sum"] == ["sse"]
+    assert {n: loss.output_activation for n, loss in LOSSES.items()} == {
+        "mse": "identity",
+        "half_mse": "identity",
+        "sse": "identity",
+        "bce": "sigmoid",
+        "softmax_cross_entropy": "softmax",
+    }
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_reduction_is_how_the_value_combines_examples(x64, name):
+    """ "mean": L(batch) = mean of L(example); "sum": the sum (seed 000 eq. 2, seed 001)."""
+    loss = LOSSES[name]
+    _, y_hat, y = _data(name, np.random.default_rng(8))
+    per_example = jnp.stack([loss.value(y_hat[i : i + 1], y[i : i + 1]) for i in range(BATCH)])
+    reduce = {"mean": jnp.mean, "sum": jnp.sum}[loss.reduction]
+    chex.assert_trees_all_close(loss.value(y_hat, y), reduce(per_example), rtol=1e-13)
+
+
+@pytest.mark.parametrize("output", jaxbp.OUTPUT_ACTIVATIONS)
+def test_fits_follows_the_fusion(output):
+    """A fused loss fits its own output activation alone; the regression losses fit any."""
+    for name, loss in LOSSES.items():
+        assert loss.fits(output) == (name not in FUSED or output == loss.output_activation)
+
+
+def test_default_output_activation():
+    assert losses.default_output_activation("bce") == "sigmoid"
+    assert losses.default_output_activation("softmax_cross_entropy") == "softmax"
+    for name in ("mse", "half_mse", "sse"):
+        assert losses.default_output_activation(name) == "identity"
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        losses.default_output_activation("hinge")
+
+
+@pytest.mark.parametrize(
+    ("name", "y"),
+    [
+        ("bce", [[0.0], [1.0], [0.25]]),
+        ("bce", np.array([0, 1, 1])),  # integer labels, one output unit
+        ("softmax_cross_entropy", np.eye(3)[[0, 2, 1]]),
+        ("softmax_cross_entropy", [[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]),
+        ("softmax_cross_entropy", np.eye(4, dtype=np.int32)),
+        ("softmax_cross_entropy", np.zeros((0, 3))),
+        ("mse", [[-3.0, 1e6]]),
+        ("sse", [[-3.0]]),
+    ],
+)
+def test_check_targets_accepts_what_the_loss_fits(name, y):
+    losses.check_targets(name, np.asarray(y))
+    losses.check_targets(name, jnp.asarray(y))  # a device array is copied to the host
+
+
+def test_check_targets_accepts_float32_probabilities():
+    rows = np.random.default_rng(9).dirichlet(np.ones(10), size=1000).astype(np.float32)
+    assert np.max(np.abs(rows.sum(axis=1) - 1)) > 0  # rounding really is there
+    losses.check_targets("softmax_cross_entropy", rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "y", "pattern"),
+    [
+        (
+            "bce",
+            [[0.0], [2.0]],
+            r"bce targets must lie in \[0, 1\], got values from 0 to 2.*\(y \+ 1\)",
+        ),
+        ("bce", [[-1.0], [1.0]], r"from -1 to 1.*0/1 labels"),
+        ("softmax_cross_entropy", [[1.5, -0.5]], r"non-negative, got a minimum of -0.5.*one_hot"),
+        ("softmax_cross_entropy", [[1.0, 1.0], [0.0, 1.0]], r"rows must sum to 1.*from 1 to 2"),
+        (
+            "softmax_cross_entropy",
+            [[0.0, 0.0]],
+            r"rows must sum to 1.*from 0 to 0.*divide each row",
+        ),
+        ("softmax_cross_entropy", [[0.5, 0.5 + 1e-6]], r"rows must sum to 1"),
+        (
+            "softmax_cross_entropy",
+            [0, 2, 1],
+            r"shape \(3,\).*jax.nn.one_hot\(labels, num_classes\)",
+        ),
+        ("mse", [[0.0], [np.nan]], r"mse targets must be finite, got 1 NaN or infinite"),
+        ("bce", [[np.inf]], r"must be finite"),
+        ("hinge", [[0.0]], r"unknown loss 'hinge'"),
+    ],
+)
+def test_check_targets_refuses_what_the_loss_cannot_fit(name, y, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
+        losses.check_targets(name, np.asarray(y, np.float64))
+    assert "\n" not in str(info.value)  # one line
 
 
 def test_get_loss_returns_the_loss():

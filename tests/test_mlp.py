@@ -64,6 +64,15 @@ def test_mlp_softmax_is_not_a_hidden_activation():
     MLP((3, 4, 2), output_activation="softmax")  # as the output it is fine
 
 
+@pytest.mark.parametrize("sizes", [(4, 5, 1), (3, 1)])
+def test_mlp_refuses_softmax_over_one_unit(sizes):
+    """softmax of one logit is the constant 1: no gradient reaches the weights."""
+    with pytest.raises(ValueError, match=r"one output unit is the constant 1.*'sigmoid'.*'bce'"):
+        MLP(sizes, output_activation="softmax")
+    MLP(sizes, output_activation="sigmoid")  # the fix
+    MLP((*sizes[:-1], 2), output_activation="softmax")  # two classes are fine
+
+
 def test_mlp_normalises_sizes_and_is_hashable():
     a, b = MLP([3, 4, 2], "tanh"), MLP((np.int64(3), 4, 2), "tanh")
     assert a.sizes == (3, 4, 2)
@@ -207,11 +216,13 @@ def _numpy_forward(model, params, x):
     }
     a = np.asarray(x)
     names = [model.activation] * (model.num_layers - 1) + [model.output_activation]
-    z = a
+    zs, acts = [], [a]
     for layer, name in zip(params, names, strict=True):
         z = a @ np.asarray(layer["W"]).T + (np.asarray(layer["b"]) if "b" in layer else 0.0)
         a = fns[name](z)
-    return z, a
+        zs.append(z)
+        acts.append(a)
+    return zs, acts
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
@@ -227,9 +238,17 @@ def test_forward_matches_numpy(x64, activation, output, use_bias):
         for shapes in model.param_shapes()
     ]
     x = rng.normal(size=(7, 4))
-    z_ref, y_ref = _numpy_forward(model, params, x)
+    zs_ref, acts_ref = _numpy_forward(model, params, x)
     z = mlp.forward_logits(model, params, jnp.asarray(x))
     y_hat = mlp.forward_autodiff(model, params, jnp.asarray(x))
     chex.assert_shape((z, y_hat), (7, 3))
-    chex.assert_trees_all_close(z, jnp.asarray(z_ref), rtol=1e-12, atol=1e-14)
-    chex.assert_trees_all_close(y_hat, jnp.asarray(y_ref), rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(z, jnp.asarray(zs_ref[-1]), rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(y_hat, jnp.asarray(acts_ref[-1]), rtol=1e-12, atol=1e-14)
+    # Every layer's z^[k] and a^[k], from the one loop the others read.
+    forward = mlp.forward_layers(model, params, jnp.asarray(x))
+    assert isinstance(forward, mlp.Forward)
+    assert [z.shape for z in forward.z] == [(7, n) for n in model.sizes[1:]]
+    assert [a.shape for a in forward.a] == [(7, n) for n in model.sizes]
+    chex.assert_trees_all_close(
+        forward, mlp.Forward(tuple(zs_ref), tuple(acts_ref)), rtol=1e-12, atol=1e-14
+    )

@@ -1,6 +1,8 @@
-"""Tests for jaxbp.per_example: per-example gradient norms and clipping from one δ recursion.
+"""Tests for jaxbp.per_example: per-example gradients, and their norms and clipping from one δ
+recursion.
 
-The oracle is `jaxbp.per_example_grads` (a `vmap` of the loss on a batch of one): its norms
+`per_example_grads` (a `vmap` of the loss on a batch of one) is checked against the batch
+gradient and the gradient of each example alone; it is then the oracle: its norms
 must equal ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``, and clipping each of its
 gradients to C then reducing as the loss does must equal `clipped_loss_and_grad`.
 """
@@ -11,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from problems import assert_grads_close, make_problem
 
 import jaxbp
 from jaxbp import per_example, train
-from jaxbp.gradient_check import random_targets
 
 BATCH = 7
 
@@ -35,10 +37,45 @@ IDS = [f"{c[0]}-{c[1]}-{c[2]}-{'bias' if c[3] else 'nobias'}" for c in CASES]
 def _problem(case, dtype, seed=0, sizes=(5, 6, 4)):
     hidden, output, loss, use_bias, n_out = case
     model = jaxbp.MLP((*sizes, n_out), hidden, output, use_bias)
-    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
-    params = jaxbp.init_params(kp, model, dtype=dtype)
-    x = jax.random.normal(kx, (BATCH, sizes[0]), dtype)
-    return model, loss, params, x, random_targets(ky, model, loss, BATCH, dtype)
+    return model, loss, *make_problem(model, loss, batch=BATCH, seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("output", "loss", "use_bias"),
+    [
+        ("identity", "mse", True),
+        ("sigmoid", "sse", False),
+        ("sigmoid", "bce", True),
+        ("softmax", "softmax_cross_entropy", False),
+    ],
+)
+def test_per_example_grads(x64, output, loss, use_bias):
+    """Seed 000 eqs. 3-4: the batch gradient is the mean of per-example ones (sum for sse)."""
+    del x64
+    model = jaxbp.MLP((3, 4, 3), activation="tanh", output_activation=output, use_bias=use_bias)
+    batch = 5
+    params, x, y = make_problem(model, loss, batch=batch, seed=12)
+    per_example = jaxbp.per_example_grads(model, loss, params, x, y)
+    chex.assert_tree_shape_prefix(per_example, (batch,))
+    chex.assert_trees_all_equal_structs(per_example, params)
+    for rows, leaf in zip(jax.tree.leaves(per_example), jax.tree.leaves(params), strict=True):
+        chex.assert_shape(rows, (batch, *leaf.shape))
+    reduce = {"mean": jnp.mean, "sum": jnp.sum}[jaxbp.LOSSES[loss].reduction]
+    _, batch_grads = jaxbp.loss_and_grad(model, loss, params, x, y)
+    assert_grads_close(
+        jax.tree.map(lambda g: reduce(g, axis=0), per_example), batch_grads, "float64"
+    )
+    for i in (0, batch - 1):
+        _, single = jaxbp.loss_and_grad(model, loss, params, x[i : i + 1], y[i : i + 1])
+        assert_grads_close(jax.tree.map(lambda g, i=i: g[i], per_example), single, "float64")
+
+
+def test_per_example_grads_differ_between_examples(x64):
+    del x64
+    model = jaxbp.MLP((4, 6, 5, 3), activation="tanh", output_activation="sigmoid")
+    params, x, y = make_problem(model, "mse", batch=3, seed=13)
+    rows = jaxbp.per_example_grads(model, "mse", params, x, y)[0]["W"]
+    assert float(jnp.max(jnp.abs(rows[0] - rows[1]))) > 1e-3
 
 
 def _reference_norms(model, loss, params, x, y):

@@ -6,20 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from problems import classification_problem as _problem
 
 import jaxbp
 from jaxbp import train
-
-
-def _problem(key=0, n=48, sizes=(5, 16, 3), dtype=jnp.float32):
-    model = jaxbp.MLP(sizes, "tanh", "softmax")
-    k_p, k_x, k_y = jax.random.split(jax.random.key(key), 3)
-    params = jaxbp.init_params(k_p, model, dtype=dtype)
-    x = jax.random.normal(k_x, (n, sizes[0]), dtype)
-    # Learnable labels: which of a fixed random projection of x is largest.
-    labels = jnp.argmax(x @ jax.random.normal(k_y, (sizes[0], sizes[-1]), dtype), axis=-1)
-    y = jax.nn.one_hot(labels, sizes[-1], dtype=dtype)
-    return model, params, x, y
 
 
 def test_sgd_is_seed_002_descent_with_the_sign_right():
