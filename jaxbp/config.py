@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 from jaxbp import activations, backprop, losses, train
 from jaxbp import data as data_lib
@@ -190,7 +190,8 @@ class Config:
             object.__setattr__(self, "sweep", sweep)
 
 
-class Member(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Member:
     """One member of a run's set: its index, seed and swept values (``{name: value}``)."""
 
     index: int
@@ -216,7 +217,8 @@ def member_grid(config: Config) -> tuple[Member, ...]:
 
 def member_config(config: Config, member: Member) -> Config:
     """The single run a member is: its seed and swept values, no repeats or sweep."""
-    return dataclasses.replace(config, seed=member.seed, repeats=1, sweep=(), **member.values)
+    changes: dict[str, Any] = {**member.values, "seed": member.seed, "repeats": 1, "sweep": ()}
+    return dataclasses.replace(config, **changes)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -429,7 +431,8 @@ def _check_members(config: Config) -> None:
             )
         for value in values:
             try:
-                validate(dataclasses.replace(config, sweep=(), repeats=1, **{name: value}))
+                changes: dict[str, Any] = {"sweep": (), "repeats": 1, name: value}
+                validate(dataclasses.replace(config, **changes))
             except ConfigError as e:
                 if e.field != name:
                     raise

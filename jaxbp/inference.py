@@ -34,6 +34,7 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import backprop, losses, train, trainer
@@ -157,7 +158,7 @@ def load_trained(workdir: str) -> TrainedModel:
 
 def _kept(trained: TrainedModel) -> np.ndarray:
     """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
-    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members])
+    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members or ()])
 
 
 def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
@@ -263,13 +264,14 @@ def _member_set_result(
         result[f"test_{k}_std"] = float(v[kept].std())
     result["members"] = [
         {**member, **{f"test_{k}": float(v[i]) for k, v in metrics.items()}}
-        for i, member in enumerate(trained.members)
+        for i, member in enumerate(trained.members or ())
     ]
     ensemble = y_hat[kept].mean(axis=0)
     loss_fn = losses.get_loss(trained.loss)
     with jax.enable_x64(trained.config.precision == "float64"):
-        quality = train.output_metrics(ensemble, y, trained.preprocessing["task"])
-        value = loss_fn.value(ensemble, y)
+        ensemble_hat, targets = jnp.asarray(ensemble), jnp.asarray(y)
+        quality = train.output_metrics(ensemble_hat, targets, trained.preprocessing["task"])
+        value = loss_fn.value(ensemble_hat, targets)
     result["ensemble"] = {
         "num_members": int(kept.sum()),
         "test_loss": float(value),

@@ -74,7 +74,8 @@ class RunOutputs:
     def write(self, record: dict[str, float]) -> None:
         """Appends one evaluation (with ``epoch`` and ``step``) to the jsonl and TensorBoard."""
         workdir_lib.append_line(self.metrics_path, json.dumps(record))
-        tensorboard = self._tensorboard(record.get("member"))
+        member = record.get("member")
+        tensorboard = self._tensorboard(None if member is None else int(member))
         for name, value in record.items():
             if name not in ("epoch", "step", "member") and value is not None:
                 tensorboard.add_scalar(name, value, record["step"])
@@ -190,7 +191,7 @@ def plot_curves(
             ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
     else:
         for colour, label in enumerate(dict.fromkeys(labels.values())):
-            group = [r for r in records if labels.get(r.get("member")) == label]
+            group = [r for r in records if labels.get(int(r.get("member", -1))) == label]
             epochs = sorted({r["epoch"] for r in group})
             for split, style in (("val", "-"), ("train", "--")):
                 for ax, name in ((ax_loss, f"{split}_loss"), (ax_quality, f"{split}_{quality}")):

@@ -381,14 +381,19 @@ class _Run:
         """The stacked state to start from and the members' progress (best so far, diverged)."""
         state = initial_member_state(self.config, self.model, self.optimizer_of)
         progress = _Progress.new(self.num_members)
-        like = TrainState(*self._to_disk((state.params, state.opt_state)), state.epoch, None)
-        like = like._replace(key=self._to_disk(state.key))
+        like = TrainState(
+            self._to_disk(state.params),
+            self._to_disk(state.opt_state),
+            state.epoch,
+            self._to_disk(state.key),
+        )
         found = latest.restore_newest_readable(like, self._check_meta, self.log)
         if found is None:
             return state, progress
         epoch, stored, meta = found
         state = TrainState(
-            *self._from_disk((stored.params, stored.opt_state)),
+            self._from_disk(stored.params),
+            self._from_disk(stored.opt_state),
             stored.epoch,
             self._from_disk(stored.key),
         )
@@ -626,13 +631,14 @@ class _Run:
                 stopping = early or stop.signum is not None
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
                     self._save_best(best, progress)
-                    meta = dict(self.meta)
+                    meta: dict[str, Any] = dict(self.meta)
                     if num > 1:
                         meta["diverged"] = list(progress.diverged_at)
                     latest.save(
                         epoch,
                         TrainState(
-                            *self._to_disk((params, opt_state)),
+                            self._to_disk(params),
+                            self._to_disk(opt_state),
                             np.asarray(epoch, np.int32),
                             self._to_disk(key),
                         ),
@@ -686,7 +692,7 @@ class _Run:
                     for e, v in zip(progress.best_epoch, progress.best_val, strict=True)
                 ],
             }
-        meta = {**self.meta, "best": record}
+        meta: dict[str, Any] = {**self.meta, "best": record}
         if self.num_members > 1:
             meta["diverged"] = list(progress.diverged_at)
         best.save(newest, {"params": self._to_disk(progress.best_params)}, meta)
@@ -730,7 +736,7 @@ class _Run:
 
     def _records(
         self, params: Params, epoch: int, step_losses: np.ndarray, seconds: float, progress
-    ) -> list[dict[str, float]]:
+    ) -> list[dict[str, Any]]:
         """One metrics record per member (with ``member`` for a set of several).
 
         A diverged member's record holds its frozen params' metrics and no ``epoch_loss``
@@ -741,7 +747,7 @@ class _Run:
         rates = self._rates(epoch * self.steps_per_epoch)
         records = []
         for k in range(self.num_members):
-            record: dict[str, float] = {"member": k} if self.num_members > 1 else {}
+            record: dict[str, Any] = {"member": k} if self.num_members > 1 else {}
             record.update(
                 {
                     "epoch": epoch,
