@@ -22,7 +22,7 @@ import time
 
 from absl import app, flags, logging
 
-from experiments import config_flags
+from experiments import compilation_cache, config_flags
 from jaxbp import config as config_lib
 from jaxbp import parallel, run_outputs, trainer
 from jaxbp import workdir as workdir_lib
@@ -47,32 +47,12 @@ _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
 
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir",
-    os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "jaxbp",
-        "xla",
-    ),
+    compilation_cache.DEFAULT_DIR,
     "JAX's persistent compilation cache: a re-run of the same shapes loads its programs "
     "instead of compiling them. Empty: off.",
 )
 
 PROGRAM = "train.py"
-
-
-def use_compilation_cache(path: str) -> None:
-    """Turns on JAX's persistent compilation cache in ``path`` for this process (no-op if empty).
-
-    Every program is cached, however quickly it compiled: the small networks here compile
-    in well under JAX's default one-second threshold, yet those seconds are most of a short
-    run's wall time.
-    """
-    if not path:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def fail(message: str, code: int) -> int:
@@ -139,7 +119,7 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except RuntimeError as e:  # the coordinator never answered
         return fail(str(e), 1)
-    use_compilation_cache(_COMPILATION_CACHE_DIR.value)
+    compilation_cache.use(_COMPILATION_CACHE_DIR.value)
     if parallel.is_primary():
         print(f"jaxbp train: workdir {workdir}", flush=True)
     try:
