@@ -290,3 +290,30 @@ def test_write_predictions_adds_a_column_per_member(tmp_path):
         inference.write_predictions(
             str(path), np.asarray(["a", "b"]), member_predictions=[np.asarray(["a"])]
         )
+
+
+@pytest.mark.parametrize(
+    "swept, fixed",
+    [
+        ("weight_decay", dict(optimizer="adam")),
+        ("momentum", dict(optimizer="nesterov", learning_rate=0.05)),
+        ("clip_per_example", dict(optimizer="sgd", learning_rate=0.1)),
+    ],
+)
+def test_a_swept_number_gives_each_member_the_single_run_of_that_value(tmp_path, swept, fixed):
+    values = {"weight_decay": (0.0, 1e-2), "momentum": (0.5, 0.9), "clip_per_example": (0.1, 1.0)}
+    summary = _train(tmp_path / "set", sweep=((swept, values[swept]),), **fixed)
+    for member, value in zip(summary["members"], values[swept], strict=True):
+        single = _train(tmp_path / f"single-{value}", **{**fixed, swept: value})
+        assert member[swept] == value
+        assert member["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
+    losses = [m["test_loss"] for m in summary["members"]]
+    assert losses[0] != losses[1]
+
+
+def test_early_stopping_waits_for_every_member(tmp_path):
+    summary = _train(tmp_path / "w", epochs=60, repeats=3, early_stopping_patience=2)
+    assert summary["status"] == "early_stopped"
+    best = [m["best_epoch"] for m in summary["members"]]
+    assert summary["epochs"] - max(best) == 2  # the last member to improve set the stop
+    assert all(summary["epochs"] - b >= 2 for b in best)
