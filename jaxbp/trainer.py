@@ -272,7 +272,18 @@ def describe_run(config: Config, model: MLP, loss: str, task: str) -> str:
         f"{model.activation} hidden, {model.output_activation} output, loss {loss}, "
         f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}), "
         f"batch {config.batch_size}, {config.epochs} epochs, backward {config.backward}"
+        + _describe_members(config)
     )
+
+
+def _describe_members(config: Config) -> str:
+    """``; 6 members: sweep learning_rate=0.001,0.003 x repeats 3`` for a set, else nothing."""
+    num = len(config_lib.member_grid(config))
+    if num == 1:
+        return ""
+    parts = [f"sweep {config_lib.format_value(config.sweep)}"] if config.sweep else []
+    parts += [f"seeds {config.seed}..{config.seed + config.repeats - 1}"]
+    return f"; {num} members: {' x '.join(parts)} (swept values replace the ones above)"
 
 
 def train_and_evaluate(
