@@ -17,7 +17,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   seeds       each derivation's closed form beside the library
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
-  test        ruff (lint and format) and the test suite
+  test        ruff (lint and format), mypy over jaxbp/ and the test suite
   help        this list
 
 The first call sets up .venv (python3 -m venv, pip install -e ".[experiments,dev]").
@@ -75,11 +75,7 @@ case "$cmd" in
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   seeds) exec "$python" -m experiments.seeds "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
-  bench)
-    if ! "$python" -c "import torch" 2>/dev/null; then
-      "$python" -m pip install --quiet -e ".[bench]" || echo "launch.sh: torch unavailable; benchmarking JAX only." >&2
-    fi
-    exec "$python" -m experiments.benchmark "$@" ;;
+  bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed
   test)
     "$venv/bin/ruff" check .
     "$venv/bin/ruff" format --check .

@@ -3,95 +3,108 @@
     ./launch.sh scaling                          # CPU: 1, 2 and 4 forced host devices
     ./launch.sh --platform=gpu scaling --devices=1,2,4,8 --noforce_host_devices
 
-Each device count runs in its own subprocess (on CPU, XLA_FLAGS forces that many host
-devices before jax is imported) and times whole compiled epochs of the trainer's sharded
-step, after a warm-up epoch; the table reports the median epoch.
+Each device count runs in a child process of its own (`experiments.bench.host.run_child`; on
+CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) and times whole compiled
+epochs of the trainer's sharded step (its config's network and optimizer,
+`jaxbp.config.make_config`) after a warm-up epoch; the table reports the median.
+Forced host devices share the machine's cores, so on CPU the table measures the sharded
+step's overhead, not a speed-up.
 """
 
-import json
 import os
-import subprocess
 import sys
 import time
+from typing import Any
 
 from absl import app, flags
 
+from experiments.bench import host
+
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts to compare.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set to train on.")
-_HIDDEN = flags.DEFINE_list("hidden_sizes", ["128"], "Hidden widths of the network.")
+_HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths (default: the trainer's).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of every count).")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Timed epochs per count (after one warm-up).")
 _FORCE = flags.DEFINE_boolean(
     "force_host_devices", True, "CPU: force each count with XLA_FLAGS (off on GPU/TPU)."
 )
-_WORKER = flags.DEFINE_integer("worker", None, "Internal: time this device count and print.")
 
 
-def measure(num_devices: int) -> dict:
-    """Times epochs of the sharded train step on ``num_devices`` devices."""
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Times epochs of the trainer's sharded step on ``spec["devices"]`` devices."""
     import jax
     import numpy as np
 
-    from jaxbp import data, parallel, train
-    from jaxbp.mlp import MLP, init_params
+    from jaxbp import config as config_lib
+    from jaxbp import parallel, train, trainer
+    from jaxbp.mlp import init_params
 
-    dataset = data.load_dataset(_DATASET.value)
-    hidden = tuple(int(h) for h in _HIDDEN.value)
-    model = MLP((dataset.num_features, *hidden, dataset.num_outputs), "tanh", "softmax")
-    mesh = parallel.make_mesh(num_devices)
-    parallel.check_batch_size(_BATCH.value, mesh)
-    optimizer = train.make_optimizer("adam", 1e-3)
-    step = train.make_train_step(model, "softmax_cross_entropy", optimizer)
-    epoch = train.make_epoch(step, _BATCH.value, shard_batch=parallel.shard_batch(mesh))
-    params = init_params(jax.random.PRNGKey(0), model)
+    hidden = {"hidden_sizes": tuple(spec["hidden_sizes"])} if spec["hidden_sizes"] else {}
+    config = config_lib.make_config(spec["dataset"], batch_size=spec["batch_size"], **hidden)
+    dataset = trainer.load_data(config)
+    steps = len(dataset.x_train) // config.batch_size
+    model = trainer.build_model(config, dataset)
+    _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
+    mesh = parallel.make_mesh(spec["devices"])
+    parallel.check_batch_size(config.batch_size, mesh)
+    optimizer = trainer.build_optimizer(config, steps)
+    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
+    epoch = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
+    params = init_params(jax.random.PRNGKey(config.seed), model)
     params, opt_state = parallel.replicate((params, optimizer.init(params)), mesh)
     x, y = parallel.put_training_data((dataset.x_train, dataset.y_train), mesh)
     key = jax.random.PRNGKey(0)
     jax.block_until_ready(epoch(params, opt_state, x, y, key, 0))  # compile and warm up
     seconds = []
-    for e in range(1, _EPOCHS.value + 1):
-        t0 = time.perf_counter()
+    for e in range(1, spec["epochs"] + 1):
+        start = time.perf_counter()
         jax.block_until_ready(epoch(params, opt_state, x, y, key, e))
-        seconds.append(time.perf_counter() - t0)
-    steps = len(dataset.x_train) // _BATCH.value
+        seconds.append(time.perf_counter() - start)
     median = float(np.median(seconds))
     return {
-        "devices": num_devices,
+        "devices": spec["devices"],
         "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "network": "-".join(map(str, model.sizes)),
         "steps_per_epoch": steps,
         "epoch_ms": 1e3 * median,
-        "examples_per_second": steps * _BATCH.value / median,
+        "examples_per_second": steps * config.batch_size / median,
     }
 
 
 def main(argv: list[str]) -> int:
     del argv
-    if _WORKER.value is not None:
-        print(json.dumps(measure(_WORKER.value)))
-        return 0
+    spec = {
+        "dataset": _DATASET.value,
+        "hidden_sizes": [int(h) for h in _HIDDEN.value or []],
+        "batch_size": _BATCH.value,
+        "epochs": _EPOCHS.value,
+    }
     rows = []
     for count in (int(d) for d in _DEVICES.value):
-        env = dict(os.environ)
-        if _FORCE.value:
-            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-        flags_passed = [f for f in sys.argv[1:] if not f.startswith("--worker")]
-        result = subprocess.run(
-            [sys.executable, "-m", "experiments.scaling", f"--worker={count}", *flags_passed],
-            env=env,
-            capture_output=True,
-            text=True,
+        env = (
+            {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"} if _FORCE.value else {}
         )
-        if result.returncode != 0:
-            print(f"scaling.py: {count} devices failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        try:
+            rows.append(host.run_child("experiments.scaling", {**spec, "devices": count}, env))
+        except RuntimeError as e:
+            print(f"scaling.py: {count} devices failed: {e}", file=sys.stderr)
             return 1
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    base = rows[0]["examples_per_second"]
+    print(f"Machine: {host.describe()}")
+    print(f"Devices: {rows[0]['backend']} backend, device kind {rows[0]['device_kind']}")
+    if _FORCE.value and rows[0]["backend"] == "cpu":
+        print(
+            "Forced CPU devices (--xla_force_host_platform_device_count) share the same "
+            f"{len(os.sched_getaffinity(0))} cores: this table measures the sharded step's "
+            "overhead, not a speed-up."
+        )
     print(
-        f"{_DATASET.value}, hidden {','.join(_HIDDEN.value)}, global batch {_BATCH.value}, "
-        f"median of {_EPOCHS.value} epochs, backend {rows[0]['backend']}\n"
+        f"\n{_DATASET.value} {rows[0]['network']}, the trainer's optimizer, global batch "
+        f"{_BATCH.value}, median of {_EPOCHS.value} epochs\n"
     )
     print("| devices | epoch ms | examples/s | vs 1st row |")
     print("|---|---|---|---|")
+    base = rows[0]["examples_per_second"]
     for row in rows:
         print(
             f"| {row['devices']} | {row['epoch_ms']:.2f} | {row['examples_per_second']:,.0f} "
@@ -101,4 +114,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    if host.is_child():
+        host.child_main(measure)
+    else:
+        sys.exit(app.run(main))

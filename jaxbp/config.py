@@ -500,7 +500,7 @@ def _check_model_fields(config: Config) -> None:
     loss, output = config.loss, config.output_activation
     if AUTO not in (loss, output):
         needed = losses.LOSSES[loss].output_activation
-        if needed is not None and needed != output:
+        if not losses.LOSSES[loss].fits(output):
             raise ConfigError(
                 "loss",
                 loss,

@@ -9,14 +9,21 @@ import csv
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 from absl import flags
 from absl.testing import flagsaver
 
 from experiments import benchmark
-from experiments.bench import report
+from experiments.bench import alternatives, digits, report
+from experiments.bench.config import BenchConfig
+from experiments.bench.timing import time_interleaved
+from experiments.bench.torch_side import import_torch
+from jaxbp import config as config_lib
+from jaxbp import trainer
 
-SMALLEST = benchmark.BenchConfig(
+SMALLEST = BenchConfig(
     depths=(1,),
     widths=(8,),
     batch_sizes=(4,),
@@ -27,8 +34,9 @@ SMALLEST = benchmark.BenchConfig(
     epoch_steps=2,
     torch_compile=False,  # tens of seconds of compilation; the grid run covers it
     digits_budget=0.05,
-    digits_hidden=(32,),
+    digits_hidden=(),  # the trainer's network alone
     digits_cores=(1,),  # one child process, pinned to one CPU
+    alternatives=False,  # compiles ten programs; test_alternatives_run covers them
 )
 JAX_TIMES = (
     "custom_ms",
@@ -68,7 +76,7 @@ def test_smallest_configuration_reports_every_variant(result):
     assert row["flops"] == 6 * 4 * (8 * 8 + 8 * 10)
     assert row["dots_custom"] > 0 and row["dots_autodiff"] > 0
     assert row["residual_custom_bytes"] > 0 and row["residual_autodiff_bytes"] > 0
-    if benchmark.import_torch() is not None:
+    if import_torch() is not None:
         assert math.isfinite(row["torch_eager_ms"]) and row["torch_eager_ms"] > 0
         assert row["torch_threads"] >= 1
     else:
@@ -76,54 +84,132 @@ def test_smallest_configuration_reports_every_variant(result):
     assert math.isnan(row["torch_compile_ms"])  # switched off in SMALLEST
 
 
-def test_digits_section_reports_the_network(result):
+def test_digits_section_times_the_trainers_network(result):
     result, _ = result
-    networks = [d["network"] for d in result["digits"]]
-    assert networks == ["64-32-10"]
+    trainer_config = config_lib.make_config("digits")
+    sizes = (64, *trainer_config.hidden_sizes, 10)
+    assert [d["network"] for d in result["digits"]] == ["-".join(map(str, sizes))]
     for d in result["digits"]:
-        assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0 and d["steps"] > 0
+        assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0
+        assert d["steps"] == len(digits.trainer_training().x) // trainer_config.batch_size
         assert d["cores"] == 1  # the child ran on the one CPU it was given
         assert d["shuffle_sort_ms"] > 0 and d["shuffle_hashed_ms"] > 0
+        if import_torch() is not None:
+            assert d["torch_eager_ms"] > 0 and d["torch_threads"] >= 1
+
+
+def test_digits_training_is_the_trainers():
+    trainer_config = config_lib.make_config("digits")
+    t = digits.trainer_training()
+    assert t.config == trainer_config and t.loss == "softmax_cross_entropy"
+    assert t.model == trainer.build_model(trainer_config, trainer.load_data(trainer_config))
+    assert digits.trainer_training((32,)).model.sizes == (64, 32, 10)
+    # The optimizer is the trainer's: its learning rate follows the config's schedule.
+    state = t.optimizer.init(t.params)
+    updates, _ = t.optimizer.update(jax.tree.map(jnp.ones_like, t.params), state, t.params)
+    first_step = float(-updates[0]["b"][0])  # adam's first step is the learning rate
+    # (up to float32's bias correction 1 - 0.999, 1e-5 off)
+    assert abs(first_step - trainer_config.learning_rate) < 1e-4 * trainer_config.learning_rate
 
 
 def test_best_of_cores_takes_each_framework_at_its_fastest():
     rows = [
         {"network": "a", "cores": 1, "jax_scan_ms": 1.0, "torch_eager_ms": 30.0,
-         "torch_threads": 1, "torch_over_scan": 29.0},
+         "torch_threads": 1},
         {"network": "a", "cores": 2, "jax_scan_ms": 2.0, "torch_eager_ms": 20.0,
-         "torch_threads": 2, "torch_over_scan": 11.0},
+         "torch_threads": 2},
         {"network": "b", "cores": 1, "jax_scan_ms": 3.0, "torch_eager_ms": math.nan,
-         "torch_threads": None, "torch_over_scan": math.nan},
+         "torch_threads": None},
     ]  # fmt: skip
     a, b = report.best_of_cores(rows)
     assert (a["jax_scan_ms"], a["jax_cores"]) == (1.0, 1)
     assert (a["torch_eager_ms"], a["torch_cores"], a["torch_threads"]) == (20.0, 2, 2)
-    assert a["speedup"] == 20.0 and a["per_run"] == {1: 29.0, 2: 11.0}
-    assert b["jax_scan_ms"] == 3.0 and math.isnan(b["speedup"])
+    assert a["speedup"] == 20.0
+    assert b["jax_scan_ms"] == 3.0 and math.isnan(b["speedup"]) and b["torch_cores"] is None
 
 
 def test_report_files_are_written(result):
     result, lines = result
     files = result["files"]
-    with open(files["csv"]) as f:
+    with open(files["results_csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["custom_ms"]) > 0
+    with open(files["digits_csv"]) as f:
+        assert [r["network"] for r in csv.DictReader(f)] == [result["digits"][0]["network"]]
     with open(files["markdown"]) as f:
         markdown = f.read()
     assert markdown == result["markdown"]
     assert "| depth | width | batch |" in markdown and "Targets:" in markdown
+    assert "- custom ms: jax.value_and_grad" in markdown  # the legend, a line a column
     assert "Machine: " in markdown and "cores" in markdown
     if "plot" in files:
         assert os.path.getsize(files["plot"]) > 0
     assert any("1 points" in line for line in lines)
+    if import_torch() is None:
+        assert benchmark.TORCH_MISSING in lines
+        assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in (
+            benchmark.TORCH_MISSING
+        )
 
 
-def test_targets_are_evaluated(result):
+def test_targets_of_the_run_agree_with_their_bounds(result):
     result, _ = result
-    names = " ".join(t["target"] for t in result["targets"])
-    assert "jax.grad" in names and "residual memory" in names
-    for target in result["targets"]:
-        assert isinstance(target["holds"], bool) and target["figure"]
+    targets = result["targets"]
+    names = [t.name for t in targets]
+    assert "apply(custom) / jax.grad, median" in names
+    assert "residual bytes, custom / autodiff, max" in names
+    for t in targets:
+        comparison, bound = t.bound.split()
+        expected = t.value <= float(bound) if comparison == "<=" else t.value >= float(bound)
+        assert t.holds == expected and math.isfinite(t.value) and t.at, t
+
+
+def _grid_row(width, batch, custom_over_autodiff, **rest):
+    row = dict(depth=1, width=width, batch=batch, custom_over_autodiff=custom_over_autodiff)
+    for key in ("loss_and_grad_over_autodiff", "matmul_fraction_custom",
+                "matmul_fraction_loss_and_grad", "residual_ratio", "norms_over_grad",
+                "vmap_over_norms"):  # fmt: skip
+        row[key] = rest.get(key, math.nan)
+    return row
+
+
+def test_targets_read_the_rows_they_name():
+    rows = [
+        _grid_row(32, 32, 0.98),
+        _grid_row(1024, 256, 1.00, matmul_fraction_custom=0.95, vmap_over_norms=4.0),
+        _grid_row(2048, 1024, 1.07, matmul_fraction_custom=0.85),
+    ]
+    digits = [
+        {"network": "64-32-10", "cores": 1, "jax_scan_ms": 0.5, "torch_eager_ms": 15.0,
+         "torch_threads": 1},
+        {"network": "64-128-10", "cores": 1, "jax_scan_ms": 1.5, "torch_eager_ms": 18.0,
+         "torch_threads": 1},
+    ]  # fmt: skip
+    found = {t.name: t for t in report.targets(rows, digits)}
+    median = found["apply(custom) / jax.grad, median"]
+    assert (median.value, median.holds, median.at) == (1.00, True, "3 points")
+    worst = found["apply(custom) / jax.grad, max"]
+    assert (worst.value, worst.holds) == (1.07, False)
+    assert worst.at == "depth 1, width 2048, batch 1024"
+    matmul = found["apply(custom) vs matmul, min over width >= 1024, batch >= 256"]
+    assert (matmul.value, matmul.holds) == (0.85, False)
+    vmap = found["vmap(grad) norms / per_example_grad_norms, min at width 1024, batch 256"]
+    assert (vmap.value, vmap.holds, vmap.bound) == (4.0, False, ">= 5.00")
+    small = found["digits 64-32-10 epoch: torch eager / lax.scan, each at its fastest"]
+    assert (small.value, small.holds) == (30.0, True)
+    trainers = found["digits 64-128-10 epoch: torch eager / lax.scan, each at its fastest"]
+    assert (trainers.value, trainers.holds) == (12.0, False)
+    # Targets whose column has no measured value (all NaN here) are left out, not failed.
+    assert not any(name.startswith("loss_and_grad / jax.grad") for name in found)
+
+
+def test_alternatives_compile_different_programs_and_time_both():
+    config = BenchConfig(repeats=2, point_budget=0.0, digits_warmup_calls=0)
+    rows = alternatives.measure(config)
+    assert len(rows) == 5 and len({(r["choice"], r["program"]) for r in rows}) == 5
+    for row in rows:
+        assert row["chosen_ms"] > 0 and row["replaced_ms"] > 0 and row["rounds"] == 2, row
+        assert math.isfinite(row["replaced_over_chosen"]), row
 
 
 def test_time_interleaved_gives_a_median_per_thunk():
@@ -136,7 +222,7 @@ def test_time_interleaved_gives_a_median_per_thunk():
 
         return run
 
-    timings = benchmark.time_interleaved(
+    timings = time_interleaved(
         {"a": thunk("a"), "b": thunk("b"), "c": thunk("c")},
         min_rounds=4,
         budget=0.0,
@@ -148,9 +234,7 @@ def test_time_interleaved_gives_a_median_per_thunk():
     assert timings.median("a") >= 0 and math.isnan(timings.median("d"))
     assert timings.ratio("a", "b") > 0 and math.isnan(timings.ratio("a", "d"))
     with pytest.raises(ValueError, match="two groups"):
-        benchmark.time_interleaved(
-            {"a": thunk("a")}, min_rounds=1, budget=0.0, groups=[("a",), ("a",)]
-        )
+        time_interleaved({"a": thunk("a")}, min_rounds=1, budget=0.0, groups=[("a",), ("a",)])
 
 
 def test_time_interleaved_warmup_calls_precede_every_timed_call():
@@ -163,7 +247,7 @@ def test_time_interleaved_warmup_calls_precede_every_timed_call():
 
         return run
 
-    timings = benchmark.time_interleaved(
+    timings = time_interleaved(
         {"a": thunk("a"), "b": thunk("b")},
         min_rounds=3,
         budget=0.0,
@@ -181,9 +265,9 @@ def test_quick_flag_selects_the_quick_grid():
     with flagsaver.flagsaver():
         flags.FLAGS(["benchmark", "--quick"])
         config = benchmark.config_from_flags()
-    assert config.depths == benchmark.QUICK_GRID["depths"]
-    assert config.widths == benchmark.QUICK_GRID["widths"]
-    assert config.batch_sizes == benchmark.QUICK_GRID["batch_sizes"]
+    assert config.depths == benchmark.QUICK["depths"]
+    assert config.widths == benchmark.QUICK["widths"]
+    assert config.batch_sizes == benchmark.QUICK["batch_sizes"]
     assert not config.torch_compile
     with flagsaver.flagsaver():
         flags.FLAGS(["benchmark", "--quick", "--widths=64", "--torch_compile"])

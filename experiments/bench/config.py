@@ -1,38 +1,55 @@
-"""What a benchmark run measures: its configuration and one point of its grid."""
+"""What a benchmark run measures: its configuration and one point of its grid.
+
+Each field of `BenchConfig` is declared once, with its default and the reason for it as
+``help``; `experiments/benchmark.py` makes a flag of the same name from every field.
+"""
 
 import dataclasses
+import os
+
+
+def _field(default, reason: str):
+    return dataclasses.field(default=default, metadata={"help": reason})
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What to run; `main` fills it from the flags, tests build a tiny one."""
+    """What to run; the benchmark fills it from the flags, tests build a tiny one."""
 
-    depths: tuple[int, ...] = (1, 2, 4, 8)
-    widths: tuple[int, ...] = (32, 256, 1024, 2048)
-    batch_sizes: tuple[int, ...] = (1, 32, 256, 1024)
-    activations: tuple[str, ...] = ("tanh",)
-    dtypes: tuple[str, ...] = ("float32",)
-    loss: str = "mse"
-    num_outputs: int = 10
-    repeats: int = 5
-    point_budget: float = 8.0
-    epoch_steps: int = 2
-    per_example_max_mib: int = 2500
-    torch: bool = True
-    torch_compile: bool = True
-    digits: bool = True
-    digits_budget: float = 20.0  # seconds of rounds of the digits comparison
-    digits_hidden: tuple[int, ...] = (128, 32)  # the trainer's 64-128-10 and the issue's 64-32-10
-    # Untimed epochs before each timed one: training runs epochs back to back, so an epoch is
-    # timed after one of its own, not right after the other framework's.
-    digits_warmup_calls: int = 3
-    # CPUs the digits comparison runs on, one child process each: XLA:CPU sizes its thread
-    # pool from them once, where PyTorch picks its thread count per call.
-    digits_cores: tuple[int, ...] = (1, 2)
+    depths: tuple[int, ...] = _field((1, 2, 4, 8), "Hidden layers of the grid's networks.")
+    widths: tuple[int, ...] = _field(
+        (32, 256, 1024, 2048), "Hidden widths: dispatch- to FLOP-bound."
+    )
+    batch_sizes: tuple[int, ...] = _field((1, 32, 256, 1024), "Rows a step (1: matrix-vector).")
+    activations: tuple[str, ...] = _field(("tanh",), "Hidden activations (the trainer's tanh).")
+    dtypes: tuple[str, ...] = _field(("float32",), "float32, float64 or bfloat16.")
+    # Not `loss`: experiments/train.py defines that flag in the same absl registry.
+    grid_loss: str = _field("mse", "Loss of the grid; mse keeps the output layer plain.")
+    num_outputs: int = _field(10, "Output width (ten classes, as digits).")
+    repeats: int = _field(5, "Fewest rounds of the gradient comparison.")
+    point_budget: float = _field(8.0, "Seconds of rounds a point: cheap ones get more rounds.")
+    epoch_steps: int = _field(2, "Steps of the scan-against-loop epoch.")
+    per_example_max_mib: int = _field(2500, "Skip vmap(grad) where its B gradients exceed this.")
+    torch: bool = _field(True, "Time PyTorch too, where it is installed.")
+    torch_compile: bool = _field(True, "Time torch.compile too (~15 s compiling a shape).")
+    digits: bool = _field(True, "Time the digits epoch: lax.scan against PyTorch eager.")
+    digits_budget: float = _field(20.0, "Seconds of rounds of each digits comparison.")
+    digits_hidden: tuple[int, ...] = _field((32,), "Hidden widths timed beside the trainer's.")
+    # Training runs epochs back to back, so an epoch is timed after epochs of its own, not
+    # right after the other framework's (whose code and data then fill the caches).
+    digits_warmup_calls: int = _field(3, "Untimed epochs before each timed one (0: cold).")
+    # XLA:CPU sizes its thread pool once, from the CPUs the process may use, where PyTorch
+    # picks its thread count per call: a child process per CPU count gives XLA that choice.
+    digits_cores: tuple[int, ...] = _field(
+        (1, len(os.sched_getaffinity(0))), "CPU counts of the digits runs, a process each."
+    )
+    alternatives: bool = _field(True, "Time jaxbp's speed choices against the code replaced.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
+    """One grid point: ``depth`` hidden layers of ``width`` units, ``batch`` rows a step."""
+
     depth: int
     width: int
     batch: int

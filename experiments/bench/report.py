@@ -1,83 +1,103 @@
-"""The results as text and files: markdown tables, the issue's targets, CSV and plot.
+"""The results as text and files: markdown tables with their legends, the targets, CSV, plot.
 
-The targets are checked against the measured figures; the report is the markdown that
-``results.md`` holds and the run prints.
+A table is a tuple of columns ``(header, row key or keys shown "a/b", format, meaning)``, the
+meanings its legend; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a
+format spec. The targets are records (`Target`) computed from the rows by `TARGETS`.
 """
 
 import csv
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-# The issue's targets.
-TARGET_RATIO_MEDIAN = 1.00  # hand-written / jax.grad, median over the grid
-TARGET_RATIO_MAX = 1.05  # ... and at every point
-TARGET_MATMUL_FRACTION = 0.90  # of the matmul FLOP/s at width >= 1024, batch >= 256
-TARGET_DIGITS_SPEEDUP = 20.0  # scan epoch against torch eager
-TARGET_NORMS_OVER_GRAD = 1.5  # per-example norms against a plain gradient step
-TARGET_VMAP_OVER_NORMS = 5.0  # vmap(grad) against the norms, at width 1024, batch 256
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        if value >= 100:
-            return f"{value:.0f}"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _kib(n: int) -> str:
-    return f"{n / 1024:.0f}" if n >= 1024 else f"{n / 1024:.2f}"
-
+Row = dict[str, Any]
 
 GRID_COLUMNS = (
-    ("depth", "depth", lambda r: r["depth"]),
-    ("width", "width", lambda r: r["width"]),
-    ("batch", "batch", lambda r: r["batch"]),
-    ("act", "g", lambda r: r["activation"]),
-    ("dtype", "dtype", lambda r: r["dtype"]),
-    ("custom ms", "custom_ms", lambda r: _fmt(r["custom_ms"])),
-    ("l&g ms", "loss_and_grad_ms", lambda r: _fmt(r["loss_and_grad_ms"])),
-    ("autodiff ms", "autodiff_ms", lambda r: _fmt(r["autodiff_ms"])),
-    ("custom/ad", "custom_over_autodiff", lambda r: f"{r['custom_over_autodiff']:.3f}"),
-    ("l&g/ad", "", lambda r: f"{r['loss_and_grad_over_autodiff']:.3f}"),
-    ("dots c/ad", "", lambda r: f"{r['dots_custom']}/{r['dots_autodiff']}"),
-    ("GFLOP/s", "", lambda r: _fmt(r["gflops_custom"])),
-    ("of matmul", "", lambda r: f"{r['matmul_fraction_custom']:.2f}"),
-    ("step ms", "", lambda r: _fmt(r["train_step_ms"])),
-    ("loop/scan", "", lambda r: f"{r['loop_over_scan']:.2f}"),
-    ("norms/grad", "", lambda r: f"{r['norms_over_grad']:.2f}"),
-    ("vmap/norms", "", lambda r: _fmt(r["vmap_over_norms"])),
-    ("torch ms", "", lambda r: _fmt(r["torch_eager_ms"])),
-    ("compiled ms", "", lambda r: _fmt(r["torch_compile_ms"])),
+    ("depth", "depth", "", "hidden layers of `width` units, then 10 outputs"),
+    ("width", "width", "", ""),
+    ("batch", "batch", "", "rows a step"),
+    ("act", "activation", "", "hidden activation"),
+    ("dtype", "dtype", "", ""),
+    ("custom ms", "custom_ms", "g", "jax.value_and_grad through apply(backward='custom')"),
+    ("l&g ms", "loss_and_grad_ms", "g", "jaxbp.loss_and_grad, the derivation alone"),
+    ("autodiff ms", "autodiff_ms", "g", "jax.value_and_grad through the plain forward"),
+    ("custom/ad", "custom_over_autodiff", ".3f", "custom time over autodiff time"),
+    ("l&g/ad", "loss_and_grad_over_autodiff", ".3f", "l&g time over autodiff time"),
+    ("dots c/ad", ("dots_custom", "dots_autodiff"), "", "matmuls compiled, custom/autodiff"),
+    ("GFLOP/s", "gflops_custom", "g", "6·batch·Σ n_in·n_out over the custom time"),
+    ("vs matmul", "matmul_fraction_custom", ".2f", "custom FLOP/s relative to its matmuls alone"),
+    ("step ms", "train_step_ms", "g", "a jitted optax adam step"),
+    ("loop/scan", "loop_over_scan", ".2f", "steps called from Python over one lax.scan"),
+    ("norms/grad", "norms_over_grad", ".2f", "per_example_grad_norms over l&g"),
+    ("vmap/norms", "vmap_over_norms", "g", "norms of vmap(grad) over per_example_grad_norms"),
+    ("torch ms", "torch_eager_ms", "g", "PyTorch eager: forward, loss, backward()"),
+    ("compiled ms", "torch_compile_ms", "g", "the same under torch.compile"),
     (
         "resid KiB c/ad",
-        "",
-        lambda r: f"{_kib(r['residual_custom_bytes'])}/{_kib(r['residual_autodiff_bytes'])}",
+        ("residual_custom_bytes", "residual_autodiff_bytes"),
+        "kib",
+        "what the forward keeps for the backward, custom/autodiff",
     ),
+)
+DIGITS_COLUMNS = (
+    ("network", "network", "", "layer sizes"),
+    ("cores", "cores", "", "CPUs of the child process"),
+    ("steps", "steps", "", "adam steps of an epoch"),
+    ("jax scan", "jax_scan_ms", "g", "one epoch as the trainer runs it (make_epoch)"),
+    ("jax loop", "jax_loop_ms", "g", "its steps, each a jitted call from Python"),
+    ("torch eager", "torch_eager_ms", "g", "the same epoch in PyTorch eager"),
+    ("torch/scan", "torch_over_scan", "g", "torch eager over jax scan"),
+    ("loop/scan", "loop_over_scan", "g", "jax loop over jax scan"),
+    ("sort shuffle", "shuffle_sort_ms", "g", "jax.random.permutation of the rows alone"),
+    ("hashed shuffle", "shuffle_hashed_ms", "g", "jaxbp.shuffle.permutation alone"),
+)
+ALTERNATIVE_COLUMNS = (
+    ("jaxbp's choice", "choice", "", ""),
+    ("replaced", "replaced", "", ""),
+    ("timed", "program", "", ""),
+    ("choice ms", "chosen_ms", "g", ""),
+    ("replaced ms", "replaced_ms", "g", ""),
+    ("replaced/choice", "replaced_over_chosen", ".3f", ""),
+)
+TARGET_COLUMNS = (
+    ("target", "name", "", ""),
+    ("measured", "value", ".3f", ""),
+    ("bound", "bound", "", ""),
+    ("holds", "holds", "", ""),
+    ("at", "at", "", ""),
 )
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if spec == "kib":
+        return f"{value / 1024:.0f}" if value >= 1024 else f"{value / 1024:.2f}"
+    if spec == "g":
+        return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+    return format(value, spec)
+
+
+def markdown_table(columns, rows: Sequence[Row]) -> str:
+    def cell(row, keys, spec):
+        return "/".join(_fmt(row[k], spec) for k in ((keys,) if isinstance(keys, str) else keys))
+
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r, c[1], c[2]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _where(row: dict[str, Any]) -> str:
-    return f"depth {row['depth']}, width {row['width']}, batch {row['batch']}"
+def _section(title: str, columns, rows: Sequence[Row]) -> list[str]:
+    legend = [f"- {c[0]}: {c[3]}" for c in columns if c[3]]
+    return ["", title, "", *legend, *([""] if legend else []), markdown_table(columns, rows)]
 
 
-def best_of_cores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def best_of_cores(rows: list[Row]) -> list[Row]:
     """Per network: the fastest JAX scan epoch and the fastest torch eager epoch of any run.
 
     ``speedup`` is the second over the first: each framework at its best use of the machine.
@@ -86,186 +106,134 @@ def best_of_cores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for network in dict.fromkeys(r["network"] for r in rows):
         mine = [r for r in rows if r["network"] == network]
         jax_row = min(mine, key=lambda r: r["jax_scan_ms"])
-        timed_torch = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
-        torch_row = min(timed_torch, key=lambda r: r["torch_eager_ms"]) if timed_torch else None
+        timed = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
+        torch_row = min(timed, key=lambda r: r["torch_eager_ms"]) if timed else {}
+        torch_ms = torch_row.get("torch_eager_ms", math.nan)
         best.append(
             {
                 "network": network,
                 "jax_scan_ms": jax_row["jax_scan_ms"],
                 "jax_cores": jax_row["cores"],
-                "torch_eager_ms": torch_row["torch_eager_ms"] if torch_row else float("nan"),
-                "torch_cores": torch_row["cores"] if torch_row else None,
-                "torch_threads": torch_row["torch_threads"] if torch_row else None,
-                "speedup": (
-                    torch_row["torch_eager_ms"] / jax_row["jax_scan_ms"]
-                    if torch_row
-                    else float("nan")
-                ),
-                "per_run": {r["cores"]: r["torch_over_scan"] for r in mine},
+                "torch_eager_ms": torch_ms,
+                "torch_cores": torch_row.get("cores"),
+                "torch_threads": torch_row.get("torch_threads"),
+                "speedup": torch_ms / jax_row["jax_scan_ms"],
             }
         )
     return best
 
 
-def evaluate_targets(
-    rows: list[dict[str, Any]], digits: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Each target of the issue with its measured figure: ``{"target", "figure", "holds"}``."""
-    targets = []
+class Target(NamedTuple):
+    """A figure the benchmark is held to, and what it measured."""
 
-    def add(target: str, figure: str, holds: bool) -> None:
-        targets.append({"target": target, "figure": figure, "holds": bool(holds)})
+    name: str
+    value: float
+    bound: str  # "<= 1.05" or ">= 0.90"
+    holds: bool
+    at: str  # the point or points the value comes from
 
-    for key, label in (
-        ("custom_over_autodiff", "apply(custom) under jax.grad"),
-        ("loss_and_grad_over_autodiff", "loss_and_grad"),
-    ):
-        median = statistics.median(r[key] for r in rows)
-        worst = max(rows, key=lambda r, key=key: r[key])
-        add(
-            f"{label} / jax.grad: median <= {TARGET_RATIO_MEDIAN:.2f}, "
-            f"every point <= {TARGET_RATIO_MAX:.2f}",
-            f"median {median:.3f}, max {worst[key]:.3f} ({_where(worst)})",
-            median <= TARGET_RATIO_MEDIAN and worst[key] <= TARGET_RATIO_MAX,
+
+# The rows a target reads: name -> (how the target's name shows it, the test of a row).
+SELECTIONS = {
+    "all": ("", lambda r: True),
+    "big": (
+        " over width >= 1024, batch >= 256",
+        lambda r: r["width"] >= 1024 and r["batch"] >= 256,
+    ),
+    "1024x256": (" at width 1024, batch 256", lambda r: (r["width"], r["batch"]) == (1024, 256)),
+}
+# fmt: off
+TARGETS = (  # (what, rows, column, statistic over the rows, comparison, bound)
+    ("apply(custom) / jax.grad", "all", "custom_over_autodiff", "median", "<=", 1.00),
+    ("apply(custom) / jax.grad", "all", "custom_over_autodiff", "max", "<=", 1.05),
+    ("loss_and_grad / jax.grad", "all", "loss_and_grad_over_autodiff", "median", "<=", 1.00),
+    ("loss_and_grad / jax.grad", "all", "loss_and_grad_over_autodiff", "max", "<=", 1.05),
+    ("apply(custom) vs matmul", "big", "matmul_fraction_custom", "min", ">=", 0.90),
+    ("loss_and_grad vs matmul", "big", "matmul_fraction_loss_and_grad", "min", ">=", 0.90),
+    ("residual bytes, custom / autodiff", "all", "residual_ratio", "max", "<=", 1.00),
+    ("per_example_grad_norms / l&g", "1024x256", "norms_over_grad", "max", "<=", 1.5),
+    ("vmap(grad) norms / per_example_grad_norms", "1024x256", "vmap_over_norms", "min", ">=", 5),
+)
+# fmt: on
+TARGET_DIGITS_SPEEDUP = 20.0  # a digits epoch: torch eager over lax.scan, each at its fastest
+
+
+def _where(row: Row) -> str:
+    if "network" in row:
+        return (
+            f"scan {row['jax_scan_ms']:.3g} ms on {row['jax_cores']} core(s), "
+            f"torch {row['torch_eager_ms']:.3g} ms on {row['torch_cores']} core(s), "
+            f"{row['torch_threads']} thread(s)"
         )
-    big = [r for r in rows if r["width"] >= 1024 and r["batch"] >= 256]
-    if big:
-        custom = min(r["matmul_fraction_custom"] for r in big)
-        lag = min(r["matmul_fraction_loss_and_grad"] for r in big)
-        add(
-            f"width >= 1024, batch >= 256: >= {TARGET_MATMUL_FRACTION:.0%} of the matmul FLOP/s",
-            f"min {custom:.2f} (custom), {lag:.2f} (loss_and_grad) over {len(big)} points",
-            min(custom, lag) >= TARGET_MATMUL_FRACTION,
+    return f"depth {row['depth']}, width {row['width']}, batch {row['batch']}"
+
+
+def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
+    """Every target with rows to read, and the figure that decides it."""
+    found = []
+    for what, selection, key, statistic, comparison, bound in TARGETS:
+        shown, test = SELECTIONS[selection]
+        mine = [r for r in rows if test(r) and not math.isnan(r[key])]
+        if not mine:
+            continue
+        if statistic == "median":
+            value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
+        else:
+            extreme = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
+            value, at = extreme[key], _where(extreme)
+        holds = value <= bound if comparison == "<=" else value >= bound
+        found.append(
+            Target(f"{what}, {statistic}{shown}", value, f"{comparison} {bound:.2f}", holds, at)
         )
     for d in best_of_cores(digits):
-        if not math.isnan(d["speedup"]):
-            per_run = ", ".join(
-                f"{cores} core(s) {ratio:.1f}x" for cores, ratio in sorted(d["per_run"].items())
-            )
-            add(
-                f"digits {d['network']}: scan epoch >= {TARGET_DIGITS_SPEEDUP:.0f}x torch eager",
-                f"{d['speedup']:.1f}x: {d['jax_scan_ms']:.3g} ms ({d['jax_cores']} core(s)) "
-                f"against {d['torch_eager_ms']:.3g} ms ({d['torch_cores']} core(s), "
-                f"{d['torch_threads']} thread(s)); within each run: {per_run}",
-                d["speedup"] >= TARGET_DIGITS_SPEEDUP,
-            )
-    above = [r for r in rows if r["residual_custom_bytes"] > r["residual_autodiff_bytes"]]
-    ratio = max(r["residual_custom_bytes"] / max(r["residual_autodiff_bytes"], 1) for r in rows)
-    add(
-        "residual memory of the custom backward <= autodiff's at every point",
-        f"max custom/autodiff {ratio:.2f}; {len(above)} points above",
-        not above,
-    )
-    at_target = [r for r in rows if r["width"] == 1024 and r["batch"] == 256]
-    if at_target:
-        worst = max(r["norms_over_grad"] for r in at_target)
-        add(
-            f"per_example_grad_norms <= {TARGET_NORMS_OVER_GRAD}x a gradient step "
-            "(width 1024, batch 256)",
-            f"max {worst:.2f} over depths {[r['depth'] for r in at_target]} "
-            f"(whole grid: max {max(r['norms_over_grad'] for r in rows):.2f})",
-            worst <= TARGET_NORMS_OVER_GRAD,
-        )
-        vmapped = [r for r in at_target if not math.isnan(r["vmap_over_norms"])]
-        if vmapped:
-            least = min(r["vmap_over_norms"] for r in vmapped)
-            add(
-                f"per_example_grad_norms >= {TARGET_VMAP_OVER_NORMS:.0f}x faster than "
-                "vmap(grad) (width 1024, batch 256)",
-                f"min {least:.1f}x over depths {[r['depth'] for r in vmapped]} (deeper: "
-                "the B gradients exceed --per_example_max_mib)",
-                least >= TARGET_VMAP_OVER_NORMS,
-            )
-    return targets
+        if not math.isnan(speedup := d["speedup"]):
+            name = f"digits {d['network']} epoch: torch eager / lax.scan, each at its fastest"
+            holds = speedup >= TARGET_DIGITS_SPEEDUP
+            found.append(Target(name, speedup, f">= {TARGET_DIGITS_SPEEDUP:.2f}", holds, _where(d)))
+    return found
 
 
-def report(
-    rows: list[dict[str, Any]],
-    digits: list[dict[str, Any]],
-    targets: list[dict[str, Any]],
-    machine: str,
-    command: str,
-    notes: Sequence[str] = (),
-) -> str:
-    """The markdown report: machine, command, the grid, digits, and the targets."""
+def report(rows, digits, alternatives, machine: str, command: str, notes=()) -> str:
+    """The markdown report: machine, command, each table with its legend, the targets."""
     parts = [f"Machine: {machine}", "", f"Command: `{command}`", ""]
-    parts += [
-        "Times: medians over interleaved rounds, ms per call. Ratios (custom/ad, l&g/ad, "
-        "of matmul, loop/scan, norms/grad, vmap/norms): medians over rounds of the ratio of "
-        "calls made back to back. custom: jax.grad through apply(backward='custom'); l&g: "
-        "jaxbp.loss_and_grad; ad: jax.grad through the plain forward; dots: matmuls in the "
-        "compiled custom/autodiff programs; GFLOP/s: 6·batch·Σ n_in·n_out over the custom "
-        "gradient's time; of matmul: time of those matmuls alone over the custom gradient's; "
-        "step: a jitted optax adam step; loop/scan: an epoch's steps dispatched from Python "
-        "over the same steps in one lax.scan; norms/grad: per_example_grad_norms over "
-        "loss_and_grad; vmap/norms: norms of vmap(grad) over per_example_grad_norms; torch, "
-        "compiled: PyTorch eager and torch.compile forward+backward; resid: residual KiB, "
-        "custom/autodiff.",
-        "",
-        markdown_table(
-            [c[0] for c in GRID_COLUMNS], [[c[2](r) for c in GRID_COLUMNS] for r in rows]
-        ),
-    ]
+    parts += ["Times are medians over interleaved rounds; a ratio is the median over the rounds"]
+    parts += ["of the ratio of two calls made back to back."]
+    parts += _section("The grid:", GRID_COLUMNS, rows)
     if digits:
-        parts += [
-            "",
-            "Digits, one epoch (ms), interleaved medians, one child process per CPU count; "
-            "shuffle: the epoch's shuffle alone (sort: jax.random.permutation; hashed: "
-            "jaxbp.shuffle.permutation):",
-            "",
-            markdown_table(
-                [
-                    "network",
-                    "cores",
-                    "steps",
-                    "jax scan",
-                    "jax loop",
-                    "torch eager",
-                    "torch/scan",
-                    "loop/scan",
-                    "shuffle: sort",
-                    "shuffle: hashed",
-                ],
-                [
-                    [
-                        d["network"],
-                        d["cores"],
-                        d["steps"],
-                        _fmt(d["jax_scan_ms"]),
-                        _fmt(d["jax_loop_ms"]),
-                        _fmt(d["torch_eager_ms"]),
-                        _fmt(d["torch_over_scan"]),
-                        _fmt(d["loop_over_scan"]),
-                        _fmt(d["shuffle_sort_ms"]),
-                        _fmt(d["shuffle_hashed_ms"]),
-                    ]
-                    for d in digits
-                ],
-            ),
-        ]
-    parts += [
-        "",
-        "Targets:",
-        "",
-        markdown_table(
-            ["target", "measured", "holds"],
-            [[t["target"], t["figure"], "yes" if t["holds"] else "**no**"] for t in targets],
-        ),
-    ]
-    if notes:
-        parts += ["", *notes]
-    return "\n".join(parts) + "\n"
+        parts += _section(
+            "Digits, one epoch (ms), a child process per CPU count:", DIGITS_COLUMNS, digits
+        )
+    if alternatives:
+        title = "jaxbp's speed choices against the code each replaced:"
+        parts += _section(title, ALTERNATIVE_COLUMNS, alternatives)
+    shown = [t._asdict() for t in targets(rows, digits)]
+    parts += _section("Targets:", TARGET_COLUMNS, shown) + ["", *notes]
+    return "\n".join(parts).rstrip() + "\n"
 
 
-def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+def write_csv(rows: list[Row], path: str) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
-def plot(rows: list[dict[str, Any]], path: str) -> bool:
-    """Four panels against the FLOPs of a step; False when matplotlib is missing."""
+# fmt: off
+PANELS = (  # (title, y label, y scale, [(column, label)], target line); x: FLOPs of a step
+    ("hand-written / autodiff", "time ratio (below 1: hand-written faster)", "linear",
+     [("custom_over_autodiff", "apply(custom)"), ("loss_and_grad_over_autodiff", "l&g")], 1.05),
+    ("FLOP/s relative to a plain matmul", "matmul time / gradient time", "linear",
+     [("matmul_fraction_custom", "apply(custom)"), ("matmul_fraction_loss_and_grad", "l&g")],
+     0.90),
+    ("gradient step time", "ms", "log", [("custom_ms", "jax apply(custom)"),
+     ("torch_eager_ms", "torch eager"), ("torch_compile_ms", "torch.compile")], None),
+)
+# fmt: on
+
+
+def plot(rows: list[Row], path: str) -> bool:
+    """Four panels: three against the FLOPs of a step, and residual memory; False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -273,62 +241,28 @@ def plot(rows: list[dict[str, Any]], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    flops = np.array([r["flops"] for r in rows], float)
+
+    def column(key):
+        return np.array([r[key] for r in rows], float)
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    ax = axes[0, 0]
-    ax.scatter(
-        flops, [r["custom_over_autodiff"] for r in rows], label="apply(custom) / jax.grad", s=14
-    )
-    ax.scatter(
-        flops,
-        [r["loss_and_grad_over_autodiff"] for r in rows],
-        label="loss_and_grad / jax.grad",
-        s=14,
-        marker="x",
-    )
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.axhline(TARGET_RATIO_MAX, color="r", lw=0.8, ls="--")
-    ax.set(
-        xscale="log", xlabel="FLOPs per step", ylabel="time ratio", title="hand-written / autodiff"
-    )
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    ax.scatter(flops, [r["matmul_fraction_custom"] for r in rows], s=14)
-    ax.axhline(TARGET_MATMUL_FRACTION, color="r", lw=0.8, ls="--")
-    ax.set(
-        xscale="log",
-        xlabel="FLOPs per step",
-        ylabel="matmul time / gradient time",
-        title="fraction of the matmul FLOP/s",
-    )
-    ax = axes[1, 0]
-    for key, label in (
-        ("custom_ms", "jax custom"),
-        ("torch_eager_ms", "torch eager"),
-        ("torch_compile_ms", "torch.compile"),
-    ):
-        ax.scatter(flops, [r[key] for r in rows], label=label, s=14)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="FLOPs per step",
-        ylabel="ms per gradient",
-        title="gradient time",
-    )
-    ax.legend(fontsize=8)
+    for ax, (title, ylabel, yscale, series, bound) in zip(axes.flat, PANELS, strict=False):
+        for (key, label), marker in zip(series, "ox+", strict=False):
+            if not np.isnan(column(key)).all():
+                ax.scatter(column("flops"), column(key), s=16, marker=marker, label=label)
+        if bound is not None:
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.axhline(bound, color="r", lw=0.8, ls="--", label=f"target {bound:.2f}")
+        ax.set(title=title, xscale="log", yscale=yscale, xlabel="FLOPs a step", ylabel=ylabel)
+        ax.legend(fontsize=9)
     ax = axes[1, 1]
-    custom = np.array([r["residual_custom_bytes"] for r in rows], float)
-    autodiff = np.array([r["residual_autodiff_bytes"] for r in rows], float)
-    ax.scatter(autodiff, custom, s=14)
+    custom, autodiff = column("residual_custom_bytes"), column("residual_autodiff_bytes")
+    ax.scatter(autodiff, custom, s=16)
     lims = [min(custom.min(), autodiff.min()) * 0.8, max(custom.max(), autodiff.max()) * 1.2]
-    ax.plot(lims, lims, color="k", lw=0.8)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="autodiff residual bytes",
-        ylabel="custom residual bytes",
-        title="residual memory",
-    )
+    ax.plot(lims, lims, color="k", lw=0.8, label="equal")
+    ax.set(title="residual memory", xscale="log", yscale="log")
+    ax.set(xlabel="autodiff bytes", ylabel="custom bytes")
+    ax.legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

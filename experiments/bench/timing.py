@@ -12,16 +12,11 @@ import jax
 Thunk = Callable[[], Any]
 
 
-def _block(out: Any) -> Any:
-    return jax.block_until_ready(out)
-
-
 class Timings(NamedTuple):
     """Per-call seconds of interleaved rounds.
 
     Attributes:
-      samples: name -> one time per round, in round order (so index r of two names are calls
-        made close together in round r).
+      samples: name -> one time per round, in round order.
       rounds: the number of rounds.
     """
 
@@ -49,14 +44,12 @@ def time_interleaved(
     max_rounds: int = 5000,
     warmup_calls: int = 0,
 ) -> Timings:
-    """Times each thunk call by call, in interleaved rounds.
+    """Times each thunk call by call (to its ``block_until_ready``), in interleaved rounds.
 
-    Each thunk is called once untimed (warm-up, and the estimate of its cost); then every
-    round calls each thunk once, timing each call to its ``block_until_ready``. A round runs
-    the groups in a random order and the thunks of a group back to back, in a random order:
-    the variants one compares go in one group, so that each round's ratio compares calls made
-    under the same load (the machine may be shared: the load of other processes comes and
-    goes, and a median of each variant alone can land in different load regimes).
+    Each thunk is called once untimed (warm-up, and the estimate of its cost), then once a
+    round. A round runs the groups in a random order and the thunks of a group back to back in
+    a random order: the variants compared go in one group, so that each round's ratio compares
+    calls made under the same load of other processes.
 
     Args:
       thunks: name -> a call that returns what to block on.
@@ -64,24 +57,20 @@ def time_interleaved(
       budget: seconds of rounds to aim for: cheap thunks get more rounds, up to ``max_rounds``.
       groups: names to run back to back; the other thunks run alone.
       max_rounds: the most rounds.
-      warmup_calls: untimed calls of a thunk right before each of its timed calls, so that
-        the timed call follows calls of its own, as the epochs of a training run do, and not
-        a call of another thunk (whose code and data then fill the caches).
-
-    Returns:
-      The `Timings`.
+      warmup_calls: untimed calls right before each timed call of a thunk, so that it follows
+        calls of its own, as the epochs of a training run do.
     """
     estimate = {}
     for name, thunk in thunks.items():
         start = time.perf_counter()
-        _block(thunk())
+        jax.block_until_ready(thunk())
         estimate[name] = time.perf_counter() - start
     per_round = max(sum(estimate.values()) * (1 + warmup_calls), 1e-9)
     rounds = int(min(max_rounds, max(min_rounds, budget // per_round)))
     grouped = [[n for n in group if n in thunks] for group in groups]
     in_groups = [n for group in grouped for n in group]
     if len(in_groups) != len(set(in_groups)):
-        raise ValueError(f"a thunk is in two groups: {groups}; each runs once a round.")
+        raise ValueError(f"a thunk is in two groups: {groups}; list each in one group.")
     grouped = [g for g in grouped if g] + [[n] for n in thunks if n not in in_groups]
     samples: dict[str, list[float]] = {name: [] for name in thunks}
     rng = random.Random(0)
@@ -90,10 +79,9 @@ def time_interleaved(
         for group in grouped:
             rng.shuffle(group)
             for name in group:
-                thunk = thunks[name]
                 for _ in range(warmup_calls):
-                    _block(thunk())
+                    jax.block_until_ready(thunks[name]())
                 start = time.perf_counter()
-                _block(thunk())
+                jax.block_until_ready(thunks[name]())
                 samples[name].append(time.perf_counter() - start)
     return Timings(samples, rounds)

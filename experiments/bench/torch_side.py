@@ -1,7 +1,8 @@
-"""The PyTorch side: the same network, weights, batch and loss as the JAX side, in PyTorch.
+"""The PyTorch side: the JAX network, weights, batch and loss of a point, in PyTorch.
 
-Each gradient step is run eager and under torch.compile, pinned to 1 and to all CPU threads;
-the report takes the faster thread count.
+PyTorch picks its thread count per call, so every step is timed at 1 and at all CPU threads
+(``KIND@THREADS``) and reported at the faster: OpenMP threads spin-wait, and on a loaded
+machine the multi-threaded run of a small step can be many times slower.
 """
 
 import math
@@ -20,7 +21,7 @@ from jaxbp.mlp import MLP
 
 
 def import_torch():
-    """torch, or None when it is not installed (the ``bench`` extra)."""
+    """torch, or None where it is not installed (docs/performance.md says how to add it)."""
     try:
         import torch
     except ImportError:
@@ -28,22 +29,16 @@ def import_torch():
     return torch
 
 
-def _torch_dtype(torch, dtype: str):
-    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[dtype]
-
-
-def _torch_tensor(torch, array, dtype: str):
-    host = np.asarray(jnp.asarray(array, jnp.float32 if dtype == "bfloat16" else array.dtype))
-    return torch.from_numpy(host.copy()).to(_torch_dtype(torch, dtype))
+def to_torch(torch, array, dtype: str):
+    """A JAX array as a torch tensor of ``dtype`` (through float32 for bfloat16)."""
+    host = np.array(jnp.asarray(array, jnp.float32) if dtype == "bfloat16" else array)
+    return torch.from_numpy(host).to(getattr(torch, dtype))
 
 
 def torch_mlp(torch, model: MLP, params, dtype: str, *, fused_output: bool):
-    """The same network in PyTorch, with the JAX weights copied in.
-
-    With ``fused_output`` the output activation is left out (the loss takes the logits).
-    """
+    """The network in PyTorch with the JAX weights; ``fused_output`` leaves out f."""
     nn = torch.nn
-    hidden = {
+    activation = {
         "identity": nn.Identity,
         "sigmoid": nn.Sigmoid,
         "tanh": nn.Tanh,
@@ -55,53 +50,36 @@ def torch_mlp(torch, model: MLP, params, dtype: str, *, fused_output: bool):
     layers = []
     for k, (layer, act) in enumerate(zip(params, model.layer_activations, strict=True)):
         n_out, n_in = layer["W"].shape
-        linear = nn.Linear(n_in, n_out, bias=model.use_bias, dtype=_torch_dtype(torch, dtype))
+        linear = nn.Linear(n_in, n_out, bias=model.use_bias, dtype=getattr(torch, dtype))
         with torch.no_grad():
-            linear.weight.copy_(_torch_tensor(torch, layer["W"], dtype))
+            linear.weight.copy_(to_torch(torch, layer["W"], dtype))
             if model.use_bias:
-                linear.bias.copy_(_torch_tensor(torch, layer["b"], dtype))
+                linear.bias.copy_(to_torch(torch, layer["b"], dtype))
         layers.append(linear)
         if not (fused_output and k == model.num_layers - 1):
-            layers.append(hidden[act.name]())
+            layers.append(activation[act.name]())
     return nn.Sequential(*layers)
 
 
 def torch_loss(torch, loss: str) -> Callable:
     """``(output, y) -> scalar``: the jaxbp loss in PyTorch (fused ones from the logits)."""
     functional = torch.nn.functional
-
-    def n(y):
-        return y.shape[0]
-
     return {
-        "mse": lambda out, y: ((out - y) ** 2).sum() / n(y),
-        "half_mse": lambda out, y: 0.5 * ((out - y) ** 2).sum() / n(y),
+        "mse": lambda out, y: ((out - y) ** 2).sum() / len(y),
+        "half_mse": lambda out, y: 0.5 * ((out - y) ** 2).sum() / len(y),
         "sse": lambda out, y: ((out - y) ** 2).sum(),
         "bce": lambda z, y: (
-            functional.binary_cross_entropy_with_logits(z, y, reduction="sum") / n(y)
+            functional.binary_cross_entropy_with_logits(z, y, reduction="sum") / len(y)
         ),
         "softmax_cross_entropy": lambda z, y: (
-            functional.cross_entropy(z, y, reduction="sum") / n(y)
+            functional.cross_entropy(z, y, reduction="sum") / len(y)
         ),
     }[loss]
 
 
 def thread_counts() -> tuple[int, ...]:
-    """1 and all CPU threads: PyTorch is timed at both and reported at the faster.
-
-    OpenMP threads spin-wait for work; on a machine shared with other processes that can make
-    the multi-threaded run of a small step many times slower than the single-threaded one.
-    """
+    """1 and all CPU threads."""
     return tuple(sorted({1, os.cpu_count() or 1}))
-
-
-def best_torch(timings: Timings, kind: str) -> tuple[str | None, int | None]:
-    """The fastest ``kind@T`` timed (by median), and its T; ``(None, None)`` if none was."""
-    names = [n for n in timings.samples if n.startswith(kind + "@")]
-    if not names:
-        return None, None
-    best = min(names, key=timings.median)
-    return best, int(best.split("@")[1])
 
 
 def pin_threads(torch, threads: int, thunk: Thunk) -> Thunk:
@@ -114,74 +92,60 @@ def pin_threads(torch, threads: int, thunk: Thunk) -> Thunk:
     return run
 
 
+def best_torch(timings: Timings, kind: str) -> tuple[str | None, int | None]:
+    """The fastest ``kind@T`` timed (by median), and its T; ``(None, None)`` if none was."""
+    names = [n for n in timings.samples if n.startswith(kind + "@")]
+    if not names:
+        return None, None
+    best = min(names, key=timings.median)
+    return best, int(best.split("@")[1])
+
+
+def _gradient_step(net, loss_of: Callable, x, y) -> Thunk:
+    def step():
+        for p in net.parameters():
+            p.grad = None
+        value = loss_of(x, y)
+        value.backward()
+        return value
+
+    return step
+
+
 class TorchRunner:
-    """PyTorch gradient steps for the grid, keeping one torch.compile per network shape."""
+    """The PyTorch gradient steps of the grid, one torch.compile per network shape."""
 
     def __init__(self, torch, config: BenchConfig):
-        self.torch = torch
-        self.config = config
-        self.threads = thread_counts()
-        self._compiled_key = None
-        self._compiled_net = None
-        self._compiled = None
+        self.torch, self.config = torch, config
+        self.compiled: dict[Any, tuple[Any, Callable]] = {}
         self.compile_error: str | None = None
-        if hasattr(torch, "_dynamo"):
-            torch._dynamo.config.cache_size_limit = 64
+        torch._dynamo.config.cache_size_limit = 64  # a recompile per batch size
 
-    def thunks(self, point: Point, static: dict[str, Any]) -> tuple[dict[str, Thunk], float]:
-        """``({name: thunk}, seconds spent compiling)`` for one point.
-
-        The names are ``torch_eager@T`` and ``torch_compile@T`` for T in `thread_counts`.
-        """
-        torch = self.torch
-        loss = self.config.loss
+    def thunks(self, point: Point, inputs: dict[str, Any]) -> tuple[dict[str, Thunk], float]:
+        """``({KIND@T: thunk}, seconds compiling)``: eager and compiled steps, 1 and all T."""
+        torch, loss = self.torch, self.config.grid_loss
         fused = jaxbp.LOSSES[loss].value_from_logits is not None
-        model = static["model"]
-        net = torch_mlp(torch, model, static["params"], point.dtype, fused_output=fused)
-        x = _torch_tensor(torch, static["x"], point.dtype)
-        y = _torch_tensor(torch, static["y"], point.dtype)
+        net = torch_mlp(torch, inputs["model"], inputs["params"], point.dtype, fused_output=fused)
+        x, y = (to_torch(torch, inputs[k], point.dtype) for k in ("x", "y"))
         loss_fn = torch_loss(torch, loss)
-
-        def eager():
-            for p in net.parameters():
-                p.grad = None
-            value = loss_fn(net(x), y)
-            value.backward()
-            return value
-
-        thunks = {f"torch_eager@{t}": pin_threads(torch, t, eager) for t in self.threads}
+        steps = {"torch_eager": _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)}
         compile_seconds = math.nan
         if self.config.torch_compile and self.compile_error is None:
-            # One compiled function per network shape, reused across batch sizes (dynamo
-            # recompiles once for a dynamic batch); the weights of this point are copied in.
-            shape_key = (model, point.dtype)
-            if shape_key != self._compiled_key:
+            key = (inputs["model"], point.dtype)
+            if key not in self.compiled:  # a new shape: compiled once, dynamic in the batch
                 torch._dynamo.reset()
-                self._compiled_key = shape_key
-                self._compiled_net = net
-                compiled_net = net
-                self._compiled = torch.compile(lambda x, y: loss_fn(compiled_net(x), y))
-            else:
-                with torch.no_grad():
-                    for mine, theirs in zip(
-                        self._compiled_net.parameters(), net.parameters(), strict=True
-                    ):
-                        mine.copy_(theirs)
-            compiled_net, compiled = self._compiled_net, self._compiled
-
-            def compiled_step():
-                for p in compiled_net.parameters():
-                    p.grad = None
-                value = compiled(x, y)
-                value.backward()
-                return value
-
+                self.compiled = {key: (net, torch.compile(lambda x, y: loss_fn(net(x), y)))}
+            compiled_net, compiled = self.compiled[key]
+            compiled_net.load_state_dict(net.state_dict())  # this point's weights
             start = time.perf_counter()
             try:
-                compiled_step()  # compiles, or recompiles for this batch size
-                for t in self.threads:
-                    thunks[f"torch_compile@{t}"] = pin_threads(torch, t, compiled_step)
+                _gradient_step(compiled_net, compiled, x, y)()  # compiles for this batch size
+                steps["torch_compile"] = _gradient_step(compiled_net, compiled, x, y)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means "does not work"
                 self.compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             compile_seconds = time.perf_counter() - start
+        threads = thread_counts()
+        thunks = {
+            f"{kind}@{t}": pin_threads(torch, t, s) for kind, s in steps.items() for t in threads
+        }
         return thunks, compile_seconds

@@ -1,0 +1,75 @@
+"""The host: what it is, and measurements that each need a fresh process.
+
+XLA fixes its view of the host when its backend starts: its thread pool from the CPUs the
+process may use, its CPU devices from ``XLA_FLAGS``. So a measurement on k CPUs or N forced
+devices runs in a child: `run_child` starts ``python -m MODULE SPEC`` (SPEC a JSON object),
+and the child's `child_main` pins itself to ``spec["cores"]`` CPUs (when given) before JAX
+starts, measures, and prints the JSON result as its last line.
+"""
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax  # importing JAX does not start a backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's name elsewhere)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """One line: CPU model, cores, memory, OS, Python and jax versions (JAX not started)."""
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        memory = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores{memory}; {platform.system()} "
+        f"{platform.release()}; python {platform.python_version()}; jax {jax.__version__}"
+    )
+
+
+def run_child(module: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """Runs ``python -m module SPEC`` from the repository root and returns its JSON result.
+
+    Raises:
+      RuntimeError: when the child fails, with the end of its stderr.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", module, json.dumps(spec)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"python -m {module} (spec {spec}, env {env}) exited with {done.returncode}:\n"
+            f"{done.stderr[-3000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def is_child() -> bool:
+    """Whether this process was started by `run_child` (its one argument is a JSON spec)."""
+    return len(sys.argv) == 2 and sys.argv[1].startswith("{")
+
+
+def child_main(measure: Callable[[dict[str, Any]], Any]) -> None:
+    """The child's side of `run_child`: pin the CPUs, measure, print the JSON result."""
+    spec = json.loads(sys.argv[1])
+    if "cores" in spec:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: spec["cores"]])
+    print(json.dumps(measure(spec)))
