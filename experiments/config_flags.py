@@ -30,6 +30,11 @@ def _base_type(name: str) -> tuple[Any, bool]:
     return hint, False
 
 
+def hint_is_sweep(name: str) -> bool:
+    """Whether a field is a sweep (a repeatable ``--NAME=field=v1,v2`` flag)."""
+    return typing.get_type_hints(Config)[name] == config_lib.Sweep
+
+
 def _help(name: str) -> str:
     text = config_lib.field_help(name)
     choices = config_lib.field_choices(name)
@@ -58,6 +63,8 @@ def define_config_flags() -> dict[str, flags.FlagHolder]:
         help_text = _help(name)
         if kind is bool:
             holders[name] = flags.DEFINE_boolean(name, default, help_text)
+        elif hint_is_sweep(name):
+            holders[name] = flags.DEFINE_multi_string(name, [], help_text)
         elif typing.get_origin(kind) is tuple or kind is tuple:
             value = None if default is None else [str(v) for v in default]
             holders[name] = flags.DEFINE_list(name, value, help_text)
@@ -82,7 +89,9 @@ def given_flags(holders: dict[str, flags.FlagHolder]) -> dict[str, Any]:
             continue
         value = holder.value
         kind, _ = _base_type(name)
-        if (typing.get_origin(kind) is tuple or kind is tuple) and value is not None:
+        if hint_is_sweep(name):
+            value = config_lib.parse_sweep(value)
+        elif (typing.get_origin(kind) is tuple or kind is tuple) and value is not None:
             try:
                 value = tuple(int(v) for v in value if v != "")
             except ValueError:

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 
 from jaxbp import inference
 from jaxbp import workdir as workdir_lib
+from jaxbp.config import SWEEPABLE as _SWEEPABLE
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."
@@ -59,14 +60,46 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         if result["best_epoch"] is None
         else f"the best-validation parameters (epoch {result['best_epoch']})"
     )
+    members = result.get("members")
+    if members is not None:
+        params = f"{len(members)} members' best-validation parameters"
     print(f"{workdir}: {params} on {result['num_test_examples']} test examples")
-    rows = [("test loss", f"{result['test_loss']:.4f}")]
-    if "test_accuracy" in result:
-        rows.append(("test accuracy", f"{100 * result['test_accuracy']:.2f}%"))
+    quality = "accuracy" if "test_accuracy" in result else "r2"
+
+    def show(value: float) -> str:
+        return f"{100 * value:.2f}%" if quality == "accuracy" else f"{value:.4f}"
+
+    label = "test accuracy" if quality == "accuracy" else "test R²"
+    if members is None:
+        rows = [
+            ("test loss", f"{result['test_loss']:.4f}"),
+            (label, show(result[f"test_{quality}"])),
+        ]
+        for name, value in rows:
+            print(f"  {name:<14}{value:>10}")
     else:
-        rows.append(("test R²", f"{result['test_r2']:.4f}"))
-    for name, value in rows:
-        print(f"  {name:<14}{value:>10}")
+        rows = []
+        for m in members:
+            values = "".join(f" {k}={v:g}" for k, v in m.items() if k in _SWEEPABLE)
+            note = "" if m["diverged_at_epoch"] is None else f" (diverged {m['diverged_at_epoch']})"
+            rows.append(
+                (
+                    f"member {m['member']} seed {m['seed']}{values}",
+                    m["test_loss"],
+                    show(m[f"test_{quality}"]) + note,
+                )
+            )
+        spread = f"{show(result[f'test_{quality}'])} ± {show(result[f'test_{quality}_std'])}"
+        rows.append(("mean ± std", result["test_loss"], spread))
+        ensemble = result["ensemble"]
+        name = f"ensemble of {ensemble['num_members']}"
+        rows.append((name, ensemble["test_loss"], show(ensemble[f"test_{quality}"])))
+        width = max(len(row[0]) for row in rows) + 2
+        print(f"  {'':<{width}}{'test loss':>10}  {label}")
+        for name, loss, quality_text in rows:
+            print(f"  {name:<{width}}{loss:>10.4f}  {quality_text}")
+        if "confusion_matrix" in result:
+            print("\nthe ensemble's predictions:")
     if "confusion_matrix" in result:
         names = result["class_names"]
         label = max(len("class"), *map(len, names))

@@ -7,7 +7,10 @@
 every feature of the run (in any order; other columns, such as the target, are ignored), or
 an .npz with an array ``x``. ``--output`` gets a csv with a ``prediction`` column (the class
 name, or the value in the target's units; ``prediction_0``, ... for several targets) and, for
-classification, one ``probability_<class>`` column per class. Exit status: 0 done, 2 a bad
+classification, one ``probability_<class>`` column per class. For a member set (a run with
+``--repeats`` or ``--sweep``) ``prediction`` and the probabilities are the ensemble's (the
+members' outputs averaged) and ``member_0``, ``member_1``, ... hold each member's
+prediction (single-target runs). Exit status: 0 done, 2 a bad
 flag (a workdir without a trained run, a data file that is missing or does not fit the run,
 an output folder that does not exist), 1 a fault (a damaged checkpoint, a failed write).
 """
@@ -85,8 +88,11 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     try:
         predictions, probabilities = inference.predict_rows(trained, x_raw)
+        members = None
+        if trained.members is not None and predictions.ndim == 1:
+            members = [p for p, _ in inference.member_predictions(trained, x_raw)]
         inference.write_predictions(
-            output, predictions, probabilities, trained.preprocessing["class_names"]
+            output, predictions, probabilities, trained.preprocessing["class_names"], members
         )
     except KeyboardInterrupt:
         return fail(f"interrupted; {output} was not written.", 130)
@@ -105,6 +111,12 @@ def print_report(
         if trained.best_epoch is None
         else f"the best-validation parameters (epoch {trained.best_epoch})"
     )
+    if trained.members is not None:
+        kept = sum(m["diverged_at_epoch"] is None for m in trained.members)
+        params = (
+            f"the ensemble of {kept} members (each member's best-validation parameters; "
+            f"{len(trained.members) - kept} diverged, left out)"
+        )
     print(f"{len(predictions)} rows predicted with {params} of {workdir}")
     if trained.preprocessing["task"] == "classification":
         names, counts = np.unique(predictions, return_counts=True)

@@ -4,8 +4,10 @@
     ./launch.sh train --dataset=csv --data_path=houses.csv --target_column=price
     ./launch.sh train --workdir=runs/my-run --epochs=60     # resume, or continue a finished run
     ./launch.sh train --flagfile=my_run.flags
+    ./launch.sh train --dataset=digits --repeats=8                # 8 seeds in one program
+    ./launch.sh train --sweep=learning_rate=1e-3,3e-3,1e-2 --repeats=4   # a 3 x 4 grid
 
-Every flag is a field of `jaxbp.config.Config` (``--help`` shows each default and choice);
+Every run flag is a field of `jaxbp.config.Config` (``--help`` shows each default and choice);
 flags left unset take the data set's defaults, or, in a workdir that holds a run, that
 run's settings. Exit status: 0 done, 1 a fault during the run, 2 bad flags or a workdir
 that refuses them, 128 + signal after a clean stop (130 for Ctrl-C, 143 for SIGTERM).
@@ -20,9 +22,9 @@ import time
 
 from absl import app, flags, logging
 
-from experiments import config_flags
+from experiments import compilation_cache, config_flags
 from jaxbp import config as config_lib
-from jaxbp import parallel, trainer
+from jaxbp import parallel, run_outputs, trainer
 from jaxbp import workdir as workdir_lib
 
 _CONFIG = config_flags.define_config_flags()
@@ -41,6 +43,13 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
 _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
     "coordinator_timeout", 60, "Seconds to wait for the other processes before giving up."
+)
+
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    compilation_cache.DEFAULT_DIR,
+    "JAX's persistent compilation cache: a re-run of the same shapes loads its programs "
+    "instead of compiling them. Empty: off.",
 )
 
 PROGRAM = "train.py"
@@ -110,6 +119,7 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except RuntimeError as e:  # the coordinator never answered
         return fail(str(e), 1)
+    compilation_cache.use(_COMPILATION_CACHE_DIR.value)
     if parallel.is_primary():
         print(f"jaxbp train: workdir {workdir}", flush=True)
     try:
@@ -143,20 +153,38 @@ def main(argv: list[str]) -> int:
 
 
 def print_summary(summary: dict, workdir: str) -> None:
-    """The closing lines: test quality of the best-validation params, time, outputs."""
-    quality = (
-        f"test accuracy {100 * summary['test_accuracy']:.2f}%"
-        if "test_accuracy" in summary
-        else f"test R² {summary['test_r2']:.4f}"
-    )
+    """The closing lines: test quality of the best-validation params, time, outputs.
+
+    A member set's quality is the mean ± std over its members, followed by the table by
+    swept value (also in ``sweep.md``).
+    """
+    members = summary.get("members")
+    if "test_accuracy" in summary:
+        quality = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
+        if members:
+            quality += f" ± {100 * summary['test_accuracy_std']:.2f}%"
+    else:
+        quality = f"test R² {summary['test_r2']:.4f}"
+        if members:
+            quality += f" ± {summary['test_r2_std']:.4f}"
+    if members:
+        best = (
+            f"mean of {summary['num_members']} members' best-validation params, "
+            f"{summary['num_diverged']} diverged"
+        )
+    else:
+        best = f"best val loss at epoch {summary['best_epoch']} of {summary['epochs']}"
+    outputs = "summary.json, metrics.jsonl, curves.png, tensorboard/, checkpoints/, best/"
+    if members:
+        outputs = "summary.json, sweep.md, " + outputs.removeprefix("summary.json, ")
     print(
-        f"\n{quality}, test loss {summary['test_loss']:.4f} (best val loss at epoch "
-        f"{summary['best_epoch']} of {summary['epochs']}; {summary['status']}; "
+        f"\n{quality}, test loss {summary['test_loss']:.4f} ({best}; {summary['status']}; "
         f"{summary['steps']} steps in {summary['seconds']:.2f} s + "
         f"{summary['compile_seconds']:.1f} s compiling; {summary['num_devices']} device(s)).\n"
-        f"Outputs in {workdir}: summary.json, metrics.jsonl, curves.png, tensorboard/, "
-        "checkpoints/, best/"
+        f"Outputs in {workdir}: {outputs}"
     )
+    if members:
+        print("\n" + run_outputs.sweep_table(summary), end="")
 
 
 if __name__ == "__main__":

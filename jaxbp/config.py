@@ -29,6 +29,10 @@ from jaxbp import activations, backprop, losses, train
 from jaxbp import data as data_lib
 
 AUTO = "auto"  # output activation and loss follow the task the data define
+Sweep = tuple[tuple[str, tuple[float, ...]], ...]  # ((name, (v1, v2, ...)), ...)
+# What a sweep may vary: numbers inside the step. Anything else changes shapes or the program.
+SWEEPABLE = ("learning_rate", "weight_decay", "momentum", "clip_per_example")
+MAX_MEMBERS = 4096  # members share one device's memory; more is a mistake, not a plan
 PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # a PRNG seed is a uint32
 
@@ -42,10 +46,47 @@ class ConfigError(ValueError):
 
 
 def format_value(value: Any) -> str:
-    """A value as the command line writes it (tuples as ``64,64``)."""
+    """A value as the command line writes it (tuples as ``64,64``, sweeps as ``lr=1,2``)."""
+    if isinstance(value, (tuple, list)) and value and all(_is_sweep_item(v) for v in value):
+        return " ".join(f"{name}={format_value(tuple(values))}" for name, values in value)
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def _is_sweep_item(item: Any) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], (tuple, list))
+    )
+
+
+def parse_sweep(items: list[str] | tuple[str, ...]) -> Sweep:
+    """``["learning_rate=1e-3,3e-3", ...]`` as a sweep, ``(("learning_rate", (1e-3, 3e-3)),)``.
+
+    Raises:
+      ConfigError: for an item that is not ``NAME=v1,v2,...`` with numbers.
+    """
+    sweep = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if name in FIELDS and name not in SWEEPABLE:
+            _refuse_unsweepable(name, item)
+        try:
+            numbers = tuple(float(v) for v in values.split(",") if v.strip() != "")
+        except ValueError:
+            numbers = ()
+        if not sep or not name or not numbers:
+            raise ConfigError(
+                "sweep",
+                item,
+                "expected NAME=v1,v2,... with numbers, e.g. sweep=learning_rate=1e-3,3e-3.",
+            )
+        sweep.append((name.strip(), numbers))
+    return tuple(sweep)
 
 
 def _field(default: Any, help: str, rule: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -124,6 +165,16 @@ class Config:
     clip_per_example: float | None = _field(
         None, "Clip each example's gradient to this norm (DP-SGD style); unset: off.", "override"
     )
+    # Members: many models in one compiled program (jaxbp.members).
+    repeats: int = _field(
+        1, "Members trained together, seeded seed..seed+repeats-1 (the split stays).", "fixed"
+    )
+    sweep: Sweep = _field(
+        (),
+        "NAME=v1,v2,... trains a member per value (repeatable, a grid with repeats); "
+        f"NAME is one of {', '.join(SWEEPABLE)}.",
+        "fixed",
+    )
     # Bookkeeping.
     checkpoint_interval: int = _field(5, "Epochs between checkpoints (and at the end).", "free")
     eval_interval: int = _field(1, "Epochs between evaluations (and at the end).", "free")
@@ -133,6 +184,43 @@ class Config:
     num_devices: int | None = _field(
         None, "Devices for data parallelism; unset: all that JAX sees.", "free"
     )
+
+    def __post_init__(self):
+        # A stored run's JSON gives lists: the sweep is kept as tuples, comparable and hashable.
+        if isinstance(self.sweep, (tuple, list)) and all(_is_sweep_item(v) for v in self.sweep):
+            sweep = tuple((name, tuple(values)) for name, values in self.sweep)
+            object.__setattr__(self, "sweep", sweep)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One member of a run's set: its index, seed and swept values (``{name: value}``)."""
+
+    index: int
+    seed: int
+    values: dict[str, float]
+
+
+def member_grid(config: Config) -> tuple[Member, ...]:
+    """Every combination of the swept values and the repeats, in order.
+
+    The first swept name varies slowest and the repeat fastest: for ``sweep=(("lr", (a, b)),)``
+    and ``repeats=2`` the members are ``(a, seed), (a, seed+1), (b, seed), (b, seed+1)``, so
+    every swept value is trained on the same seeds.
+    """
+    grid: list[dict[str, float]] = [{}]
+    for name, values in config.sweep:
+        grid = [{**point, name: v} for point in grid for v in values]
+    return tuple(
+        Member(i, config.seed + r, point)
+        for i, (point, r) in enumerate((point, r) for point in grid for r in range(config.repeats))
+    )
+
+
+def member_config(config: Config, member: Member) -> Config:
+    """The single run a member is: its seed and swept values, no repeats or sweep."""
+    changes: dict[str, Any] = {**member.values, "seed": member.seed, "repeats": 1, "sweep": ()}
+    return dataclasses.replace(config, **changes)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -313,6 +401,61 @@ def validate(config: Config) -> None:
         _check_int(config, "num_devices", 1)
     _check_data_fields(config)
     _check_model_fields(config)
+    _check_members(config)
+
+
+def _check_members(config: Config) -> None:
+    """repeats and sweep: a grid of members that differ only in numbers inside the step."""
+    _check_int(config, "repeats", 1, MAX_MEMBERS)
+    if config.seed + config.repeats - 1 > MAX_SEED:
+        raise ConfigError(
+            "repeats", config.repeats, f"seeds past {MAX_SEED} from seed={config.seed}."
+        )
+    sweep = config.sweep
+    if not isinstance(sweep, tuple) or not all(_is_sweep_item(v) for v in sweep):
+        raise ConfigError("sweep", sweep, "expected NAME=v1,v2,... pairs.")
+    names = [name for name, _ in sweep]
+    for name, values in sweep:
+        if name not in FIELDS:
+            raise ConfigError("sweep", sweep, f"{name} is not a setting of Config.")
+        if name not in SWEEPABLE:
+            _refuse_unsweepable(name, sweep)
+        if names.count(name) > 1:
+            raise ConfigError("sweep", sweep, f"{name} is swept twice; give its values once.")
+        if not values or len(set(values)) != len(values):
+            raise ConfigError("sweep", sweep, f"{name} needs distinct values, at least one.")
+        if name == "momentum" and config.optimizer not in ("momentum", "nesterov"):
+            raise ConfigError(
+                "sweep",
+                sweep,
+                f"momentum does nothing for optimizer={config.optimizer}; sweep it with "
+                "momentum or nesterov.",
+            )
+        for value in values:
+            try:
+                changes: dict[str, Any] = {"sweep": (), "repeats": 1, name: value}
+                validate(dataclasses.replace(config, **changes))
+            except ConfigError as e:
+                if e.field != name:
+                    raise
+                raise ConfigError("sweep", sweep, f"{name}={value:g}: {e.problem}") from None
+    num = math.prod(len(v) for _, v in sweep) * config.repeats
+    if num > MAX_MEMBERS:
+        raise ConfigError(
+            "sweep",
+            sweep,
+            f"makes {num} members with repeats={config.repeats}; at most {MAX_MEMBERS}.",
+        )
+
+
+def _refuse_unsweepable(name: str, given: Any) -> None:
+    raise ConfigError(
+        "sweep",
+        given,
+        f"{name} changes the network's shapes or the compiled program, so its members "
+        f"cannot share one program; run each {name} as a separate run (one workdir each). "
+        f"A sweep varies {', '.join(SWEEPABLE)}.",
+    )
 
 
 _APPLIES = {  # data field -> the data sets it is for

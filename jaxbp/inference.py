@@ -16,6 +16,12 @@ data's units: class names, or values ``ŷ · y_scale + y_mean``.
 * `load_trained` and `predict_rows`: labels or values, and class probabilities, for new rows.
 * `write_predictions`: those as a csv file.
 
+A member set's workdir (``repeats`` or ``sweep``) holds every member's params, stacked
+``(M, ...)``. Its evaluation reports each member's test metrics, their mean (as
+``summary.json``), and the *ensemble*'s: the members' outputs ŷ averaged (probabilities
+for classes, values for regression), diverged members left out; its predictions are the
+ensemble's, and `member_predictions` gives each member's.
+
 Uses the ``experiments`` extra (orbax-checkpoint, scikit-learn).
 """
 
@@ -28,9 +34,11 @@ import os
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import backprop, train, trainer
+from jaxbp import backprop, losses, train, trainer
+from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config
 from jaxbp.data import Dataset
@@ -65,7 +73,10 @@ class TrainedModel(NamedTuple):
       preprocessing: ``task``, ``feature_names``, ``class_names``, ``x_mean``, ``x_scale``,
         ``y_mean``, ``y_scale`` (see `jaxbp.trainer.Preprocessing`).
       best_epoch: the epoch whose parameters these are (best validation loss), or None when
-        they are the latest state's.
+        they are the latest state's (or a member set's, each member with its own).
+      members: a member set's members, None for a single run: ``member``, ``seed``, the
+        swept values, ``best_epoch`` and ``diverged_at_epoch``; ``params`` are then stacked
+        ``(M, ...)``.
     """
 
     config: Config
@@ -74,6 +85,7 @@ class TrainedModel(NamedTuple):
     loss: str
     preprocessing: dict[str, Any]
     best_epoch: int | None
+    members: list[dict[str, Any]] | None = None
 
 
 def load_trained(workdir: str) -> TrainedModel:
@@ -117,14 +129,49 @@ def load_trained(workdir: str) -> TrainedModel:
             "read for it; train the run again with this version of jaxbp."
         )
     best = meta.get("best")
+    num_members = meta["network"].get("members", 1)
+    if num_members == 1:
+        return TrainedModel(
+            config,
+            model,
+            params,
+            meta["network"]["loss"],
+            meta["preprocessing"],
+            None if best is None else int(best["epoch"]),
+        )
+    bests = (best or {}).get("members") or [{"epoch": None}] * num_members
+    diverged = meta.get("diverged") or [None] * num_members
+    members = [
+        {
+            "member": m.index,
+            "seed": m.seed,
+            **m.values,
+            "best_epoch": b["epoch"],
+            "diverged_at_epoch": d,
+        }
+        for m, b, d in zip(config_lib.member_grid(config), bests, diverged, strict=True)
+    ]
     return TrainedModel(
-        config,
-        model,
-        params,
-        meta["network"]["loss"],
-        meta["preprocessing"],
-        None if best is None else int(best["epoch"]),
+        config, model, params, meta["network"]["loss"], meta["preprocessing"], None, members
     )
+
+
+def _kept(trained: TrainedModel) -> np.ndarray:
+    """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
+    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members or ()])
+
+
+def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
+    """ŷ of the network, ``(n, nL)``; for a member set ``(M, n, nL)``."""
+    model = trained.model
+    with jax.enable_x64(trained.config.precision == "float64"):
+
+        def forward(params, x):
+            return backprop.apply(model, params, x, backward="autodiff")
+
+        if trained.members is not None:
+            forward = jax.vmap(forward, in_axes=(0, None))
+        return np.asarray(jax.jit(forward)(trained.params, x))
 
 
 def check_same_data(preprocessing: dict[str, Any], dataset: Dataset, workdir: str) -> None:
@@ -163,11 +210,14 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
 
     Returns:
       ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2`` (regression), the
-      keys of ``summary.json``; ``num_test_examples``; ``best_epoch`` (None: the latest
-      state's parameters); and for classification ``class_names``, ``confusion_matrix``
-      (a list of rows: row i counts the examples of true class i, column j those predicted
-      as class j, both in ``class_names`` order) and ``precision``, ``recall`` and ``f1``
-      (dicts keyed by class name; 0 where a class is never predicted or never present).
+      keys of ``summary.json`` (a member set: the means over its kept members, with
+      ``test_*_std``, ``members`` with each one's, and ``ensemble`` with the averaged
+      outputs' metrics; the class report is then the ensemble's); ``num_test_examples``;
+      ``best_epoch`` (None: the latest state's parameters, or a member set's); and for
+      classification ``class_names``, ``confusion_matrix`` (a list of rows: row i counts
+      the examples of true class i, column j those predicted as class j, both in
+      ``class_names`` order) and ``precision``, ``recall`` and ``f1`` (dicts keyed by
+      class name; 0 where a class is never predicted or never present).
 
     Raises:
       NotTrainedError, jaxbp.workdir.WorkdirError: see `load_trained`.
@@ -181,19 +231,52 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
         dataset = trainer.load_data(trained.config)
         check_same_data(trained.preprocessing, dataset, workdir)
 
-        @jax.jit
         def evaluate(params, x, y):  # one program: the confusion matrix sees the accuracy's ŷ
             y_hat = backprop.apply(model, params, x, backward="autodiff")
             return train.evaluate(model, loss, params, x, y, task), y_hat
 
-        metrics, y_hat = evaluate(trained.params, dataset.x_test, dataset.y_test)
-        result: dict[str, Any] = {f"test_{k}": float(v) for k, v in metrics.items()}
+        if trained.members is not None:
+            evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+        metrics, y_hat = jax.jit(evaluate)(trained.params, dataset.x_test, dataset.y_test)
+        metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
         y_hat = np.asarray(y_hat)
+        if trained.members is None:
+            result: dict[str, Any] = {f"test_{k}": float(v) for k, v in metrics.items()}
+        else:
+            result = _member_set_result(trained, metrics, y_hat, dataset.y_test)
+            y_hat = y_hat[_kept(trained)].mean(axis=0)
     result["num_test_examples"] = len(dataset.x_test)
     result["best_epoch"] = trained.best_epoch
     if task == "classification":
         result.update(_class_report(dataset.y_test, y_hat, class_names))
     workdir_lib.write_atomic(os.path.join(workdir, EVAL_FILE), json.dumps(result, indent=2))
+    return result
+
+
+def _member_set_result(
+    trained: TrainedModel, metrics: dict[str, np.ndarray], y_hat: np.ndarray, y: np.ndarray
+) -> dict[str, Any]:
+    """A member set's test metrics: the mean over members (and std), each member's, and the
+    ensemble's (the kept members' ŷ averaged); the class report is the ensemble's."""
+    kept = _kept(trained)
+    result: dict[str, Any] = {f"test_{k}": float(v[kept].mean()) for k, v in metrics.items()}
+    for k, v in metrics.items():
+        result[f"test_{k}_std"] = float(v[kept].std())
+    result["members"] = [
+        {**member, **{f"test_{k}": float(v[i]) for k, v in metrics.items()}}
+        for i, member in enumerate(trained.members or ())
+    ]
+    ensemble = y_hat[kept].mean(axis=0)
+    loss_fn = losses.get_loss(trained.loss)
+    with jax.enable_x64(trained.config.precision == "float64"):
+        ensemble_hat, targets = jnp.asarray(ensemble), jnp.asarray(y)
+        quality = train.output_metrics(ensemble_hat, targets, trained.preprocessing["task"])
+        value = loss_fn.value(ensemble_hat, targets)
+    result["ensemble"] = {
+        "num_members": int(kept.sum()),
+        "test_loss": float(value),
+        **{f"test_{k}": float(v) for k, v in quality.items()},
+    }
     return result
 
 
@@ -240,9 +323,9 @@ def predict_rows(
     x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
         pre["x_scale"]
     ).astype(dtype)
-    with jax.enable_x64(dtype == np.float64):
-        forward = jax.jit(lambda params, x: backprop.apply(model, params, x, backward="autodiff"))
-        y_hat = np.asarray(forward(trained.params, x))
+    y_hat = _outputs(trained, x)
+    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
+        y_hat = y_hat[_kept(trained)].mean(axis=0)
     if pre["task"] == "regression":
         values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
         return (values[:, 0] if values.shape[1] == 1 else values), None
@@ -255,16 +338,41 @@ def predict_rows(
     return labels, probabilities
 
 
+def member_predictions(
+    workdir: str | TrainedModel, x_raw: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each member's `predict_rows` for a member set's workdir, in member order.
+
+    Raises:
+      ValueError: when the workdir holds a single run (use `predict_rows`).
+    """
+    trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    if trained.members is None:
+        raise ValueError("the workdir holds a single run, not a member set; use predict_rows.")
+    return [
+        predict_rows(
+            trained._replace(
+                params=jax.tree.map(lambda leaf, k=k: leaf[k], trained.params), members=None
+            ),
+            x_raw,
+        )
+        for k in range(len(trained.members))
+    ]
+
+
 def write_predictions(
     path: str,
     predictions: np.ndarray,
     probabilities: np.ndarray | None = None,
     class_names: list[str] | None = None,
+    member_predictions: list[np.ndarray] | None = None,
 ) -> None:
     """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
 
     Columns: ``prediction`` (``prediction_0``, ``prediction_1``, ... for several regression
-    targets), then one ``probability_<class>`` per class when ``probabilities`` are given.
+    targets), then one ``probability_<class>`` per class when ``probabilities`` are given,
+    then ``member_0``, ``member_1``, ... with each member's prediction when
+    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's).
     Numbers are written in full (shortest round-trip digits of their dtype).
 
     Args:
@@ -307,6 +415,15 @@ def write_predictions(
             )
         columns += list(probabilities.T)
         header += [f"probability_{c}" for c in class_names]
+    for k, member in enumerate(member_predictions or ()):
+        member = np.asarray(member)
+        if member.shape != predictions.shape or member.ndim != 1:
+            raise ValueError(
+                f"member {k}'s predictions have shape {member.shape}; expected ({n},), one "
+                "label or value per row like the ensemble's."
+            )
+        columns.append(member)
+        header.append(f"member_{k}")
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)

@@ -9,7 +9,6 @@ permutation drawn from ``fold_in(key, epoch)``, so a run is a deterministic func
 seed and small networks are not dominated by Python dispatch.
 """
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -218,22 +217,55 @@ def make_epoch(
         returned state afterwards, as a training loop does. Saves an allocation per leaf.
     """
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
     def epoch(params, opt_state, x, y, key, epoch_index):
-        n = x.shape[0] if num_examples is None else num_examples
-        order = epoch_order(key, epoch_index, n, batch_size)
+        return run_epoch(
+            step,
+            batch_size,
+            params,
+            opt_state,
+            x,
+            y,
+            key,
+            epoch_index,
+            num_examples=num_examples,
+            shard_batch=shard_batch,
+        )
 
-        def body(carry, idx):
-            batch = (x[idx], y[idx])
-            if shard_batch is not None:
-                batch = shard_batch(batch)
-            params, opt_state, metrics = step(*carry, batch)
-            return (params, opt_state), metrics
+    return jax.jit(epoch, donate_argnums=(0, 1) if donate else ())
 
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
-        return params, opt_state, metrics
 
-    return epoch
+def run_epoch(
+    step: StepFn,
+    batch_size: int,
+    params: Params,
+    opt_state: optax.OptState,
+    x: Array,
+    y: Array,
+    key: Array,
+    epoch_index: int | Array,
+    *,
+    num_examples: int | None = None,
+    shard_batch: Callable[[Batch], Batch] | None = None,
+) -> tuple[Params, optax.OptState, dict]:
+    """The body of `make_epoch`'s epoch, not jitted: for callers that wrap it (`jax.vmap`).
+
+    Args: as `make_epoch`'s epoch and `make_epoch`.
+
+    Returns:
+      ``(params, opt_state, metrics)``, the metrics stacked ``(steps,)`` each.
+    """
+    n = x.shape[0] if num_examples is None else num_examples
+    order = epoch_order(key, epoch_index, n, batch_size)
+
+    def body(carry, idx):
+        batch = (x[idx], y[idx])
+        if shard_batch is not None:
+            batch = shard_batch(batch)
+        params, opt_state, metrics = step(*carry, batch)
+        return (params, opt_state), metrics
+
+    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
+    return params, opt_state, metrics
 
 
 def evaluate(
@@ -254,12 +286,17 @@ def evaluate(
     """
     value = backprop.loss_value(model, loss, params, x, y)
     y_hat = backprop.apply(model, params, x, backward="autodiff")
+    return {"loss": value, **output_metrics(y_hat, y, task)}
+
+
+def output_metrics(y_hat: Array, y: Array, task: str) -> dict[str, Array]:
+    """`evaluate`'s accuracy or R² from outputs ``ŷ: (n, nL)`` alone (e.g. an ensemble's mean)."""
     if task == "regression":
         residual = jnp.sum((y - y_hat) ** 2)
         total = jnp.sum((y - jnp.mean(y, axis=0)) ** 2)
-        return {"loss": value, "r2": 1 - residual / total}
+        return {"r2": 1 - residual / total}
     if y.shape[-1] == 1:
         correct = (y_hat[:, 0] > 0.5) == (y[:, 0] > 0.5)
     else:
         correct = jnp.argmax(y_hat, axis=-1) == jnp.argmax(y, axis=-1)
-    return {"loss": value, "accuracy": jnp.mean(correct)}
+    return {"accuracy": jnp.mean(correct)}

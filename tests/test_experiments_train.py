@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxbp import trainer
+from jaxbp import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
@@ -99,6 +100,12 @@ def test_flagfile_run_prints_the_result_and_writes_the_summary(tmp_path):
             "--process_id=5 must be in [0, --num_processes=2)",
         ),
         (["--dataset=csv"], "--data_path=: is needed by --dataset=csv"),
+        (
+            ["--sweep=hidden_sizes=16,32"],
+            "--sweep=hidden_sizes=16,32: hidden_sizes changes the network's shapes",
+        ),
+        (["--sweep=learning_rate=1e-3,-1"], "learning_rate=-1: must be a finite number > 0"),
+        (["--repeats=0"], "--repeats=0: must be an integer in [1, 4096]"),
     ],
 )
 def test_bad_flags_stop_with_one_clear_line(tmp_path, flags, message):
@@ -202,3 +209,73 @@ def test_a_run_killed_at_random_points_still_ends_bit_identical(tmp_path):
     final = _train(f"--workdir={workdir}")
     assert final.returncode == 0, final.stderr[-2000:]
     _assert_same_run(workdir, tmp_path / "straight")
+
+
+def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
+    cache = tmp_path / "xla"
+    flags = [
+        "--dataset=digits",
+        "--epochs=12",
+        "--checkpoint_interval=5",
+        "--repeats=2",
+        "--sweep=learning_rate=1e-3,3e-3",
+        f"--compilation_cache_dir={cache}",
+    ]
+    straight = _train(*flags, f"--workdir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert (
+        "± " in straight.stdout and "mean of 4 members' best-validation params" in straight.stdout
+    )
+    assert "| learning_rate=0.001 | 2 | 0 |" in straight.stdout
+    assert "| learning_rate=0.003 | 2 | 0 |" in (tmp_path / "straight" / "sweep.md").read_text()
+    assert os.listdir(cache)  # the programs went to the persistent cache
+    summary = _summary(tmp_path / "straight")
+    assert [m["seed"] for m in summary["members"]] == [0, 1, 0, 1]
+    assert summary["config"]["sweep"] == [["learning_rate", [1e-3, 3e-3]]]
+
+    workdir = tmp_path / "stopped"
+    process = _start(*flags, f"--workdir={workdir}")
+    _wait_for(process, "epoch  3/12")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert _summary(workdir)["status"] == "interrupted"
+    resumed = _train(f"--workdir={workdir}", f"--compilation_cache_dir={cache}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(workdir, tmp_path / "straight")
+    assert _summary(workdir)["members"] == summary["members"]
+
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "experiments.eval", f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "ensemble of 4" in evaluated.stdout and "mean ± std" in evaluated.stdout
+    config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
+    ds = trainer.load_data(config)
+    rows = tmp_path / "rows.npz"
+    np.savez(rows, x=ds.x_test[:5].astype(np.float64) * ds.x_scale + ds.x_mean)
+    output = tmp_path / "predictions.csv"
+    predicted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.predict",
+            f"--workdir={workdir}",
+            f"--data_path={rows}",
+            f"--output={output}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "the ensemble of 4 members" in predicted.stdout
+    header = output.read_text().splitlines()[0].split(",")
+    assert header[0] == "prediction" and header[-4:] == [f"member_{k}" for k in range(4)]

@@ -1,0 +1,41 @@
+"""experiments/bench_members.py on a tiny setting, as users run it (a subprocess: absl flags)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_members_times_member_sets_and_sklearn_fits(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.bench_members",
+            "--members=1,2",
+            "--epochs=2",
+            "--sklearn_fits=2",
+            "--trials=1",
+            f"--output={output}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(output.read_text())
+    assert [r["members"] for r in figures["member_sets"]] == [1, 2]
+    for row in figures["member_sets"]:
+        assert row["train_seconds"] > 0 and row["compile_seconds"] > 0
+        assert row["members_per_second"] == row["members"] / row["train_seconds"]
+        assert 0.5 < row["test_accuracy_mean"] <= 1.0  # two epochs already learn digits
+    assert figures["sklearn"]["fits"] == 2 and figures["sklearn"]["train_seconds"] > 0
+    two = figures["member_sets"][1]
+    expected = figures["sklearn"]["train_seconds"] / two["train_seconds"]
+    assert figures["speedup_training"] == expected
+    assert "scikit-learn MLPClassifier, 2 fits one after another" in result.stdout
