@@ -33,7 +33,6 @@ from jaxbp.mlp import MLP, Params, init_params
 
 Array = jax.Array
 Hyperparams = dict[str, Array]  # swept name -> (M,) values, one per member
-MEMBER_HYPERPARAMS = ("learning_rate", "weight_decay", "momentum", "clip_per_example")
 
 
 def over_members(fn: Callable, num_members: int, in_axes: Sequence[int | None]) -> Callable:
