@@ -71,7 +71,7 @@ def gradient_flow(model: MLP, loss: str, params: Params, x: Array, y: Array) -> 
             f"x has shape {tuple(x.shape)}: the gradient noise scale needs the spread of the "
             "per-example gradients, so pass a batch of at least 2 examples."
         )
-    _, residuals, deltas, norms = per_example._forward_and_example_deltas(
+    _, residuals, deltas, norms = per_example.forward_and_example_deltas(
         model, loss_fn, params, x, y
     )
     # G = 1/B Σ_i g_i: the recursion's rows scaled by 1/B, then eq. (0.3).

@@ -48,7 +48,7 @@ def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
     return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
-def _forward_and_example_deltas(
+def forward_and_example_deltas(
     model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
 ) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
     """The batch loss, the residuals, every ``δ_i^[k]`` and ``‖∇_θ L_i‖: (batch,)``."""
@@ -118,7 +118,7 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
       (5,)
     """
     loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
-    return _forward_and_example_deltas(model, loss_fn, params, x, y)[3]
+    return forward_and_example_deltas(model, loss_fn, params, x, y)[3]
 
 
 def clipped_loss_and_grad(
@@ -158,7 +158,7 @@ def clipped_loss_and_grad(
             "gradient norm kept (use float('inf') for no clipping)."
         )
     loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
-    value, residuals, deltas, norms = _forward_and_example_deltas(model, loss_fn, params, x, y)
+    value, residuals, deltas, norms = forward_and_example_deltas(model, loss_fn, params, x, y)
     # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
     clip = jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
     row_scale = (_batch_weight(loss_fn, x.shape[0]) * clip).astype(x.dtype)

@@ -54,9 +54,15 @@ from jaxbp import data as data_lib
 from jaxbp import losses, members, parallel, per_example, run_outputs, train
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config, ConfigError
+from jaxbp.gradient_flow import gradient_flow
 from jaxbp.mlp import MLP, Params, init_params
 
 Log = Callable[[str], None]
+
+# Rows of the training split that each evaluation's gradient flow (per-layer mean ‖δ_i‖,
+# ‖∂L/∂W‖, the noise scale B_simple) is measured on: enough for a stable mean, and few
+# enough that it stays a small fraction of an epoch (docs/performance.md).
+FLOW_ROWS = 128
 
 
 class TrainState(NamedTuple):
@@ -520,11 +526,16 @@ class _Run:
         task = self.dataset.task
         loss_and_grad = train.make_loss_and_grad(model, loss_name, "custom")
 
+        flow_rows = min(len(self.dataset.x_train), FLOW_ROWS)
+
         def evaluate(params, x, y, with_grad_norm):
             def one(params, x, y):
                 metrics = train.evaluate(model, loss_name, params, x, y, task)
-                if with_grad_norm:
+                if with_grad_norm:  # the training split: ‖∇L‖ and the gradient flow
                     metrics["grad_norm"] = optax.tree.norm(loss_and_grad(params, x, y)[1])
+                    if flow_rows >= 2:
+                        flow = gradient_flow(model, loss_name, params, x[:flow_rows], y[:flow_rows])
+                        metrics.update({f"flow/{k}": v for k, v in flow.items()})
                 return metrics
 
             return members.over_members(one, num, (0, None, None))(params, x, y)

@@ -32,7 +32,15 @@ from jaxbp import config as config_lib
 
 RUN_RECORD = "run.json"
 _DIRECTORIES = ("checkpoints", "best", "tensorboard")
-_FILES = (RUN_RECORD, "metrics.jsonl", "summary.json", "curves.png", "eval.json", ".lock")
+_FILES = (
+    RUN_RECORD,
+    "metrics.jsonl",
+    "summary.json",
+    "curves.png",
+    "eval.json",
+    "sweep.md",
+    ".lock",
+)
 
 
 class WorkdirError(RuntimeError):

@@ -61,6 +61,15 @@ def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     expected = {"train_loss", "train_accuracy", "train_grad_norm", "val_loss", "val_accuracy"}
     assert expected | {"learning_rate"} <= set(records[0])
+    flow = {k: v for k, v in records[0].items() if k.startswith("train_flow/")}
+    assert set(flow) == {
+        "train_flow/delta_norm/1",
+        "train_flow/delta_norm/2",
+        "train_flow/grad_norm/1",
+        "train_flow/grad_norm/2",
+        "train_flow/noise_scale",
+    }
+    assert all(np.isfinite(v) and v > 0 for v in flow.values())
     lrs = [r["learning_rate"] for r in records]
     assert lrs[0] > lrs[1] > lrs[2] >= 0  # cosine decays
     with open(workdir / "summary.json") as f:
