@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from experiments import cli
 from jaxbp import inference
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import SWEEPABLE as _SWEEPABLE
@@ -26,12 +27,7 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 PROGRAM = "eval.py"
-
-
-def fail(message: str, code: int) -> int:
-    """Prints one ``eval.py: ...`` line to stderr and returns the exit status."""
-    print(f"{PROGRAM}: {' '.join(message.split())}", file=sys.stderr)
-    return code
+fail = cli.failer(PROGRAM)
 
 
 def main(argv: list[str]) -> int:

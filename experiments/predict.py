@@ -23,6 +23,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import cli
 from jaxbp import data as data_lib
 from jaxbp import inference
 from jaxbp import workdir as workdir_lib
@@ -38,12 +39,7 @@ _OUTPUT = flags.DEFINE_string(
 )
 
 PROGRAM = "predict.py"
-
-
-def fail(message: str, code: int) -> int:
-    """Prints one ``predict.py: ...`` line to stderr and returns the exit status."""
-    print(f"{PROGRAM}: {' '.join(message.split())}", file=sys.stderr)
-    return code
+fail = cli.failer(PROGRAM)
 
 
 def check_output(output: str, data_path: str) -> str | None:

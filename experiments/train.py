@@ -22,7 +22,7 @@ import time
 
 from absl import app, flags, logging
 
-from experiments import compilation_cache, config_flags
+from experiments import cli, compilation_cache, config_flags
 from jaxbp import config as config_lib
 from jaxbp import parallel, run_outputs, trainer
 from jaxbp import workdir as workdir_lib
@@ -53,12 +53,7 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
 )
 
 PROGRAM = "train.py"
-
-
-def fail(message: str, code: int) -> int:
-    """Prints one ``train.py: ...`` line to stderr and returns the exit status."""
-    print(f"{PROGRAM}: {message}", file=sys.stderr)
-    return code
+fail = cli.failer(PROGRAM)
 
 
 def start_processes() -> None:

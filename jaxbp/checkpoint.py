@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 
 class CheckpointMismatchError(ValueError):
@@ -140,8 +141,6 @@ class Checkpointer:
 
 
 def _all_finite(leaf: Any) -> bool:
-    import numpy as np
-
     array = np.asarray(leaf)
     return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
 

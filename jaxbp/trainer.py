@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -114,12 +115,9 @@ class Preprocessing(NamedTuple):
         def floats(a: np.ndarray | None) -> list[float] | None:
             return None if a is None else [float(v) for v in np.ravel(a)]
 
-        names = getattr(dataset, "feature_names", None) or [
-            f"x{i}" for i in range(dataset.num_features)
-        ]
         return cls(
             dataset.task,
-            [str(n) for n in names],
+            [str(n) for n in dataset.feature_names],
             None if dataset.class_names is None else [str(c) for c in dataset.class_names],
             floats(dataset.x_mean) or [],
             floats(dataset.x_scale) or [],
@@ -364,6 +362,10 @@ class _Run:
         self.optimizer = build_optimizer(config, self.steps_per_epoch)
         self.optimizer_of = member_optimizer(config, self.steps_per_epoch)
         self.schedule = build_schedule(config, self.steps_per_epoch)
+        # Swept peak rates scale this shared shape (`jaxbp.members.make_optimizer`).
+        self.unit_schedule = build_schedule(
+            dataclasses.replace(config, learning_rate=1.0), self.steps_per_epoch
+        )
         self.members = config_lib.member_grid(config)
         self.num_members = len(self.members)
         self.hparams = member_hparams(config)
@@ -454,8 +456,6 @@ class _Run:
             }
         )
         record = {"config": dataclasses.asdict(self.config), "starts": starts}
-        import json
-
         workdir_lib.write_atomic(
             os.path.join(self.workdir, workdir_lib.RUN_RECORD), json.dumps(record, indent=2)
         )
@@ -586,10 +586,7 @@ class _Run:
         """Every member's learning rate at ``step``, ``(M,)``."""
         if "learning_rate" not in self.hparams:
             return np.full(self.num_members, float(self.schedule(step)))
-        unit = build_schedule(
-            dataclasses.replace(self.config, learning_rate=1.0), self.steps_per_epoch
-        )
-        return self.hparams["learning_rate"].astype(np.float64) * float(unit(step))
+        return self.hparams["learning_rate"].astype(np.float64) * float(self.unit_schedule(step))
 
     # -- the loop --------------------------------------------------------------------------
 
