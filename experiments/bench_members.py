@@ -8,7 +8,9 @@ The digits network (64-128-10, tanh, softmax cross-entropy) with the trainer's r
 trained as a member set of N = 1, 8, 32, 128 (`jaxbp.members`, seeds 0..N-1): one compiled
 epoch per epoch for all N members, dispatched from Python as the trainer does. Reported per
 N: the compile seconds, the training seconds of the 30 epochs (best of ``--trials``), the
-members per second, and the training seconds against one member's.
+members per second, the training seconds against one member's, and the matmul FLOP/s
+reached (``6·batch·Σ n_in·n_out`` a step) as a fraction of the machine's own: a 1024³
+float32 product timed in the same process.
 
 Against it: ``--sklearn_fits`` fits of scikit-learn's ``MLPClassifier`` with the same
 network and optimiser (one hidden layer of 128 tanh units, adam 3e-3, batch 32, 30 epochs,
@@ -18,11 +20,17 @@ building, compiling, initialising, training and one test evaluation of all membe
 scikit-learn, every fit and its test score. "Training" is the epochs alone. The digits
 split, standardised, is the same for both and loaded once outside the timings. Compiling
 is cold unless ``--compilation_cache_dir`` names a folder a previous run filled.
+
+Where PyTorch is installed (opt-in: docs/performance.md gives the CPU-wheel command),
+``--torch_members`` copies are also trained by its ensembling: `torch.func`'s
+``stack_module_state``, ``vmap(grad(loss))`` in eager mode and adam written out over the
+stacked tensors; its training seconds are compared with the jaxbp set of the same size.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -43,6 +51,11 @@ _SKLEARN_FITS = flags.DEFINE_integer(
 )
 _TRIALS = flags.DEFINE_integer(
     "trials", 3, "Timed repetitions of each training; the best is kept (the CPU is shared)."
+)
+_TORCH_MEMBERS = flags.DEFINE_integer(
+    "torch_members",
+    32,
+    "Copies trained by PyTorch's torch.func ensembling where torch is installed (0: skip).",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
@@ -123,6 +136,30 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     }
 
 
+def matmul_flops_per_second(size: int = 1024, trials: int = 20) -> float:
+    """The machine's float32 matmul FLOP/s: ``2·size³`` over the best of ``trials`` products."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    product = jax.jit(jnp.matmul)
+    jax.block_until_ready(product(a, a))
+    best = float("inf")
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        jax.block_until_ready(product(a, a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def member_epoch_flops(epochs: int) -> float:
+    """Matmul FLOPs of one member's training: ``6·batch·Σ n_in·n_out`` a step (three matmuls
+    a layer: forward, ∂L/∂W and δ), times the steps."""
+    config = _recipe(epochs)
+    data = trainer.load_data(config)
+    sizes = (data.x_train.shape[1], *config.hidden_sizes, data.num_outputs)
+    pairs = zip(sizes[:-1], sizes[1:], strict=True)
+    per_step = 6 * config.batch_size * sum(n_in * n_out for n_in, n_out in pairs)
+    return per_step * train.batches_per_epoch(len(data.x_train), config.batch_size) * epochs
+
+
 def time_sklearn(fits: int, epochs: int) -> dict[str, float]:
     """``fits`` MLPClassifier fits one after another: end-to-end and training seconds."""
     from sklearn.exceptions import ConvergenceWarning
@@ -163,6 +200,75 @@ def time_sklearn(fits: int, epochs: int) -> dict[str, float]:
     }
 
 
+def time_torch_ensemble(num_members: int, epochs: int, threads: int) -> dict[str, float] | None:
+    """``num_members`` copies trained together by PyTorch's ensembling, or None without torch.
+
+    `torch.func.stack_module_state` stacks the copies' weights, ``vmap(grad(loss))`` of
+    `torch.func.functional_call` gives every member's gradient in one call (eager), and adam
+    is written out over the stacked tensors (β = 0.9, 0.999, ε = 1e-8, the rate of the
+    trainer's cosine schedule at each step). Each member draws its own example order, as the
+    JAX members do. Timed: the epochs alone, on ``threads`` threads.
+    """
+    try:
+        import torch
+        from torch.func import functional_call, grad, stack_module_state, vmap
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    config = _recipe(epochs)
+    data = trainer.load_data(config)
+    steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
+    schedule = trainer.build_schedule(config, steps)
+    rates = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(epochs * steps)), np.float32)
+    x = torch.from_numpy(np.asarray(data.x_train, np.float32))
+    labels = torch.from_numpy(np.argmax(data.y_train, axis=1))
+    torch.manual_seed(0)
+
+    def copy() -> torch.nn.Module:
+        n_in, (n_hidden,), n_out = data.x_train.shape[1], config.hidden_sizes, data.num_outputs
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_in, n_hidden), torch.nn.Tanh(), torch.nn.Linear(n_hidden, n_out)
+        )
+
+    base = copy().to("meta")
+    params, _ = stack_module_state([copy() for _ in range(num_members)])
+
+    def loss(p, xb, yb):
+        return torch.nn.functional.cross_entropy(functional_call(base, p, (xb,)), yb)
+
+    member_grads = vmap(grad(loss))
+    first = {k: torch.zeros_like(v) for k, v in params.items()}
+    second = {k: torch.zeros_like(v) for k, v in params.items()}
+    generator = torch.Generator().manual_seed(0)
+    t0, t = time.perf_counter(), 0
+    with torch.no_grad():
+        for _ in range(epochs):
+            order = torch.stack(
+                [torch.randperm(len(x), generator=generator) for _ in range(num_members)]
+            )[:, : steps * config.batch_size].reshape(num_members, steps, config.batch_size)
+            for s in range(steps):
+                idx = order[:, s]
+                grads = member_grads(params, x[idx], labels[idx])
+                t += 1
+                for k, g in grads.items():
+                    first[k].mul_(0.9).add_(g, alpha=0.1)
+                    second[k].mul_(0.999).addcmul_(g, g, value=0.001)
+                    step_size = float(rates[t - 1]) / (1 - 0.9**t)
+                    denom = (second[k] / (1 - 0.999**t)).sqrt_().add_(1e-8)
+                    params[k].addcdiv_(first[k], denom, value=-step_size)
+    seconds = time.perf_counter() - t0
+    x_test = torch.from_numpy(np.asarray(data.x_test, np.float32))
+    logits = vmap(lambda p: functional_call(base, p, (x_test,)))(params)
+    accuracy = (logits.argmax(-1).numpy() == np.argmax(data.y_test, axis=1)).mean(axis=1)
+    return {
+        "members": num_members,
+        "threads": threads,
+        "train_seconds": seconds,
+        "test_accuracy_mean": float(accuracy.mean()),
+        "test_accuracy_std": float(accuracy.std()),
+    }
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"bench_members.py: unexpected arguments {argv[1:]}.", file=sys.stderr)
@@ -175,18 +281,25 @@ def main(argv: list[str]) -> int:
         f"{jax.default_backend()} ({jax.devices()[0].device_kind}), best of {trials}"
     )
     rows = [time_member_set(n, epochs, trials) for n in sizes]
+    peak, flops = matmul_flops_per_second(), member_epoch_flops(epochs)
+    for r in rows:
+        r["gflops"] = r["members"] * flops / r["train_seconds"] / 1e9
+        r["fraction_of_matmul_peak"] = r["gflops"] * 1e9 / peak
     one = next((r["train_seconds"] for r in rows if r["members"] == 1), None)
+    print(f"\nmatmul peak (a 1024^3 float32 product): {peak / 1e9:.1f} GFLOP/s")
     print(
-        f"\n{'N':>5} {'compile s':>10} {'train s':>9} {'vs one':>7} {'members/s':>10} {'acc':>14}"
+        f"\n{'N':>5} {'compile s':>10} {'train s':>9} {'vs one':>7} {'members/s':>10} "
+        f"{'GFLOP/s':>8} {'of peak':>8} {'acc':>14}"
     )
     for r in rows:
         ratio = "" if one is None else f"{r['train_seconds'] / one:.1f}x"
         print(
             f"{r['members']:>5} {r['compile_seconds']:>10.2f} {r['train_seconds']:>9.3f} "
-            f"{ratio:>7} {r['members_per_second']:>10.1f} "
+            f"{ratio:>7} {r['members_per_second']:>10.1f} {r['gflops']:>8.1f} "
+            f"{r['fraction_of_matmul_peak']:>8.0%} "
             f"{100 * r['test_accuracy_mean']:>7.2f}±{100 * r['test_accuracy_std']:.2f}%"
         )
-    result: dict = {"epochs": epochs, "member_sets": rows}
+    result: dict = {"epochs": epochs, "matmul_gflops": peak / 1e9, "member_sets": rows}
     if _SKLEARN_FITS.value:
         fits = _SKLEARN_FITS.value
         sk = time_sklearn(fits, epochs)
@@ -206,6 +319,30 @@ def main(argv: list[str]) -> int:
                 f"to end ({result['speedup_end_to_end']:.1f}x faster), "
                 f"{same['train_seconds']:.3f} s training ({result['speedup_training']:.1f}x)"
             )
+    if _TORCH_MEMBERS.value:
+        n = _TORCH_MEMBERS.value
+        # torch picks its threads per call; a small step can be slower on all of them
+        runs = [time_torch_ensemble(n, epochs, t) for t in sorted({1, os.cpu_count() or 1})]
+        if runs[0] is None:
+            print("\nPyTorch is not installed: torch.func ensembling skipped.")
+        else:
+            best_torch = min(runs, key=lambda r: r["train_seconds"])
+            result["torch_func"] = best_torch
+            print(
+                f"\nPyTorch torch.func ensembling, {n} copies: {best_torch['train_seconds']:.2f} s "
+                f"training on {best_torch['threads']} thread(s) (test accuracy "
+                f"{100 * best_torch['test_accuracy_mean']:.2f}±"
+                f"{100 * best_torch['test_accuracy_std']:.2f}%)"
+            )
+            same = next((r for r in rows if r["members"] == n), None)
+            if same is not None:
+                result["speedup_training_vs_torch"] = (
+                    best_torch["train_seconds"] / same["train_seconds"]
+                )
+                print(
+                    f"jaxbp, {n} members: {same['train_seconds']:.3f} s training "
+                    f"({result['speedup_training_vs_torch']:.1f}x faster)"
+                )
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(result, f, indent=2)
