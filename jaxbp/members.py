@@ -35,13 +35,21 @@ Array = jax.Array
 Hyperparams = dict[str, Array]  # swept name -> (M,) values, one per member
 
 
-def over_members(fn: Callable, num_members: int, in_axes: Sequence[int | None]) -> Callable:
+def over_members(
+    fn: Callable,
+    num_members: int,
+    in_axes: Sequence[int | None],
+    *,
+    spmd_axis_name: str | None = None,
+) -> Callable:
     """``fn`` of one member lifted to a set of ``num_members`` (`jax.vmap` over axis 0).
 
     Args:
       fn: a function of one member's arguments.
       num_members: M ≥ 1.
       in_axes: per positional argument, 0 (stacked over members) or None (shared).
+      spmd_axis_name: a mesh axis that the member axis is split over
+        (`jaxbp.parallel.MEMBER_AXIS`); sharding constraints inside ``fn`` then keep it.
 
     Returns:
       The lifted function; every output gets the leading member axis. For M = 1 the mapped
@@ -50,7 +58,7 @@ def over_members(fn: Callable, num_members: int, in_axes: Sequence[int | None]) 
     if num_members < 1:
         raise ValueError(f"num_members must be >= 1, got {num_members}.")
     if num_members > 1:
-        return jax.vmap(fn, in_axes=tuple(in_axes))
+        return jax.vmap(fn, in_axes=tuple(in_axes), spmd_axis_name=spmd_axis_name)
 
     def single(*args):
         args = [
@@ -140,6 +148,7 @@ def make_epoch(
     *,
     num_examples: int | None = None,
     shard_batch: Callable[[train.Batch], train.Batch] | None = None,
+    spmd_axis_name: str | None = None,
 ) -> Callable[..., tuple[Params, optax.OptState, dict]]:
     """One epoch of every member as one program (not jitted: the caller jits it).
 
@@ -152,24 +161,24 @@ def make_epoch(
       batch_size: rows per step.
       num_members: M.
       num_examples, shard_batch: as `jaxbp.train.make_epoch`.
+      spmd_axis_name: as `over_members`: the mesh axis the members are split over.
 
     Returns:
       The epoch; its params and optimizer state are stacked ``(M, ...)`` and its metrics
       ``(M, steps)`` each.
     """
 
-    def one(params, opt_state, hparams, x, y, key, epoch_index):
+    def one(params, opt_state, hparams, *data_key_epoch):
         return train.run_epoch(
             make_step(hparams),
             batch_size,
             params,
             opt_state,
-            x,
-            y,
-            key,
-            epoch_index,
+            *data_key_epoch,
             num_examples=num_examples,
             shard_batch=shard_batch,
         )
 
-    return over_members(one, num_members, (0, 0, 0, None, None, 0, None))
+    return over_members(
+        one, num_members, (0, 0, 0, None, None, 0, None), spmd_axis_name=spmd_axis_name
+    )

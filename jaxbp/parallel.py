@@ -1,12 +1,18 @@
-"""Data parallelism with JAX's own sharding: a 1-D device mesh with axis ``"data"``.
+"""Data and member parallelism with JAX's own sharding: a device mesh ``(members, data)``.
 
-Each minibatch is sharded over the mesh, params and optimizer state are replicated, and
-the jitted step (hand-written backward included) is partitioned by XLA, which inserts the
-all-reduce of the gradient. No pmap and no hand-written collectives. Several hosts join
-through `jax.distributed.initialize`; each process then places only its own block of the
-training rows on its devices (`put_training_data`).
+Each minibatch is sharded over the ``"data"`` axis, params and optimizer state are
+replicated over it, and the jitted step (hand-written backward included) is partitioned by
+XLA, which inserts the all-reduce of the gradient. No pmap and no hand-written collectives.
+A member set (`jaxbp.members`) is also split over the ``"members"`` axis: each device
+group trains its own members, with no communication between them. `make_mesh` gives the
+member axis as many devices as divide both the member count and the devices (their gcd),
+so members spread over the devices when they can and the rest is data parallelism inside
+each member. Several hosts join through `jax.distributed.initialize`; each process then
+places only its own block of the training rows on its devices (`put_training_data`), and
+the member axis stays 1.
 """
 
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+MEMBER_AXIS = "members"
 DATA_AXIS = "data"
 
 
@@ -76,8 +83,12 @@ def wait_for_coordinator(coordinator_address: str, timeout_seconds: float) -> No
             time.sleep(0.2)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (all of them when None).
+def make_mesh(num_devices: int | None = None, *, num_members: int = 1) -> Mesh:
+    """A ``(members, data)`` mesh over the first ``num_devices`` devices (all when None).
+
+    The ``"members"`` axis gets ``gcd(num_members, num_devices)`` devices (1 across several
+    processes), the ``"data"`` axis the rest: 8 members on 4 devices are 2 members a device,
+    2 members on 4 devices are 2 devices a member, 3 members on 2 devices are data parallel.
 
     Raises:
       ValueError: when more devices are asked for than JAX sees, or, across several
@@ -97,15 +108,25 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
             f"num_devices={num_devices}: a {jax.process_count()}-process run uses all "
             f"{len(devices)} devices; leave num_devices unset."
         )
-    return Mesh(np.array(devices[:num_devices]), (DATA_AXIS,))
+    if num_members < 1:
+        raise ValueError(f"num_members={num_members} must be at least 1.")
+    members = math.gcd(num_members, num_devices) if jax.process_count() == 1 else 1
+    grid = np.array(devices[:num_devices]).reshape(members, num_devices // members)
+    return Mesh(grid, (MEMBER_AXIS, DATA_AXIS))
+
+
+def data_devices(mesh: Mesh) -> int:
+    """Devices that share one member's batch (the ``"data"`` axis)."""
+    return mesh.shape[DATA_AXIS]
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over the mesh."""
-    if batch_size % mesh.size:
+    """The global batch must split evenly over the ``"data"`` axis."""
+    n = data_devices(mesh)
+    if batch_size % n:
         raise ValueError(
-            f"batch_size={batch_size} does not divide over {mesh.size} devices: use a "
-            f"multiple of {mesh.size} (e.g. {mesh.size * max(1, batch_size // mesh.size)})."
+            f"batch_size={batch_size} does not divide over {n} devices: use a "
+            f"multiple of {n} (e.g. {n * max(1, batch_size // n)})."
         )
 
 
@@ -117,6 +138,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree
     )
+
+
+def place_members(tree: Any, mesh: Mesh) -> Any:
+    """A member set's ``tree`` (every leaf ``(M, ...)``) split over the ``"members"`` axis.
+
+    Each device holds its group's members, replicated over ``"data"``. Across several
+    processes the member axis has one device group, so this is `replicate`.
+    """
+    if jax.process_count() > 1 or mesh.shape[MEMBER_AXIS] == 1:
+        return replicate(tree, mesh)
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(MEMBER_AXIS)))
 
 
 def put_training_data(arrays: tuple[np.ndarray, ...], mesh: Mesh) -> tuple[jax.Array, ...]:
@@ -145,9 +177,11 @@ def put_training_data(arrays: tuple[np.ndarray, ...], mesh: Mesh) -> tuple[jax.A
 def shard_batch(mesh: Mesh) -> Callable[[Any], Any] | None:
     """``batch -> batch`` constraining the leading axis of each leaf to the ``"data"`` axis.
 
-    Returns None for a single device, where there is nothing to shard.
+    Returns None for a ``"data"`` axis of one device, where there is nothing to shard.
+    Under a vmap over members with ``spmd_axis_name=MEMBER_AXIS`` the member axis of the
+    batch goes to the ``"members"`` axis of the mesh.
     """
-    if mesh.size == 1:
+    if data_devices(mesh) == 1:
         return None
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return lambda batch: jax.tree.map(

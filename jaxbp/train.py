@@ -9,6 +9,7 @@ permutation drawn from ``fold_in(key, epoch)``, so a run is a deterministic func
 seed and small networks are not dominated by Python dispatch.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -217,20 +218,9 @@ def make_epoch(
         returned state afterwards, as a training loop does. Saves an allocation per leaf.
     """
 
-    def epoch(params, opt_state, x, y, key, epoch_index):
-        return run_epoch(
-            step,
-            batch_size,
-            params,
-            opt_state,
-            x,
-            y,
-            key,
-            epoch_index,
-            num_examples=num_examples,
-            shard_batch=shard_batch,
-        )
-
+    epoch = functools.partial(
+        run_epoch, step, batch_size, num_examples=num_examples, shard_batch=shard_batch
+    )
     return jax.jit(epoch, donate_argnums=(0, 1) if donate else ())
 
 
