@@ -145,46 +145,41 @@ def output_delta(model: MLP, y_hat: Array, g_bar: Array) -> Array:
     return model.layer_activations[-1].vjp(y_hat, g_bar)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _apply_custom(model: MLP, params: Params, x: Array) -> Array:
-    return mlp_lib.forward_autodiff(model, params, x)
+def _with_custom_backward(
+    forward: Callable[[MLP, Params, Array], Array], *, of_logits: bool
+) -> Callable[[MLP, Params, Array], Array]:
+    """``forward`` as a `jax.custom_vjp` function whose backward is the δ recursion.
+
+    Args:
+      forward: the plain network, returning ŷ (``of_logits=False``) or the logits ``z^[L]``.
+      of_logits: which of the two ``forward`` returns. The cotangent of ŷ is ``ḡ = ∂L/∂ŷ``,
+        which `output_delta` turns into ``δ^[L] = ḡ ∘ f'(z^[L])`` (eqs. (3.3), (4.4)); the
+        cotangent of ``z^[L]`` is ``δ^[L] = ∂L/∂z^[L]`` itself: the recursion starts from it.
+
+    Returns:
+      ``fn(model, params, x)``, with ``model`` not differentiated.
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def fn(model: MLP, params: Params, x: Array) -> Array:
+        return forward(model, params, x)
+
+    def fn_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
+        z_out, y_hat, residuals = forward_with_residuals(model, params, x)
+        return (z_out if of_logits else y_hat), residuals
+
+    def fn_bwd(model: MLP, residuals: Residuals, out_bar: Array) -> tuple[Params, Array | None]:
+        delta = out_bar if of_logits else output_delta(model, residuals.activations[-1], out_bar)
+        return backward_from_output_delta(model, residuals, delta)
+
+    fn.defvjp(fn_fwd, fn_bwd)
+    return fn
 
 
-def _apply_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
-    _, y_hat, residuals = forward_with_residuals(model, params, x)
-    return y_hat, residuals
-
-
-def _apply_custom_bwd(
-    model: MLP, residuals: Residuals, g_bar: Array
-) -> tuple[Params, Array | None]:
-    delta = output_delta(model, residuals.activations[-1], g_bar)
-    return backward_from_output_delta(model, residuals, delta)
-
-
-_apply_custom.defvjp(_apply_custom_fwd, _apply_custom_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _logits_custom(model: MLP, params: Params, x: Array) -> Array:
-    return mlp_lib.forward_logits(model, params, x)
-
-
-def _logits_custom_fwd(model: MLP, params: Params, x: Array) -> tuple[Array, Residuals]:
-    z_out, _, residuals = forward_with_residuals(model, params, x)
-    return z_out, residuals
-
-
-def _logits_custom_bwd(
-    model: MLP, residuals: Residuals, z_bar: Array
-) -> tuple[Params, Array | None]:
-    # The cotangent of z^[L] is δ^[L] = ∂L/∂z^[L] itself: the recursion starts from it.
-    return backward_from_output_delta(model, residuals, z_bar)
-
-
+_apply_custom = _with_custom_backward(mlp_lib.forward_autodiff, of_logits=False)
 # The fused losses take the logits: their δ^[L] reaches the recursion without passing through
 # f'(z^[L]), which a saturated sigmoid or softmax rounds to 0 against an infinite ∂L/∂ŷ.
-_logits_custom.defvjp(_logits_custom_fwd, _logits_custom_bwd)
+_logits_custom = _with_custom_backward(mlp_lib.forward_logits, of_logits=True)
 
 _FORWARD_MODE_HINT = (
     "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function: jax.jvp and "

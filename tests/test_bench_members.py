@@ -1,30 +1,19 @@
 """experiments/bench_members.py on a tiny setting, as users run it (a subprocess: absl flags)."""
 
 import json
-import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiment_runs import run_experiment
 
 
 def test_bench_members_times_member_sets_and_sklearn_fits(tmp_path):
     output = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.bench_members",
-            "--members=1,2",
-            "--epochs=2",
-            "--sklearn_fits=2",
-            "--trials=1",
-            f"--output={output}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True,
-        text=True,
+    result = run_experiment(
+        "bench_members",
+        "--members=1,2",
+        "--epochs=2",
+        "--sklearn_fits=2",
+        "--trials=1",
+        f"--output={output}",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,27 +8,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from experiment_runs import run_experiment as _run
 
 from jaxbp import config as config_lib
 from jaxbp import inference, trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(script, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{script}", *flags],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _one_error_line(result, program, code, message):

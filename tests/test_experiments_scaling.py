@@ -2,30 +2,15 @@
 and the table."""
 
 import os
-import subprocess
-import sys
+
+from experiment_runs import run_experiment
 
 from experiments.bench import host
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_scaling_prints_a_row_per_device_count():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.scaling",
-            "--devices=1,2",
-            "--epochs=1",
-            "--hidden_sizes=16",
-            "--batch_size=64",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_experiment(
+        "scaling", "--devices=1,2", "--epochs=1", "--hidden_sizes=16", "--batch_size=64"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()

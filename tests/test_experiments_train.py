@@ -15,23 +15,17 @@ import time
 
 import numpy as np
 import pytest
+from experiment_runs import ROOT, run_experiment
 
 from jaxbp import trainer
 from jaxbp import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONPATH": ROOT, **UNBUFFERED}
 
 
 def _train(*flags, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *flags],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_experiment("train", *flags, timeout=timeout, env=UNBUFFERED)
 
 
 def _start(*flags):
@@ -126,14 +120,7 @@ def test_a_checkpoints_file_in_the_workdir_is_one_line_not_a_hang(tmp_path):
 
 
 def test_help_shows_defaults_choices_and_data_set_defaults():
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--helpfull"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _train("--helpfull", timeout=120)
     text = " ".join(result.stdout.split())  # absl wraps the help lines
     assert "--learning_rate: Peak learning rate" in text and "(default: '0.003')" in text
     assert "iris 0.01" in text  # the data set's own default beside the global one
@@ -245,14 +232,7 @@ def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
     _assert_same_run(workdir, tmp_path / "straight")
     assert _summary(workdir)["members"] == summary["members"]
 
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "experiments.eval", f"--workdir={workdir}"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    evaluated = run_experiment("eval", f"--workdir={workdir}", env=UNBUFFERED)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "ensemble of 4" in evaluated.stdout and "mean ± std" in evaluated.stdout
     config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
@@ -260,20 +240,12 @@ def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
     rows = tmp_path / "rows.npz"
     np.savez(rows, x=ds.x_test[:5].astype(np.float64) * ds.x_scale + ds.x_mean)
     output = tmp_path / "predictions.csv"
-    predicted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.predict",
-            f"--workdir={workdir}",
-            f"--data_path={rows}",
-            f"--output={output}",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    predicted = run_experiment(
+        "predict",
+        f"--workdir={workdir}",
+        f"--data_path={rows}",
+        f"--output={output}",
+        env=UNBUFFERED,
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "the ensemble of 4 members" in predicted.stdout

@@ -2,27 +2,15 @@
 figure and the table, and the sigmoid network's δ shrinks by about σ' ≤ 1/4 per layer."""
 
 import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from experiment_runs import run_experiment
 
 from experiments import vanishing
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
 
 def run_script(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.vanishing", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_experiment("vanishing", *args, timeout=600, env={"JAX_PLATFORMS": "cpu"})
 
 
 def test_quick_run_writes_the_figure_and_table(tmp_path):

@@ -37,16 +37,19 @@ def _data(name, rng, batch=BATCH, n_out=N_OUT, soft=False):
     return jnp.asarray(z), jnp.asarray(y_hat), jnp.asarray(y)
 
 
+def _assert_is_jax_grad(actual, value, at, y):
+    """``actual`` is ``jax.grad(value)(at, y)``: its shape, float64, and its entries."""
+    chex.assert_shape(actual, at.shape)
+    assert actual.dtype == jnp.float64
+    chex.assert_trees_all_close(actual, jax.grad(value)(at, y), rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_hand_grad_matches_jax_grad_of_value(x64, name, soft):
     loss = LOSSES[name]
     _, y_hat, y = _data(name, np.random.default_rng(0), soft=soft)
-    expected = jax.grad(loss.value)(y_hat, y)
-    actual = loss.grad(y_hat, y)
-    chex.assert_shape(actual, y_hat.shape)
-    assert actual.dtype == jnp.float64
-    chex.assert_trees_all_close(actual, expected, rtol=1e-12, atol=1e-15)
+    _assert_is_jax_grad(loss.grad(y_hat, y), loss.value, y_hat, y)
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
@@ -55,10 +58,7 @@ def test_fused_delta_matches_jax_grad_of_value_from_logits(x64, name, soft):
     """δ^[L] = (ŷ − y)/n is ∂L/∂z^[L] of the loss computed from the logits."""
     loss = LOSSES[name]
     z, _, y = _data(name, np.random.default_rng(1), soft=soft)
-    expected = jax.grad(loss.value_from_logits)(z, y)
-    actual = loss.delta_from_output(FUSED[name](z), y)
-    chex.assert_shape(actual, z.shape)
-    chex.assert_trees_all_close(actual, expected, rtol=1e-12, atol=1e-15)
+    _assert_is_jax_grad(loss.delta_from_output(FUSED[name](z), y), loss.value_from_logits, z, y)
 
 
 @pytest.mark.parametrize("name", list(FUSED))
@@ -314,11 +314,13 @@ def test_get_loss_unknown_name_lists_the_losses():
         assert name in str(info.value)
 
 
-def test_get_loss_bce_needs_sigmoid_output():
-    with pytest.raises(ValueError, match="output_activation='sigmoid'.*'identity'"):
-        losses.get_loss("bce", "identity")
-
-
-def test_get_loss_softmax_cross_entropy_needs_softmax_output():
-    with pytest.raises(ValueError, match="output_activation='softmax'.*'sigmoid'"):
-        losses.get_loss("softmax_cross_entropy", "sigmoid")
+@pytest.mark.parametrize(
+    "name, activation, pattern",
+    [
+        ("bce", "identity", "output_activation='sigmoid'.*'identity'"),
+        ("softmax_cross_entropy", "sigmoid", "output_activation='softmax'.*'sigmoid'"),
+    ],
+)
+def test_get_loss_needs_the_output_activation_it_fits(name, activation, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        losses.get_loss(name, activation)

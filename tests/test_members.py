@@ -24,6 +24,17 @@ def _unit(schedule):
     return train.make_schedule(1.0, schedule, total_steps=EPOCHS * STEPS_PER_EPOCH)
 
 
+def _assert_same_updates(ours, theirs, params, grads, steps):
+    """Both optimizers from their initial states, ``steps`` updates on ``grads``: every
+    update the same to the bit."""
+    state_a, state_b = ours.init(params), theirs.init(params)
+    for _ in range(steps):
+        upd_a, state_a = ours.update(grads, state_a, params)
+        upd_b, state_b = theirs.update(grads, state_b, params)
+        for a, b in zip(jax.tree.leaves(upd_a), jax.tree.leaves(upd_b), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def _single_run(seed, dtype, learning_rate=1e-2, schedule="cosine", weight_decay=0.0):
     """The pre-members path: one run, the optimizer of `jaxbp.train.make_optimizer`."""
     x, y = _data(dtype)
@@ -123,12 +134,7 @@ def test_per_member_optimizer_for_one_member_is_bitwise_optaxs():
         train.make_schedule(1e-2, "cosine", total_steps=EPOCHS * STEPS_PER_EPOCH),
         weight_decay=1e-3,
     )
-    state_a, state_b = ours.init(params), theirs.init(params)
-    for _ in range(5):
-        upd_a, state_a = ours.update(grads, state_a, params)
-        upd_b, state_b = theirs.update(grads, state_b, params)
-        for a, b in zip(jax.tree.leaves(upd_a), jax.tree.leaves(upd_b), strict=True):
-            np.testing.assert_array_equal(a, b)
+    _assert_same_updates(ours, theirs, params, grads, steps=5)
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
@@ -138,12 +144,7 @@ def test_sgd_family_with_zero_decay_in_a_decaying_set_changes_no_bit(name):
     unit = _unit("constant")
     ours = members.make_optimizer(name, 0.1, unit, momentum=0.8, weight_decay=0.0, decay=True)
     theirs = train.make_optimizer(name, train.make_schedule(0.1), momentum=0.8)
-    state_a, state_b = ours.init(params), theirs.init(params)
-    for _ in range(3):
-        upd_a, state_a = ours.update(grads, state_a, params)
-        upd_b, state_b = theirs.update(grads, state_b, params)
-    for a, b in zip(jax.tree.leaves(upd_a), jax.tree.leaves(upd_b), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_updates(ours, theirs, params, grads, steps=3)
 
 
 def test_over_members_maps_stacked_and_shares_unmapped_arguments():

@@ -13,10 +13,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from experiment_runs import ROOT, run_experiment
 
 from jaxbp import config, parallel, trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _FOUR_DEVICES = textwrap.dedent(
     """
@@ -147,21 +146,13 @@ def test_two_processes_agree_with_one(tmp_path):
 
 
 def test_a_coordinator_that_never_answers_gives_up_in_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            f"--coordinator_address=127.0.0.1:{_free_port()}",
-            "--num_processes=2",
-            "--process_id=1",
-            "--coordinator_timeout=3",
-            f"--workdir={tmp_path / 'w'}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True,
-        text=True,
+    result = run_experiment(
+        "train",
+        f"--coordinator_address=127.0.0.1:{_free_port()}",
+        "--num_processes=2",
+        "--process_id=1",
+        "--coordinator_timeout=3",
+        f"--workdir={tmp_path / 'w'}",
         timeout=120,
     )
     assert result.returncode == 1, result.stderr[-2000:]
