@@ -126,19 +126,9 @@ def make_optimizer(
     def rate(count):
         return learning_rate * unit_schedule(count)
 
-    if name == "adam":
-        return optax.adamw(rate, weight_decay=weight_decay) if decay else optax.adam(rate)
-    if name == "sgd":
-        sgd = optax.sgd(rate)
-    elif name == "momentum":
-        sgd = optax.sgd(rate, momentum=momentum)
-    elif name == "nesterov":
-        sgd = optax.sgd(rate, momentum=momentum, nesterov=True)
-    else:
-        raise ValueError(
-            f"unknown optimizer {name!r}: expected one of {', '.join(train.OPTIMIZERS)}."
-        )
-    return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if decay else sgd
+    return train.make_optimizer(
+        name, rate, momentum=momentum, weight_decay=weight_decay, decay=decay
+    )
 
 
 def make_epoch(

@@ -56,10 +56,11 @@ def make_schedule(
 
 def make_optimizer(
     name: str,
-    learning_rate: float | optax.Schedule,
+    learning_rate: float | jax.Array | optax.Schedule,
     *,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    momentum: float | jax.Array = 0.9,
+    weight_decay: float | jax.Array = 0.0,
+    decay: bool | None = None,
 ) -> optax.GradientTransformation:
     """An optax optimiser by name.
 
@@ -72,16 +73,23 @@ def make_optimizer(
       learning_rate: η or a schedule.
       momentum: β for ``"momentum"`` and ``"nesterov"``.
       weight_decay: λ ≥ 0.
+      decay: whether the chain applies weight decay at all; default ``weight_decay != 0``.
+        A member set fixes it for every member, whose λ may then be traced
+        (`jaxbp.members.make_optimizer`); a member with λ = 0 adds ``0 · W``, no bit.
 
     Returns:
       The `optax.GradientTransformation`.
     """
-    if weight_decay < 0:
+    if isinstance(weight_decay, int | float) and weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    if decay is None:
+        decay = bool(weight_decay)
     if name == "adam":
-        if weight_decay:
-            return optax.adamw(learning_rate, weight_decay=weight_decay)
-        return optax.adam(learning_rate)
+        return (
+            optax.adamw(learning_rate, weight_decay=weight_decay)
+            if decay
+            else optax.adam(learning_rate)
+        )
     if name == "sgd":
         sgd = optax.sgd(learning_rate)
     elif name == "momentum":
@@ -90,9 +98,7 @@ def make_optimizer(
         sgd = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
     else:
         raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}.")
-    if weight_decay:
-        return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
-    return sgd
+    return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if decay else sgd
 
 
 def make_loss_and_grad(
