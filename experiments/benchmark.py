@@ -50,17 +50,9 @@ QUICK = dict(
 
 
 def config_from_flags() -> BenchConfig:
-    """The `BenchConfig` of the command line."""
-    values = {}
-    for field in dataclasses.fields(BenchConfig):
-        holder = _CONFIG_FLAGS[field.name]
-        if _QUICK.value and not holder.present and field.name in QUICK:
-            values[field.name] = QUICK[field.name]
-        elif isinstance(field.default, tuple):
-            values[field.name] = tuple(type(field.default[0])(v) for v in holder.value)
-        else:
-            values[field.name] = holder.value
-    return BenchConfig(**values)
+    """The `BenchConfig` of the command line; --quick sets the QUICK fields not given."""
+    quick = {n: v for n, v in QUICK.items() if _QUICK.value and not _CONFIG_FLAGS[n].present}
+    return BenchConfig.from_dict({**{n: h.value for n, h in _CONFIG_FLAGS.items()}, **quick})
 
 
 def grid(config: BenchConfig) -> list[Point]:
@@ -117,14 +109,12 @@ def run_point(point: Point, config: BenchConfig, torch_runner: Any | None) -> di
         for n in (*names, *TORCH_KINDS) if phase == "torch" else names:
             ms.setdefault(n, 1e3 * timed[phase].median(name.get(n, n)))
     ratios = {k: timed[p].ratio(name.get(a, a), name.get(b, b)) for k, (p, a, b) in RATIOS.items()}
+    flops = figures["flops"]
     return {
         **dataclasses.asdict(point),
         **{f"{n}_ms": value for n, value in ms.items()},
         **ratios,
-        **{
-            f"gflops_{n}": figures["flops"] / ms[n] / 1e6
-            for n in ("matmul", "custom", "loss_and_grad")
-        },
+        **{f"gflops_{n}": flops / ms[n] / 1e6 for n in ("matmul", "custom", "loss_and_grad")},
         "scan_step_ms": ms["epoch_scan"] / config.epoch_steps,
         "loop_step_ms": ms["epoch_loop"] / config.epoch_steps,
         "torch_threads": best["torch_eager"][1],
@@ -145,8 +135,8 @@ TORCH_MISSING = (
 def run_benchmark(
     config: BenchConfig, outdir: str, *, command: str = "", log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Runs the grid, the digits epoch and the alternatives; writes the files to ``outdir``.
-    Returns ``{"rows", "digits", "alternatives", "targets", "markdown", "files"}``."""
+    """Runs the grid, the digits epoch and the alternatives, writes the files to ``outdir``, and
+    returns ``{"rows", "digits", "alternatives", "targets", "markdown", "files"}``."""
     torch = torch_side.import_torch() if config.torch else None
     if config.torch and torch is None:
         log(TORCH_MISSING)
@@ -174,25 +164,15 @@ def run_benchmark(
         notes.append(f"torch.compile does not work here: {torch_runner.compile_error}")
     markdown = report.report(*tables.values(), machine, command, notes)
     os.makedirs(outdir, exist_ok=True)
-    files = {f"{name}_csv": os.path.join(outdir, f"{name}.csv") for name, t in tables.items() if t}
-    for name, table in tables.items():
-        if table:
-            report.write_csv(table, files[f"{name}_csv"])
-    files["markdown"] = os.path.join(outdir, "results.md")
-    with open(files["markdown"], "w") as f:
+    files = {f"{n}_csv": report.write_csv(t, f"{outdir}/{n}.csv") for n, t in tables.items() if t}
+    with open(files.setdefault("markdown", f"{outdir}/results.md"), "w") as f:
         f.write(markdown)
-    if report.plot(rows, plot_path := os.path.join(outdir, "results.png")):
-        files["plot"] = plot_path
+    if report.plot(rows, f"{outdir}/results.png"):
+        files["plot"] = f"{outdir}/results.png"
     elapsed = time.perf_counter() - start
     log(f"benchmark: {len(rows)} points in {elapsed:.0f}s; wrote {', '.join(files.values())}")
-    return {
-        "rows": rows,
-        "digits": tables["digits"],
-        "alternatives": tables["alternatives"],
-        "targets": report.targets(rows, tables["digits"]),
-        "markdown": markdown,
-        "files": files,
-    }
+    targets = report.targets(rows, tables["digits"])
+    return dict(tables, rows=rows, targets=targets, markdown=markdown, files=files)
 
 
 def main(argv: Sequence[str]) -> None:

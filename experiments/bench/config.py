@@ -41,12 +41,14 @@ class BenchConfig:
     alternatives: bool = _field(True, "Time jaxbp's speed choices against the code replaced.")
 
     @classmethod
-    def from_json(cls, spec: dict[str, Any]) -> "BenchConfig":
-        """The config from its `dataclasses.asdict` through JSON; other keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in names}
-        )
+    def from_dict(cls, values: dict[str, Any]) -> "BenchConfig":
+        """The config of flag or JSON values, a list as a tuple of its default's element type;
+        keys that are not fields are ignored."""
+        kept = {f.name: f.default for f in dataclasses.fields(cls) if f.name in values}
+        lists = {
+            n: tuple(map(type(d[0]), values[n])) for n, d in kept.items() if isinstance(d, tuple)
+        }
+        return cls(**{**{n: values[n] for n in kept}, **lists})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,12 +73,8 @@ def torch_epoch(torch: Any, t: Training) -> Thunk:
     """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, step and
     the schedule's step."""
     config, batch_size = t.config, t.config.batch_size
-    if config.optimizer != "adam" or config.weight_decay or config.schedule not in SCHEDULES:
-        raise NotImplementedError(
-            f"the PyTorch digits epoch has adam, no weight decay and a schedule of {SCHEDULES}; "
-            f"the config has {config.optimizer}, weight_decay={config.weight_decay}, "
-            f"{config.schedule}."
-        )
+    if (config.optimizer, config.weight_decay) != ("adam", 0) or config.schedule not in SCHEDULES:
+        raise NotImplementedError(f"no PyTorch digits epoch for {config}")
     net = torch_side.torch_mlp(torch, t.model, t.params, "float32", fused_output=True)
     x, y = torch.from_numpy(np.array(t.x)), torch.from_numpy(np.array(t.y))
     loss_fn = torch_side.torch_loss(torch, t.loss)
@@ -102,8 +98,7 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     torch = torch_side.import_torch() if config.torch else None
 
     def timed(thunks, share):
-        budget = config.digits_budget * share
-        warmup = config.digits_warmup_calls
+        budget, warmup = config.digits_budget * share, config.digits_warmup_calls
         return time_interleaved(
             thunks, min_rounds=config.repeats, budget=budget, warmup_calls=warmup
         )
@@ -148,16 +143,12 @@ def digits_benchmark(config: BenchConfig, log: Callable[[str], None] = print) ->
     for cores in sorted({min(c, len(os.sched_getaffinity(0))) for c in config.digits_cores}):
         spec = {**dataclasses.asdict(config), "cores": cores}
         child_rows = host.run_child("experiments.bench.digits", spec)
-        log(
-            f"digits on {cores} core(s): "
-            + ", ".join(
-                f"{r['network']} scan {r['jax_scan_ms']:.3g} ms, torch {r['torch_eager_ms']:.3g}"
-                for r in child_rows
-            )
-        )
+        times = [f"{r['network']} scan {r['jax_scan_ms']:.3g} ms, torch {r['torch_eager_ms']:.3g}"
+                 for r in child_rows]  # fmt: skip
+        log(f"digits on {cores} core(s): " + ", ".join(times))
         rows += child_rows
     return rows
 
 
 if __name__ == "__main__":
-    host.child_main(lambda spec: measure(BenchConfig.from_json(spec)))
+    host.child_main(lambda spec: measure(BenchConfig.from_dict(spec)))

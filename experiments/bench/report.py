@@ -1,6 +1,6 @@
 """The results as markdown tables with their legends, the targets, CSV files and a plot.
 
-A column is ``(header, row key or keys shown "a/b", format, meaning)``, its meaning a legend
+A column is ``(header, row key or keys shown "a/b", format[, meaning])``, its meaning a legend
 line; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a format spec.
 """
 
@@ -50,23 +50,15 @@ DIGITS_COLUMNS = (
     ("hashed shuffle", "shuffle_hashed_ms", "g", "jaxbp.shuffle.permutation alone"),
 )
 ALTERNATIVE_COLUMNS = (
-    ("jaxbp's choice", "choice", "", ""),
-    ("replaced", "replaced", "", ""),
-    ("timed", "program", "", ""),
-    ("choice ms", "chosen_ms", "g", ""),
-    ("replaced ms", "replaced_ms", "g", ""),
-    ("replaced/choice", "replaced_over_chosen", ".3f", ""),
+    ("jaxbp's choice", "choice", ""),
+    ("replaced", "replaced", ""),
+    ("timed", "program", ""),
+    ("choice ms", "chosen_ms", "g"),
+    ("replaced ms", "replaced_ms", "g"),
+    ("replaced/choice", "replaced_over_chosen", ".3f"),
 )
-TARGET_COLUMNS = tuple(
-    (header, key, spec, "")
-    for header, key, spec in (
-        ("target", "name", ""),
-        ("measured", "value", ".3f"),
-        ("bound", "bound", ""),
-        ("holds", "holds", ""),
-        ("at", "at", ""),
-    )
-)
+TARGET_COLUMNS = (("target", "name", ""), ("measured", "value", ".3f"), ("bound", "bound", ""),
+                  ("holds", "holds", ""), ("at", "at", ""))  # fmt: skip
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -87,7 +79,7 @@ def section(title: str, columns: Sequence[tuple], rows: Sequence[Row]) -> list[s
     def cell(row, keys, spec):
         return "/".join(_fmt(row[k], spec) for k in ((keys,) if isinstance(keys, str) else keys))
 
-    legend = [f"- {c[0]}: {c[3]}" for c in columns if c[3]]
+    legend = [f"- {c[0]}: {c[3]}" for c in columns if c[3:] and c[3]]
     table = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(r, c[1], c[2]) for c in columns) + " |" for r in rows]
     return ["", title, "", *legend, *([""] if legend else []), *table]
@@ -191,11 +183,13 @@ def report(
     return "\n".join(parts).rstrip() + "\n"
 
 
-def write_csv(rows: list[Row], path: str) -> None:
+def write_csv(rows: list[Row], path: str) -> str:
+    """Writes ``rows`` (the first row's keys the header) to ``path``, and returns it."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return path
 
 
 PANELS = (  # (title, y label, y scale, [(column, label)], target line); x: FLOPs of a step

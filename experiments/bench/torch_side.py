@@ -5,6 +5,7 @@ PyTorch picks its thread count per call, so a step is timed at 1 and at all CPU 
 and on a loaded machine the multi-threaded run of a small step can be many times slower.
 """
 
+import contextlib
 import math
 import os
 import time
@@ -22,11 +23,11 @@ from jaxbp.mlp import MLP
 
 def import_torch() -> Any:
     """torch, or None where it is not installed."""
-    try:
+    with contextlib.suppress(ImportError):
         import torch
-    except ImportError:
-        return None
-    return torch
+
+        return torch
+    return None
 
 
 def to_torch(torch: Any, array: Any, dtype: str) -> Any:
@@ -101,10 +102,8 @@ def best(timings: Timings, kind: str) -> tuple[str | None, int | None]:
 
 def _gradient_step(net: Any, loss_of: Callable, x: Any, y: Any) -> Thunk:
     def step():
-        for p in net.parameters():
-            p.grad = None
-        value = loss_of(x, y)
-        value.backward()
+        net.zero_grad(set_to_none=True)
+        (value := loss_of(x, y)).backward()
         return value
 
     return step
@@ -126,9 +125,8 @@ class TorchRunner:
         net = torch_mlp(torch, inputs["model"], inputs["params"], point.dtype, fused_output=fused)
         x, y = (to_torch(torch, inputs[k], point.dtype) for k in ("x", "y"))
         loss_fn = torch_loss(torch, loss)
-        thunks = at_threads(
-            torch, "torch_eager", _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)
-        )
+        eager = _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)
+        thunks = at_threads(torch, "torch_eager", eager)
         compile_seconds = math.nan
         if self.config.torch_compile and self.compile_error is None:
             key = (inputs["model"], point.dtype)
@@ -139,10 +137,9 @@ class TorchRunner:
             compiled_net.load_state_dict(net.state_dict())  # this point's weights
             start = time.perf_counter()
             try:
-                _gradient_step(compiled_net, compiled, x, y)()  # compiles for this batch size
-                thunks |= at_threads(
-                    torch, "torch_compile", _gradient_step(compiled_net, compiled, x, y)
-                )
+                step = _gradient_step(compiled_net, compiled, x, y)
+                step()  # compiles for this batch size
+                thunks |= at_threads(torch, "torch_compile", step)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means "does not work"
                 self.compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             compile_seconds = time.perf_counter() - start
