@@ -112,7 +112,7 @@ def test_digits_training_is_the_trainers():
     assert abs(first_step - trainer_config.learning_rate) < 1e-4 * trainer_config.learning_rate
 
 
-def test_best_of_cores_takes_each_framework_at_its_fastest():
+def test_digits_targets_take_each_framework_at_its_fastest():
     rows = [
         {"network": "a", "cores": 1, "jax_scan_ms": 1.0, "torch_eager_ms": 30.0,
          "torch_threads": 1},
@@ -121,11 +121,10 @@ def test_best_of_cores_takes_each_framework_at_its_fastest():
         {"network": "b", "cores": 1, "jax_scan_ms": 3.0, "torch_eager_ms": math.nan,
          "torch_threads": None},
     ]  # fmt: skip
-    a, b = report.best_of_cores(rows)
-    assert (a["jax_scan_ms"], a["jax_cores"]) == (1.0, 1)
-    assert (a["torch_eager_ms"], a["torch_cores"], a["torch_threads"]) == (20.0, 2, 2)
-    assert a["speedup"] == 20.0
-    assert b["jax_scan_ms"] == 3.0 and math.isnan(b["speedup"]) and b["torch_cores"] is None
+    (a,) = report.targets([], rows)  # b has no PyTorch time, so no target
+    assert a.name == "digits a epoch: torch eager / lax.scan, each at its fastest"
+    assert (a.value, a.bound, a.holds) == (20.0, ">= 20.00", True)
+    assert a.at == "scan 1 ms on 1 core(s), torch 20 ms on 2 core(s), 2 thread(s)"
 
 
 def test_report_files_are_written(result):
