@@ -1,19 +1,13 @@
 """Speed and memory benchmark of the hand-written backward against autodiff and PyTorch.
 
-    ./launch.sh bench --quick                      # a small grid, about two minutes
-    ./launch.sh bench                              # the full grid of docs/performance.md
-    ./launch.sh bench --depths=2 --widths=1024 --batch_sizes=256 --activations=tanh,relu
+    ./launch.sh bench --quick          # a small grid, about two minutes
+    ./launch.sh bench                  # the full grid of docs/performance.md
 
-For every grid point (depth, width, batch, activation, dtype) the network is
-``MLP((width,) * (depth + 1) + (num_outputs,))``. Every variant is compiled ahead of time,
-warmed up, then timed call by call in interleaved rounds (`experiments/bench/timing.py`);
-times are medians over rounds, ratios medians over rounds of the ratio of two calls made back
-to back. The variants are those of `experiments/bench/jax_side.py` and, where torch is
-installed, `torch_side.py`; the digits epoch (`digits.py`) runs in one child process per CPU
-count; `alternatives.py` times the library's speed choices against the code they replaced.
-
-Outputs in ``--outdir``: ``results.csv``, ``digits.csv``, ``alternatives.csv``, ``results.md``
-(printed too) and ``results.png``. The flags are the fields of `BenchConfig`.
+Every grid point's variants (`bench/jax_side.py`, and `bench/torch_side.py` where torch is
+installed) are compiled ahead of time and timed in interleaved rounds (`bench/timing.py`); then
+the digits epoch (`bench/digits.py`) and the speed choices (`bench/alternatives.py`). Writes
+``results.csv``, ``digits.csv``, ``alternatives.csv``, ``results.md`` (printed too) and
+``results.png`` to ``--outdir``; the flags are the fields of `BenchConfig`.
 """
 
 import dataclasses
@@ -29,34 +23,18 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from experiments.bench import alternatives as alternatives_lib
-from experiments.bench import digits as digits_lib
-from experiments.bench import host, report
+from experiments.bench import alternatives, digits, host, report, torch_side
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.jax_side import jax_variants, x64_for
+from experiments.bench.jax_side import jax_variants
 from experiments.bench.timing import time_interleaved
-from experiments.bench.torch_side import TorchRunner, best_torch, import_torch
 
-
-def _define_flags() -> dict[str, flags.FlagHolder]:
-    """One flag per `BenchConfig` field, with its default and its reason as the help."""
-    define = {
-        bool: flags.DEFINE_boolean,
-        int: flags.DEFINE_integer,
-        float: flags.DEFINE_float,
-        str: flags.DEFINE_string,
-    }
-    holders = {}
-    for field in dataclasses.fields(BenchConfig):
-        default, reason = field.default, field.metadata["help"]
-        if isinstance(default, tuple):
-            holders[field.name] = flags.DEFINE_list(field.name, list(map(str, default)), reason)
-        else:
-            holders[field.name] = define[type(default)](field.name, default, reason)
-    return holders
-
-
-_CONFIG_FLAGS = _define_flags()
+_DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+_CONFIG_FLAGS = {
+    f.name: flags.DEFINE_list(f.name, list(map(str, f.default)), f.metadata["help"])
+    if isinstance(f.default, tuple)
+    else _DEFINE.get(type(f.default), flags.DEFINE_string)(f.name, f.default, f.metadata["help"])
+    for f in dataclasses.fields(BenchConfig)
+}
 _QUICK = flags.DEFINE_boolean("quick", False, "The QUICK settings: about two minutes in all.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output folder (default runs/bench-<time>).")
 
@@ -72,17 +50,9 @@ QUICK = dict(
 
 
 def config_from_flags() -> BenchConfig:
-    """The `BenchConfig` of the command line."""
-    values = {}
-    for field in dataclasses.fields(BenchConfig):
-        holder = _CONFIG_FLAGS[field.name]
-        if _QUICK.value and not holder.present and field.name in QUICK:
-            values[field.name] = QUICK[field.name]
-        elif isinstance(field.default, tuple):
-            values[field.name] = tuple(type(field.default[0])(v) for v in holder.value)
-        else:
-            values[field.name] = holder.value
-    return BenchConfig(**values)
+    """The `BenchConfig` of the command line; --quick sets the QUICK fields not given."""
+    quick = {n: v for n, v in QUICK.items() if _QUICK.value and not _CONFIG_FLAGS[n].present}
+    return BenchConfig.from_dict({**{n: h.value for n, h in _CONFIG_FLAGS.items()}, **quick})
 
 
 def grid(config: BenchConfig) -> list[Point]:
@@ -91,18 +61,16 @@ def grid(config: BenchConfig) -> list[Point]:
     return [Point(d, w, b, a, t) for t, a, d, w, b in itertools.product(*axes)]
 
 
-# The phases of a point: (the thunks timed together, share of --point_budget). The gradient
-# phase, whose ratios the targets read, gets the most rounds; a name's time comes from the
-# first phase that lists it. The torch phase adds torch_eager@T and torch_compile@T.
+# The phases of a point: (names timed together, share of --point_budget). A name's time comes
+# from the first phase that lists it; the torch phase adds torch_eager@T and torch_compile@T.
 PHASES = {
     "gradient": (("custom", "loss_and_grad", "autodiff", "matmul", "norms", "clipped"), 1.0),
     "training": (("train_step", "epoch_scan", "epoch_loop"), 0.25),
     "vmap": (("vmap_norms", "norms"), 0.1),
     "torch": (("custom",), 0.25),
 }
-TORCH_KINDS = ("torch_eager", "torch_compile")  # timed at 1 and all threads, the faster kept
-# column: (phase, numerator, denominator): the median over rounds of the per-round ratio.
-RATIOS = {
+TORCH_KINDS = ("torch_eager", "torch_compile")  # each reported at its faster thread count
+RATIOS = {  # column: (phase, numerator, denominator), the median of the per-round ratios
     "custom_over_autodiff": ("gradient", "custom", "autodiff"),
     "loss_and_grad_over_autodiff": ("gradient", "loss_and_grad", "autodiff"),
     "matmul_fraction_custom": ("gradient", "matmul", "custom"),
@@ -116,9 +84,9 @@ RATIOS = {
 }
 
 
-def run_point(point: Point, config: BenchConfig, torch_runner: TorchRunner | None) -> dict:
-    """One row of the results: times (ms), ratios, FLOP/s, memory."""
-    with x64_for(point.dtype):
+def run_point(point: Point, config: BenchConfig, torch_runner: Any | None) -> dict[str, Any]:
+    """One row of results.csv: times (ms), ratios, FLOP/s, memory."""
+    with jax.enable_x64(point.dtype == "float64"):
         start = time.perf_counter()
         thunks, figures, inputs = jax_variants(point, config)
         torch_thunks, torch_compile_s = {}, math.nan
@@ -133,9 +101,8 @@ def run_point(point: Point, config: BenchConfig, torch_runner: TorchRunner | Non
                 {name: thunks[name] for name in names if name in thunks},
                 min_rounds=config.repeats if phase == "gradient" else 3,
                 budget=config.point_budget * share,
-                groups=[names],
             )
-    best = {kind: best_torch(timed["torch"], kind) for kind in TORCH_KINDS}  # (name, threads)
+    best = {kind: torch_side.best(timed["torch"], kind) for kind in TORCH_KINDS}
     name = {kind: name for kind, (name, _) in best.items()}
     ms = {}
     for phase, (names, _) in PHASES.items():
@@ -168,19 +135,15 @@ TORCH_MISSING = (
 def run_benchmark(
     config: BenchConfig, outdir: str, *, command: str = "", log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Runs the grid, the digits epoch and the alternatives; writes the files to ``outdir``.
-
-    Returns:
-      ``{"rows", "digits", "alternatives", "targets", "markdown", "files"}``.
-    """
-    torch = import_torch() if config.torch else None
+    """Runs the grid, the digits epoch and the alternatives, writes the files to ``outdir``, and
+    returns ``{"rows", "digits", "alternatives", "targets", "markdown", "files"}``."""
+    torch = torch_side.import_torch() if config.torch else None
     if config.torch and torch is None:
         log(TORCH_MISSING)
-    torch_runner = TorchRunner(torch, config) if torch is not None else None
-    device = jax.devices()[0]
-    machine = f"{host.describe()} ({jax.default_backend()} backend, {device.device_kind}); " + (
-        f"torch {torch.__version__}" if torch is not None else "no torch"
-    )
+    torch_runner = torch_side.TorchRunner(torch, config) if torch is not None else None
+    backend = f"{jax.default_backend()} backend, {jax.devices()[0].device_kind}"
+    version = f"torch {torch.__version__}" if torch is not None else "no torch"
+    machine = f"{host.describe()} ({backend}); {version}"
     log(f"benchmark: {machine}")
     points, rows, start = grid(config), [], time.perf_counter()
     for i, point in enumerate(points, start=1):
@@ -191,42 +154,33 @@ def run_benchmark(
             f"l&g/ad {row['loss_and_grad_over_autodiff']:.3f}, vs matmul "
             f"{row['matmul_fraction_custom']:.2f}, torch {row['torch_eager_ms']:.3g} ms"
         )
-    digits = digits_lib.digits_benchmark(config, log) if config.digits else []
-    alternatives = alternatives_lib.measure(config) if config.alternatives else []
+    tables = {
+        "results": rows,
+        "digits": digits.digits_benchmark(config, log) if config.digits else [],
+        "alternatives": alternatives.measure(config) if config.alternatives else [],
+    }
     notes = []
     if torch_runner is not None and torch_runner.compile_error:
         notes.append(f"torch.compile does not work here: {torch_runner.compile_error}")
-    markdown = report.report(rows, digits, alternatives, machine, command, notes)
+    markdown = report.report(*tables.values(), machine, command, notes)
     os.makedirs(outdir, exist_ok=True)
-    files = {}
-    for name, table in (("results", rows), ("digits", digits), ("alternatives", alternatives)):
-        if table:
-            files[f"{name}_csv"] = os.path.join(outdir, f"{name}.csv")
-            report.write_csv(table, files[f"{name}_csv"])
-    files["markdown"] = os.path.join(outdir, "results.md")
-    with open(files["markdown"], "w") as f:
+    files = {f"{n}_csv": report.write_csv(t, f"{outdir}/{n}.csv") for n, t in tables.items() if t}
+    with open(files.setdefault("markdown", f"{outdir}/results.md"), "w") as f:
         f.write(markdown)
-    if report.plot(rows, plot_path := os.path.join(outdir, "results.png")):
-        files["plot"] = plot_path
+    if report.plot(rows, f"{outdir}/results.png"):
+        files["plot"] = f"{outdir}/results.png"
     elapsed = time.perf_counter() - start
     log(f"benchmark: {len(rows)} points in {elapsed:.0f}s; wrote {', '.join(files.values())}")
-    return {
-        "rows": rows,
-        "digits": digits,
-        "alternatives": alternatives,
-        "targets": report.targets(rows, digits),
-        "markdown": markdown,
-        "files": files,
-    }
+    targets = report.targets(rows, tables["digits"])
+    return dict(tables, rows=rows, targets=targets, markdown=markdown, files=files)
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    outdir = _OUTDIR.value or os.path.join(
-        "runs", "bench-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    )
-    command = "./launch.sh bench " + " ".join(sys.argv[1:])
-    print(run_benchmark(config_from_flags(), outdir, command=command.strip())["markdown"])
+    now = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = _OUTDIR.value or os.path.join("runs", f"bench-{now}")
+    command = " ".join(["./launch.sh bench", *sys.argv[1:]])
+    print(run_benchmark(config_from_flags(), outdir, command=command)["markdown"])
 
 
 if __name__ == "__main__":

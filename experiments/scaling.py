@@ -3,22 +3,24 @@
     ./launch.sh scaling                          # CPU: 1, 2 and 4 forced host devices
     ./launch.sh --platform=gpu scaling --devices=1,2,4,8 --noforce_host_devices
 
-Each device count runs in a child process of its own (`experiments.bench.host.run_child`; on
-CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) and times whole compiled
-epochs of the trainer's sharded step (its config's network and optimizer,
-`jaxbp.config.make_config`) after a warm-up epoch; the table reports the median.
-Forced host devices share the machine's cores, so on CPU the table measures the sharded
-step's overhead, not a speed-up.
+Each device count is a child process (`experiments.bench.host.run_child`; on CPU with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``) that times compiled epochs of the
+trainer's run (`experiments.bench.digits.trainer_training`) with the sharded step of
+`jaxbp.parallel`, after a warm-up epoch; the table reports the median.
 """
 
 import os
 import sys
-import time
 from typing import Any
 
+import jax
+import numpy as np
 from absl import app, flags
 
 from experiments.bench import host
+from experiments.bench.digits import trainer_training
+from experiments.bench.timing import time_interleaved
+from jaxbp import parallel, train
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts to compare.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set to train on.")
@@ -32,43 +34,25 @@ _FORCE = flags.DEFINE_boolean(
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Times epochs of the trainer's sharded step on ``spec["devices"]`` devices."""
-    import jax
-    import numpy as np
-
-    from jaxbp import config as config_lib
-    from jaxbp import parallel, train, trainer
-    from jaxbp.mlp import init_params
-
     hidden = {"hidden_sizes": tuple(spec["hidden_sizes"])} if spec["hidden_sizes"] else {}
-    config = config_lib.make_config(spec["dataset"], batch_size=spec["batch_size"], **hidden)
-    dataset = trainer.load_data(config)
-    steps = len(dataset.x_train) // config.batch_size
-    model = trainer.build_model(config, dataset)
-    _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
+    t = trainer_training(spec["dataset"], batch_size=spec["batch_size"], **hidden)
+    batch_size, steps = t.config.batch_size, len(t.x) // t.config.batch_size
     mesh = parallel.make_mesh(spec["devices"])
-    parallel.check_batch_size(config.batch_size, mesh)
-    optimizer = trainer.build_optimizer(config, steps)
-    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
-    epoch = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
-    params = init_params(jax.random.PRNGKey(config.seed), model)
-    params, opt_state = parallel.replicate((params, optimizer.init(params)), mesh)
-    x, y = parallel.put_training_data((dataset.x_train, dataset.y_train), mesh)
-    key = jax.random.PRNGKey(0)
-    jax.block_until_ready(epoch(params, opt_state, x, y, key, 0))  # compile and warm up
-    seconds = []
-    for e in range(1, spec["epochs"] + 1):
-        start = time.perf_counter()
-        jax.block_until_ready(epoch(params, opt_state, x, y, key, e))
-        seconds.append(time.perf_counter() - start)
-    median = float(np.median(seconds))
+    parallel.check_batch_size(batch_size, mesh)
+    step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
+    epoch = train.make_epoch(step, batch_size, shard_batch=parallel.shard_batch(mesh))
+    state = parallel.replicate((t.params, t.optimizer.init(t.params)), mesh)
+    x, y = parallel.put_training_data((np.asarray(t.x), np.asarray(t.y)), mesh)
+    key = jax.random.key(0)
+    run = {"epoch": lambda: epoch(*state, x, y, key, 0)}  # the first call compiles, untimed
+    seconds = time_interleaved(run, min_rounds=spec["epochs"], budget=0).median("epoch")
     return {
         "devices": spec["devices"],
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
-        "network": "-".join(map(str, model.sizes)),
-        "steps_per_epoch": steps,
-        "epoch_ms": 1e3 * median,
-        "examples_per_second": steps * config.batch_size / median,
+        "network": "-".join(map(str, t.model.sizes)),
+        "epoch_ms": 1e3 * seconds,
+        "examples_per_second": steps * batch_size / seconds,
     }
 
 
@@ -81,12 +65,14 @@ def main(argv: list[str]) -> int:
         "epochs": _EPOCHS.value,
     }
     rows = []
-    for count in (int(d) for d in _DEVICES.value):
-        env = (
-            {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"} if _FORCE.value else {}
-        )
+    for count in map(int, _DEVICES.value):
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
         try:
-            rows.append(host.run_child("experiments.scaling", {**spec, "devices": count}, env))
+            rows.append(
+                host.run_child(
+                    "experiments.scaling", {**spec, "devices": count}, env if _FORCE.value else {}
+                )
+            )
         except RuntimeError as e:
             print(f"scaling.py: {count} devices failed: {e}", file=sys.stderr)
             return 1
@@ -102,13 +88,11 @@ def main(argv: list[str]) -> int:
         f"\n{_DATASET.value} {rows[0]['network']}, the trainer's optimizer, global batch "
         f"{_BATCH.value}, median of {_EPOCHS.value} epochs\n"
     )
-    print("| devices | epoch ms | examples/s | vs 1st row |")
-    print("|---|---|---|---|")
-    base = rows[0]["examples_per_second"]
+    print("| devices | epoch ms | examples/s | vs 1st row |\n|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['devices']} | {row['epoch_ms']:.2f} | {row['examples_per_second']:,.0f} "
-            f"| {row['examples_per_second'] / base:.2f}x |"
+            f"| {row['examples_per_second'] / rows[0]['examples_per_second']:.2f}x |"
         )
     return 0
 

@@ -103,7 +103,7 @@ def test_digits_training_is_the_trainers():
     t = digits.trainer_training()
     assert t.config == trainer_config and t.loss == "softmax_cross_entropy"
     assert t.model == trainer.build_model(trainer_config, trainer.load_data(trainer_config))
-    assert digits.trainer_training((32,)).model.sizes == (64, 32, 10)
+    assert digits.trainer_training(hidden_sizes=(32,)).model.sizes == (64, 32, 10)
     # The optimizer is the trainer's: its learning rate follows the config's schedule.
     state = t.optimizer.init(t.params)
     updates, _ = t.optimizer.update(jax.tree.map(jnp.ones_like, t.params), state, t.params)
@@ -112,7 +112,7 @@ def test_digits_training_is_the_trainers():
     assert abs(first_step - trainer_config.learning_rate) < 1e-4 * trainer_config.learning_rate
 
 
-def test_best_of_cores_takes_each_framework_at_its_fastest():
+def test_digits_targets_take_each_framework_at_its_fastest():
     rows = [
         {"network": "a", "cores": 1, "jax_scan_ms": 1.0, "torch_eager_ms": 30.0,
          "torch_threads": 1},
@@ -121,11 +121,10 @@ def test_best_of_cores_takes_each_framework_at_its_fastest():
         {"network": "b", "cores": 1, "jax_scan_ms": 3.0, "torch_eager_ms": math.nan,
          "torch_threads": None},
     ]  # fmt: skip
-    a, b = report.best_of_cores(rows)
-    assert (a["jax_scan_ms"], a["jax_cores"]) == (1.0, 1)
-    assert (a["torch_eager_ms"], a["torch_cores"], a["torch_threads"]) == (20.0, 2, 2)
-    assert a["speedup"] == 20.0
-    assert b["jax_scan_ms"] == 3.0 and math.isnan(b["speedup"]) and b["torch_cores"] is None
+    (a,) = report.targets([], rows)  # b has no PyTorch time, so no target
+    assert a.name == "digits a epoch: torch eager / lax.scan, each at its fastest"
+    assert (a.value, a.bound, a.holds) == (20.0, ">= 20.00", True)
+    assert a.at == "scan 1 ms on 1 core(s), torch 20 ms on 2 core(s), 2 thread(s)"
 
 
 def test_report_files_are_written(result):
@@ -226,15 +225,12 @@ def test_time_interleaved_gives_a_median_per_thunk():
         {"a": thunk("a"), "b": thunk("b"), "c": thunk("c")},
         min_rounds=4,
         budget=0.0,
-        groups=[("a", "b")],
     )
     assert timings.rounds == 4 and set(timings.samples) == {"a", "b", "c"}
     assert calls == {"a": 5, "b": 5, "c": 5}  # one warm-up each, then one call a round
     assert all(len(s) == 4 and min(s) >= 0 for s in timings.samples.values())
     assert timings.median("a") >= 0 and math.isnan(timings.median("d"))
     assert timings.ratio("a", "b") > 0 and math.isnan(timings.ratio("a", "d"))
-    with pytest.raises(ValueError, match="two groups"):
-        time_interleaved({"a": thunk("a")}, min_rounds=1, budget=0.0, groups=[("a",), ("a",)])
 
 
 def test_time_interleaved_warmup_calls_precede_every_timed_call():
@@ -251,7 +247,6 @@ def test_time_interleaved_warmup_calls_precede_every_timed_call():
         {"a": thunk("a"), "b": thunk("b")},
         min_rounds=3,
         budget=0.0,
-        groups=[("a", "b")],
         warmup_calls=2,
     )
     assert all(len(s) == 3 for s in timings.samples.values())

@@ -1,11 +1,11 @@
 """jaxbp's speed choices against the code each one replaced, timed in the same rounds.
 
-Both sides of a choice are compiled from the library itself; the replaced code is patched in
-only while its side is traced, and a patch that leaves the compiled program unchanged is an
-error. The digits epochs are the trainer's (`digits.scan_epoch`).
+Both sides are compiled from the library; the replaced code is patched in only while its side
+is traced, and a patch that leaves the compiled program unchanged is an error.
 """
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -13,14 +13,14 @@ import jax
 import jax.numpy as jnp
 
 import jaxbp
-from experiments.bench import digits as digits_lib
+from experiments.bench import digits
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.jax_side import build_model, compiled_thunk, make_batch
-from experiments.bench.timing import time_interleaved
+from experiments.bench.jax_side import compiled_thunk, grid_model, make_batch
+from experiments.bench.timing import Thunk, time_interleaved
 from jaxbp import activations, backprop, mlp
 
 
-def _tanh_one_minus_a_squared():
+def _one_minus_a_squared() -> Any:
     def derivative(a):
         return 1 - a * a
 
@@ -28,7 +28,7 @@ def _tanh_one_minus_a_squared():
     return mock.patch.dict(activations.ACTIVATIONS, tanh=tanh)
 
 
-def _matmul_with_transpose():
+def _matmul_with_transpose() -> Any:
     def layer_forward(a_prev, layer):
         z = a_prev @ layer["W"].T
         return z + layer["b"] if "b" in layer else z
@@ -36,11 +36,12 @@ def _matmul_with_transpose():
     return mock.patch.object(mlp, "layer_forward", layer_forward)
 
 
-def _gradients(point: Point, backward: str, patch) -> tuple[str, Any, Any]:
-    """``(what is timed, jaxbp's gradient, the gradient traced under patch)``: thunks."""
-    model = build_model(point, "mse", 10)
+def _gradients(width: int, batch: int, backward: str, patch: Callable) -> tuple[str, Thunk, Thunk]:
+    """``(what is timed, jaxbp's gradient, the gradient traced under patch)``."""
+    point = Point(depth=2, width=width, batch=batch, activation="tanh", dtype="float32")
+    model = grid_model(point, "mse", 10)
     params = jaxbp.init_params(jax.random.key(0), model)
-    x, y = make_batch(model, "mse", point.batch, jnp.float32, jax.random.key(1))
+    x, y = make_batch(model, "mse", batch, jnp.float32, jax.random.key(1))
 
     def value(p, x, y):
         return backprop.loss_value(model, "mse", p, x, y, backward=backward)
@@ -52,52 +53,31 @@ def _gradients(point: Point, backward: str, patch) -> tuple[str, Any, Any]:
     (chosen, compiled), (other, other_compiled) = sides
     if compiled.as_text() == other_compiled.as_text():
         raise RuntimeError(f"{patch.__name__} left the compiled gradient unchanged.")
-    where = f"{backward} gradient, depth {point.depth}, width {point.width}, batch {point.batch}"
-    return where, chosen, other
-
-
-def alternatives(config: BenchConfig) -> list[tuple[str, str, str, Any, Any]]:
-    """``(choice, replaced code, what is timed, chosen thunk, replaced thunk)`` of each."""
-    small = Point(depth=2, width=32, batch=1024, activation="tanh", dtype="float32")
-    row = Point(depth=2, width=1024, batch=1, activation="tanh", dtype="float32")
-    einsum = ("layer as einsum('...i,oi->...o')", "a_prev @ W.T")
-    training = digits_lib.trainer_training()
-    epoch = f"digits {'-'.join(map(str, training.model.sizes))} epoch"
-    return [
-        (
-            "tanh' = (1 - a)(1 + a)",
-            "1 - a*a",
-            *_gradients(small, "custom", _tanh_one_minus_a_squared),
-        ),
-        (*einsum, *_gradients(row, "custom", _matmul_with_transpose)),
-        (*einsum, *_gradients(row, "autodiff", _matmul_with_transpose)),
-        (
-            "make_train_step(grad_norm=False)",
-            "grad_norm=True",
-            epoch,
-            digits_lib.scan_epoch(training),
-            digits_lib.scan_epoch(training, grad_norm=True),
-        ),
-        (
-            "make_epoch(donate=True)",
-            "donate=False",
-            epoch,
-            digits_lib.scan_epoch(training),
-            digits_lib.scan_epoch(training, donate=False),
-        ),
-    ]
+    return f"{backward} gradient, depth 2, width {width}, batch {batch}", chosen, other
 
 
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """One row per choice: both sides' ms, and the replaced side's time over the chosen's."""
+    training = digits.trainer_training()
+    epoch = f"digits {'-'.join(map(str, training.model.sizes))} epoch"
+    einsum = ("layer as einsum('...i,oi->...o')", "a_prev @ W.T")
+    choices = [  # (choice, replaced code, what is timed, chosen thunk, replaced thunk)
+        ("tanh' = (1 - a)(1 + a)", "1 - a*a",
+         *_gradients(32, 1024, "custom", _one_minus_a_squared)),
+        (*einsum, *_gradients(1024, 1, "custom", _matmul_with_transpose)),
+        (*einsum, *_gradients(1024, 1, "autodiff", _matmul_with_transpose)),
+        ("make_train_step(grad_norm=False)", "grad_norm=True", epoch, digits.scan_epoch(training),
+         digits.scan_epoch(training, grad_norm=True)),
+        ("make_epoch(donate=True)", "donate=False", epoch, digits.scan_epoch(training),
+         digits.scan_epoch(training, donate=False)),
+    ]  # fmt: skip
     rows = []
-    for choice, replaced, program, chosen, other in alternatives(config):
+    for choice, replaced, program, chosen, other in choices:
         jax.block_until_ready((chosen(), other()))  # compiles the jitted epochs
         timings = time_interleaved(
             {"chosen": chosen, "replaced": other},
             min_rounds=config.repeats,
             budget=config.point_budget,
-            groups=[("chosen", "replaced")],
             warmup_calls=config.digits_warmup_calls,
         )
         rows.append(

@@ -1,20 +1,17 @@
-"""What a benchmark run measures: its configuration and one point of its grid.
-
-Each field of `BenchConfig` is declared once, with its default and the reason for it as
-``help``; `experiments/benchmark.py` makes a flag of the same name from every field.
-"""
+"""The benchmark's settings, one field a flag with its default and reason, and a grid point."""
 
 import dataclasses
 import os
+from typing import Any
 
 
-def _field(default, reason: str):
+def _field(default: Any, reason: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": reason})
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What to run; the benchmark fills it from the flags, tests build a tiny one."""
+    """What to run; `experiments/benchmark.py` makes a flag of every field."""
 
     depths: tuple[int, ...] = _field((1, 2, 4, 8), "Hidden layers of the grid's networks.")
     widths: tuple[int, ...] = _field(
@@ -38,12 +35,20 @@ class BenchConfig:
     # Training runs epochs back to back, so an epoch is timed after epochs of its own, not
     # right after the other framework's (whose code and data then fill the caches).
     digits_warmup_calls: int = _field(3, "Untimed epochs before each timed one (0: cold).")
-    # XLA:CPU sizes its thread pool once, from the CPUs the process may use, where PyTorch
-    # picks its thread count per call: a child process per CPU count gives XLA that choice.
     digits_cores: tuple[int, ...] = _field(
         (1, len(os.sched_getaffinity(0))), "CPU counts of the digits runs, a process each."
     )
     alternatives: bool = _field(True, "Time jaxbp's speed choices against the code replaced.")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "BenchConfig":
+        """The config of flag or JSON values, a list as a tuple of its default's element type;
+        keys that are not fields are ignored."""
+        kept = {f.name: f.default for f in dataclasses.fields(cls) if f.name in values}
+        lists = {
+            n: tuple(map(type(d[0]), values[n])) for n, d in kept.items() if isinstance(d, tuple)
+        }
+        return cls(**{**{n: values[n] for n in kept}, **lists})
 
 
 @dataclasses.dataclass(frozen=True)

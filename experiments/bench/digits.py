@@ -1,13 +1,9 @@
-"""The digits epoch: one epoch compiled with `lax.scan` against the same training in PyTorch.
+"""The digits epoch: the trainer's run as one `lax.scan` epoch against the same in PyTorch eager.
 
-The trainer's run (`jaxbp.config.make_config("digits")`: its network, loss, optimizer and
-learning-rate schedule, built by `jaxbp.trainer`) on the digits training split, and the same
-with other hidden widths. Every epoch shuffles (`jaxbp.shuffle.permutation` in JAX,
-``torch.randperm`` in PyTorch) and runs the same steps. JAX builds and calls the step and the
-epoch as the trainer does (no gradient norm, donated state), each epoch continuing from the
-state the last one returned, as PyTorch's training does in place. One child process per CPU
-count (`host.run_child`), since XLA:CPU sizes its thread pool once; JAX and PyTorch are
-interleaved in the same rounds.
+`trainer_training` builds a run as the trainer does (`jaxbp.config.make_config`,
+`jaxbp.trainer`); `experiments/scaling.py` uses it too. Each CPU count is measured in a child
+process (`host.run_child`): JAX and PyTorch interleaved in the same rounds, each epoch
+continuing from the state the last returned, as training does.
 """
 
 import dataclasses
@@ -31,29 +27,24 @@ from jaxbp.mlp import MLP
 
 
 class Training(NamedTuple):
-    """The trainer's training of one digits network, ready to time."""
-
     config: config_lib.Config
     model: MLP
     loss: str
-    optimizer: optax.GradientTransformation
+    optimizer: optax.GradientTransformation  # with the config's learning-rate schedule
     params: jaxbp.Params
     x: jax.Array  # (examples, features): the training split
-    y: jax.Array  # (examples, classes), one-hot
+    y: jax.Array  # (examples, outputs)
 
 
-def trainer_training(hidden_sizes: tuple[int, ...] | None = None) -> Training:
-    """The trainer's digits run (`jaxbp.config.make_config`), or the same with other hidden
-    widths: its data, network, loss and optimizer (with its learning-rate schedule)."""
-    config = config_lib.make_config("digits")
-    if hidden_sizes is not None:
-        config = dataclasses.replace(config, hidden_sizes=hidden_sizes)
-    dataset = trainer.load_data(config)
-    model = trainer.build_model(config, dataset)
-    _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
-    optimizer = trainer.build_optimizer(config, len(dataset.x_train) // config.batch_size)
+def trainer_training(dataset: str = "digits", **overrides: Any) -> Training:
+    """The trainer's run of ``make_config(dataset, **overrides)``: data, network, optimizer."""
+    config = config_lib.make_config(dataset, **overrides)
+    data = trainer.load_data(config)
+    model = trainer.build_model(config, data)
+    _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
+    optimizer = trainer.build_optimizer(config, len(data.x_train) // config.batch_size)
     params = jaxbp.init_params(jax.random.key(config.seed), model)
-    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     return Training(config, model, loss, optimizer, params, x, y)
 
 
@@ -71,16 +62,19 @@ def scan_epoch(t: Training, *, grad_norm: bool = False, donate: bool = True) -> 
     return run
 
 
-def torch_epoch(torch, t: Training) -> Thunk:
+# The trainer's schedules in PyTorch: (torch, optimizer, total steps) -> a scheduler.
+SCHEDULES = {
+    "constant": lambda torch, opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+    "cosine": lambda torch, opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+}
+
+
+def torch_epoch(torch: Any, t: Training) -> Thunk:
     """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, step and
-    the learning-rate schedule's step."""
+    the schedule's step."""
     config, batch_size = t.config, t.config.batch_size
-    if config.optimizer != "adam" or config.weight_decay or config.schedule not in SCHEDULES:
-        raise NotImplementedError(
-            f"the PyTorch digits epoch has adam with a {' or '.join(SCHEDULES)} schedule and no "
-            f"weight decay; the trainer's config has {config.optimizer}, {config.schedule}, "
-            f"weight_decay={config.weight_decay}: add it to torch_epoch."
-        )
+    if (config.optimizer, config.weight_decay) != ("adam", 0) or config.schedule not in SCHEDULES:
+        raise NotImplementedError(f"no PyTorch digits epoch for {config}")
     net = torch_side.torch_mlp(torch, t.model, t.params, "float32", fused_output=True)
     x, y = torch.from_numpy(np.array(t.x)), torch.from_numpy(np.array(t.y))
     loss_fn = torch_side.torch_loss(torch, t.loss)
@@ -99,61 +93,48 @@ def torch_epoch(torch, t: Training) -> Thunk:
     return run
 
 
-# The trainer's schedules in PyTorch: (torch, optimizer, total steps) -> a scheduler.
-SCHEDULES = {
-    "constant": lambda torch, opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-    "cosine": lambda torch, opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
-}
-
-
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
-    """The rows of this process: each network's epochs, and the shuffle alone."""
+    """This process's rows: each network's epochs, and the shuffle alone."""
     torch = torch_side.import_torch() if config.torch else None
-    networks = [trainer_training(), *(trainer_training((h,)) for h in config.digits_hidden)]
+
+    def timed(thunks, share):
+        budget, warmup = config.digits_budget * share, config.digits_warmup_calls
+        return time_interleaved(
+            thunks, min_rounds=config.repeats, budget=budget, warmup_calls=warmup
+        )
+
+    networks = [trainer_training()]
+    networks += [trainer_training(hidden_sizes=(h,)) for h in config.digits_hidden]
     n, key = len(networks[0].x), jax.random.key(1)
     sort = jax.jit(lambda k: jax.random.permutation(k, n)).lower(key).compile()
     hashed = jax.jit(lambda k: shuffle.permutation(k, n)).lower(key).compile()
-    shuffles = _time(config, {"sort": lambda: sort(key), "hashed": lambda: hashed(key)}, 0.25)
-    shuffle_ms = {f"shuffle_{k}_ms": 1e3 * shuffles.median(k) for k in ("sort", "hashed")}
-    return [{**_epochs(config, torch, t), **shuffle_ms} for t in networks]
-
-
-def _epochs(config: BenchConfig, torch, t: Training) -> dict[str, Any]:
-    step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
-    loop = python_loop_epoch(step, t.config.batch_size, len(t.x))
-    opt_state, key = t.optimizer.init(t.params), jax.random.key(1)
-    thunks = {
-        "jax_scan": scan_epoch(t),
-        "jax_loop": lambda: loop(t.params, opt_state, t.x, t.y, key, 0),
-    }
-    if torch is not None:
-        epoch = torch_epoch(torch, t)
-        for threads in torch_side.thread_counts():
-            thunks[f"torch_eager@{threads}"] = torch_side.pin_threads(torch, threads, epoch)
-    timings = _time(config, thunks, 1.0)
-    eager, threads = torch_side.best_torch(timings, "torch_eager")
-    return {
-        "network": "-".join(map(str, t.model.sizes)),
-        "cores": len(os.sched_getaffinity(0)),
-        "steps": len(t.x) // t.config.batch_size,
-        "jax_scan_ms": 1e3 * timings.median("jax_scan"),
-        "jax_loop_ms": 1e3 * timings.median("jax_loop"),
-        "torch_eager_ms": 1e3 * timings.median(eager),
-        "torch_over_scan": timings.ratio(eager, "jax_scan"),
-        "loop_over_scan": timings.ratio("jax_loop", "jax_scan"),
-        "torch_threads": threads,
-        "rounds": timings.rounds,
-    }
-
-
-def _time(config: BenchConfig, thunks: dict[str, Thunk], share: float):
-    return time_interleaved(
-        thunks,
-        min_rounds=config.repeats,
-        budget=config.digits_budget * share,
-        groups=[list(thunks)],
-        warmup_calls=config.digits_warmup_calls,
-    )
+    shuffles = timed({"sort": lambda: sort(key), "hashed": lambda: hashed(key)}, 0.25)
+    rows = []
+    for t in networks:
+        step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
+        loop = python_loop_epoch(step, t.config.batch_size, len(t.x))
+        args = (t.params, t.optimizer.init(t.params), t.x, t.y, key, 0)
+        thunks = {"jax_scan": scan_epoch(t), "jax_loop": lambda loop=loop, args=args: loop(*args)}
+        if torch is not None:
+            thunks |= torch_side.at_threads(torch, "torch_eager", torch_epoch(torch, t))
+        timings = timed(thunks, 1.0)
+        eager, threads = torch_side.best(timings, "torch_eager")
+        rows.append(
+            {
+                "network": "-".join(map(str, t.model.sizes)),
+                "cores": len(os.sched_getaffinity(0)),
+                "steps": len(t.x) // t.config.batch_size,
+                "jax_scan_ms": 1e3 * timings.median("jax_scan"),
+                "jax_loop_ms": 1e3 * timings.median("jax_loop"),
+                "torch_eager_ms": 1e3 * timings.median(eager),
+                "torch_over_scan": timings.ratio(eager, "jax_scan"),
+                "loop_over_scan": timings.ratio("jax_loop", "jax_scan"),
+                "torch_threads": threads,
+                "rounds": timings.rounds,
+                **{f"shuffle_{k}_ms": 1e3 * shuffles.median(k) for k in ("sort", "hashed")},
+            }
+        )
+    return rows
 
 
 def digits_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
@@ -162,24 +143,12 @@ def digits_benchmark(config: BenchConfig, log: Callable[[str], None] = print) ->
     for cores in sorted({min(c, len(os.sched_getaffinity(0))) for c in config.digits_cores}):
         spec = {**dataclasses.asdict(config), "cores": cores}
         child_rows = host.run_child("experiments.bench.digits", spec)
-        log(f"digits on {cores} core(s): " + ", ".join(map(_summary, child_rows)))
+        times = [f"{r['network']} scan {r['jax_scan_ms']:.3g} ms, torch {r['torch_eager_ms']:.3g}"
+                 for r in child_rows]  # fmt: skip
+        log(f"digits on {cores} core(s): " + ", ".join(times))
         rows += child_rows
     return rows
 
 
-def _summary(row: dict[str, Any]) -> str:
-    return f"{row['network']} scan {row['jax_scan_ms']:.3g} ms, torch {row['torch_eager_ms']:.3g}"
-
-
-def _measure_spec(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    # JSON made the tuples lists; "cores" is the child's, not the config's.
-    fields = {f.name for f in dataclasses.fields(BenchConfig)}
-    return measure(
-        BenchConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields}
-        )
-    )
-
-
 if __name__ == "__main__":
-    host.child_main(_measure_spec)
+    host.child_main(lambda spec: measure(BenchConfig.from_dict(spec)))

@@ -1,10 +1,9 @@
-"""The host: what it is, and measurements that each need a fresh process.
+"""The machine, and the child processes of measurements on k CPUs or N forced devices.
 
-XLA fixes its view of the host when its backend starts: its thread pool from the CPUs the
-process may use, its CPU devices from ``XLA_FLAGS``. So a measurement on k CPUs or N forced
-devices runs in a child: `run_child` starts ``python -m MODULE SPEC`` (SPEC a JSON object),
-and the child's `child_main` pins itself to ``spec["cores"]`` CPUs (when given) before JAX
-starts, measures, and prints the JSON result as its last line.
+XLA fixes its thread pool (from the CPUs the process may use) and its CPU devices (from
+``XLA_FLAGS``) when its backend starts, so each such measurement runs in a child: `run_child`
+starts ``python -m MODULE SPEC`` (SPEC a JSON object) and the module's `child_main` pins itself
+to ``spec["cores"]`` CPUs, when given, before JAX starts, then prints its JSON result last.
 """
 
 import contextlib
@@ -31,7 +30,7 @@ def cpu_model() -> str:
 
 
 def describe() -> str:
-    """One line: CPU model, cores, memory, OS, Python and jax versions (JAX not started)."""
+    """One line: CPU model, cores, memory, OS, Python and jax versions."""
     memory = ""
     with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
         memory = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
@@ -42,11 +41,7 @@ def describe() -> str:
 
 
 def run_child(module: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> Any:
-    """Runs ``python -m module SPEC`` from the repository root and returns its JSON result.
-
-    Raises:
-      RuntimeError: when the child fails, with the end of its stderr.
-    """
+    """The JSON result of ``python -m module SPEC``; RuntimeError with its stderr if it fails."""
     done = subprocess.run(
         [sys.executable, "-m", module, json.dumps(spec)],
         cwd=ROOT,
@@ -55,15 +50,12 @@ def run_child(module: str, spec: dict[str, Any], env: dict[str, str] | None = No
         text=True,
     )
     if done.returncode != 0:
-        raise RuntimeError(
-            f"python -m {module} (spec {spec}, env {env}) exited with {done.returncode}:\n"
-            f"{done.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"python -m {module} {spec} (env {env}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def is_child() -> bool:
-    """Whether this process was started by `run_child` (its one argument is a JSON spec)."""
+    """Whether `run_child` started this process (its one argument is a JSON object)."""
     return len(sys.argv) == 2 and sys.argv[1].startswith("{")
 
 

@@ -1,11 +1,5 @@
-"""The JAX side of one grid point: its network, batch, compiled variants and static figures.
+"""The JAX side of a grid point: its network, batch, compiled variants and static figures."""
 
-The static figures: the FLOP count of a gradient step, the matmuls (HLO ``dot``) in the
-compiled gradients, the residual bytes the forward keeps for the backward, and the compiled
-gradients' scratch memory.
-"""
-
-import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -21,55 +15,44 @@ from jaxbp import backprop, per_example, train
 from jaxbp.gradient_check import random_targets
 from jaxbp.mlp import MLP
 
-Array = jax.Array
 
-
-def x64_for(dtype: str):
-    """A context with 64-bit JAX types on for ``"float64"``, a no-op for the other dtypes."""
-    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
-
-
-def build_model(point: Point, loss: str, num_outputs: int) -> MLP:
+def grid_model(point: Point, loss: str, num_outputs: int) -> MLP:
     """``depth`` hidden layers of ``width``: sizes ``(width,) * (depth + 1) + (num_outputs,)``."""
     sizes = (point.width,) * (point.depth + 1) + (num_outputs,)
     return MLP(sizes, point.activation, jaxbp.LOSSES[loss].output_activation or "identity")
 
 
-def make_batch(model: MLP, loss: str, batch: int, dtype: Any, key: Array) -> tuple[Array, Array]:
+def make_batch(model: MLP, loss: str, batch: int, dtype: Any, key: jax.Array) -> tuple[Any, Any]:
     """Normal ``x`` of ``(batch, n0)`` and targets the loss accepts."""
     kx, ky = jax.random.split(key)
     x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
     return x, random_targets(ky, model, loss, batch, dtype)
 
 
-def compiled_thunk(f: Callable, *args) -> tuple[Thunk, Any]:
+def compiled_thunk(f: Callable, *args: Any) -> tuple[Thunk, Any]:
     """``f`` compiled ahead of time for ``args``, and a thunk that calls it on them."""
     compiled = jax.jit(f).lower(*args).compile()
     return (lambda: compiled(*args)), compiled
 
 
-def residual_bytes(f: Callable, params, x: Array, y: Array) -> int:
-    """Bytes the forward half of ``jax.vjp(f)`` keeps for the backward half.
-
-    The compiled forward's output bytes, less the loss value and less the inputs it passes
-    through unchanged (the weights and ``x``, which the caller holds anyway; found as jaxpr
-    outputs that are jaxpr inputs).
-    """
+def residual_bytes(f: Callable, params: Any, x: jax.Array, y: jax.Array) -> int:
+    """Bytes the forward half of ``jax.vjp(f)`` keeps for the backward half: the compiled
+    forward's output less the loss value and the inputs it passes through unchanged (jaxpr
+    outputs that are jaxpr inputs: the weights and ``x``, which the caller holds anyway)."""
 
     def forward(params, x, y):
         return jax.vjp(lambda p: f(p, x, y), params)
 
     jaxpr = jax.make_jaxpr(forward)(params, x, y).jaxpr
     value, *residuals = jaxpr.outvars
-    passed = [v for v in residuals if any(v is u for u in jaxpr.invars)]
-    stats = jax.jit(forward).lower(params, x, y).compile().memory_analysis()
-    kept = stats.output_size_in_bytes - sum(v.aval.size * v.aval.dtype.itemsize for v in passed)
-    return int(kept - value.aval.size * value.aval.dtype.itemsize)
+    passed = [value, *(v for v in residuals if any(v is u for u in jaxpr.invars))]
+    output = jax.jit(forward).lower(params, x, y).compile().memory_analysis().output_size_in_bytes
+    return int(output - sum(v.aval.size * v.aval.dtype.itemsize for v in passed))
 
 
 def python_loop_epoch(step_fn: Callable, batch_size: int, num_examples: int) -> Callable:
-    """`jaxbp.train.make_epoch`'s epoch as a Python loop: the same shuffle and steps, each
-    step a call of its own (``(params, opt_state, x, y, key, epoch_index) -> params``)."""
+    """`jaxbp.train.make_epoch`'s epoch as a Python loop, the same shuffle and steps, each step
+    a jitted call: ``(params, opt_state, x, y, key, epoch_index) -> params``."""
     permute = jax.jit(lambda key, e: train.epoch_order(key, e, num_examples, batch_size))
     step_at = jax.jit(lambda p, s, x, y, order, i: step_fn(p, s, (x[order[i]], y[order[i]])))
     indices = [jnp.int32(i) for i in range(num_examples // batch_size)]
@@ -83,21 +66,10 @@ def python_loop_epoch(step_fn: Callable, batch_size: int, num_examples: int) -> 
     return epoch
 
 
-def _matmuls(params, acts, deltas):
-    # Per layer the three matmuls of a gradient step (a Wᵀ, δ W, δᵀ a), shapes and layouts.
-    layers = zip(params, acts, deltas, strict=True)
-    return [(a @ p["W"].T, d @ p["W"], d.T @ a) for p, a, d in layers]
-
-
-def _count_dots(compiled) -> int:
-    # Matmuls in a compiled program, inside fusions or not.
-    return len(re.findall(r"\bdot\(", compiled.as_text()))
-
-
 def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
-    """The JAX thunks of one point, its static figures, and its inputs (for PyTorch)."""
+    """The JAX thunks of a point, its static figures, and its inputs (for PyTorch)."""
     dtype, loss, batch = jnp.dtype(point.dtype), config.grid_loss, point.batch
-    model = build_model(point, loss, config.num_outputs)
+    model = grid_model(point, loss, config.num_outputs)
     key_params, key_batch, key_epoch = jax.random.split(jax.random.key(0), 3)
     params = jaxbp.init_params(key_params, model, dtype=dtype)
     x, y = make_batch(model, loss, batch, dtype, key_batch)
@@ -109,6 +81,10 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
         grads = jax.vmap(lambda x_i, y_i: jax.grad(value_fn("autodiff"))(p, x_i[None], y_i[None]))
         leaves = jax.tree.leaves(grads(x, y))
         return jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))
+
+    def matmuls(params, acts, deltas):  # per layer a gradient step's a Wᵀ, δ W and δᵀ a
+        layers = zip(params, acts, deltas, strict=True)
+        return [(a @ p["W"].T, d @ p["W"], d.T @ a) for p, a, d in layers]
 
     gradients = {
         "custom": jax.value_and_grad(value_fn("custom")),
@@ -125,7 +101,7 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
         thunks[name], compiled[name] = compiled_thunk(f, params, x, y)
     acts = [jnp.ones((batch, n), dtype) for n in model.sizes[:-1]]
     deltas = [jnp.ones((batch, n), dtype) for n in model.sizes[1:]]
-    thunks["matmul"], _ = compiled_thunk(_matmuls, params, acts, deltas)
+    thunks["matmul"], _ = compiled_thunk(matmuls, params, acts, deltas)
 
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
@@ -144,12 +120,9 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
     figures = {
         "flops": 6 * batch * sum(n_in * n_out for n_in, n_out in layer_shapes),  # 3 matmuls
         "num_params": num_params,
-        "dots_custom": _count_dots(compiled["custom"]),
-        "dots_autodiff": _count_dots(compiled["autodiff"]),
-        "residual_custom_bytes": residual["custom"],
-        "residual_autodiff_bytes": residual["autodiff"],
+        **{f"dots_{b}": len(re.findall(r"\bdot\(", compiled[b].as_text())) for b in residual},
+        **{f"residual_{b}_bytes": residual[b] for b in residual},
         "residual_ratio": residual["custom"] / max(residual["autodiff"], 1),
-        "temp_custom_bytes": compiled["custom"].memory_analysis().temp_size_in_bytes,
-        "temp_autodiff_bytes": compiled["autodiff"].memory_analysis().temp_size_in_bytes,
+        **{f"temp_{b}_bytes": compiled[b].memory_analysis().temp_size_in_bytes for b in residual},
     }
     return thunks, figures, {"model": model, "params": params, "x": x, "y": y}

@@ -1,8 +1,7 @@
-"""The results as text and files: markdown tables with their legends, the targets, CSV, plot.
+"""The results as markdown tables with their legends, the targets, CSV files and a plot.
 
-A table is a tuple of columns ``(header, row key or keys shown "a/b", format, meaning)``, the
-meanings its legend; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a
-format spec. The targets are records (`Target`) computed from the rows by `TARGETS`.
+A column is ``(header, row key or keys shown "a/b", format[, meaning])``, its meaning a legend
+line; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a format spec.
 """
 
 import csv
@@ -35,13 +34,9 @@ GRID_COLUMNS = (
     ("vmap/norms", "vmap_over_norms", "g", "norms of vmap(grad) over per_example_grad_norms"),
     ("torch ms", "torch_eager_ms", "g", "PyTorch eager: forward, loss, backward()"),
     ("compiled ms", "torch_compile_ms", "g", "the same under torch.compile"),
-    (
-        "resid KiB c/ad",
-        ("residual_custom_bytes", "residual_autodiff_bytes"),
-        "kib",
-        "what the forward keeps for the backward, custom/autodiff",
-    ),
-)
+    ("resid KiB c/ad", ("residual_custom_bytes", "residual_autodiff_bytes"), "kib",
+     "what the forward keeps for the backward, custom/autodiff"),
+)  # fmt: skip
 DIGITS_COLUMNS = (
     ("network", "network", "", "layer sizes"),
     ("cores", "cores", "", "CPUs of the child process"),
@@ -55,20 +50,15 @@ DIGITS_COLUMNS = (
     ("hashed shuffle", "shuffle_hashed_ms", "g", "jaxbp.shuffle.permutation alone"),
 )
 ALTERNATIVE_COLUMNS = (
-    ("jaxbp's choice", "choice", "", ""),
-    ("replaced", "replaced", "", ""),
-    ("timed", "program", "", ""),
-    ("choice ms", "chosen_ms", "g", ""),
-    ("replaced ms", "replaced_ms", "g", ""),
-    ("replaced/choice", "replaced_over_chosen", ".3f", ""),
+    ("jaxbp's choice", "choice", ""),
+    ("replaced", "replaced", ""),
+    ("timed", "program", ""),
+    ("choice ms", "chosen_ms", "g"),
+    ("replaced ms", "replaced_ms", "g"),
+    ("replaced/choice", "replaced_over_chosen", ".3f"),
 )
-TARGET_COLUMNS = (
-    ("target", "name", "", ""),
-    ("measured", "value", ".3f", ""),
-    ("bound", "bound", "", ""),
-    ("holds", "holds", "", ""),
-    ("at", "at", "", ""),
-)
+TARGET_COLUMNS = (("target", "name", ""), ("measured", "value", ".3f"), ("bound", "bound", ""),
+                  ("holds", "holds", ""), ("at", "at", ""))  # fmt: skip
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -83,49 +73,19 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def markdown_table(columns, rows: Sequence[Row]) -> str:
+def section(title: str, columns: Sequence[tuple], rows: Sequence[Row]) -> list[str]:
+    """The lines of a titled markdown table, its legend (a line a column) above it."""
+
     def cell(row, keys, spec):
         return "/".join(_fmt(row[k], spec) for k in ((keys,) if isinstance(keys, str) else keys))
 
-    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r, c[1], c[2]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _section(title: str, columns, rows: Sequence[Row]) -> list[str]:
-    legend = [f"- {c[0]}: {c[3]}" for c in columns if c[3]]
-    return ["", title, "", *legend, *([""] if legend else []), markdown_table(columns, rows)]
-
-
-def best_of_cores(rows: list[Row]) -> list[Row]:
-    """Per network: the fastest JAX scan epoch and the fastest torch eager epoch of any run.
-
-    ``speedup`` is the second over the first: each framework at its best use of the machine.
-    """
-    best = []
-    for network in dict.fromkeys(r["network"] for r in rows):
-        mine = [r for r in rows if r["network"] == network]
-        jax_row = min(mine, key=lambda r: r["jax_scan_ms"])
-        timed = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
-        torch_row = min(timed, key=lambda r: r["torch_eager_ms"]) if timed else {}
-        torch_ms = torch_row.get("torch_eager_ms", math.nan)
-        best.append(
-            {
-                "network": network,
-                "jax_scan_ms": jax_row["jax_scan_ms"],
-                "jax_cores": jax_row["cores"],
-                "torch_eager_ms": torch_ms,
-                "torch_cores": torch_row.get("cores"),
-                "torch_threads": torch_row.get("torch_threads"),
-                "speedup": torch_ms / jax_row["jax_scan_ms"],
-            }
-        )
-    return best
+    legend = [f"- {c[0]}: {c[3]}" for c in columns if c[3:] and c[3]]
+    table = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(cell(r, c[1], c[2]) for c in columns) + " |" for r in rows]
+    return ["", title, "", *legend, *([""] if legend else []), *table]
 
 
 class Target(NamedTuple):
-    """A figure the benchmark is held to, and what it measured."""
-
     name: str
     value: float
     bound: str  # "<= 1.05" or ">= 0.90"
@@ -133,92 +93,86 @@ class Target(NamedTuple):
     at: str  # the point or points the value comes from
 
 
-# The rows a target reads: name -> (how the target's name shows it, the test of a row).
-SELECTIONS = {
-    "all": ("", lambda r: True),
-    "big": (
-        " over width >= 1024, batch >= 256",
-        lambda r: r["width"] >= 1024 and r["batch"] >= 256,
-    ),
-    "1024x256": (" at width 1024, batch 256", lambda r: (r["width"], r["batch"]) == (1024, 256)),
-}
-# fmt: off
-TARGETS = (  # (what, rows, column, statistic over the rows, comparison, bound)
-    ("apply(custom) / jax.grad", "all", "custom_over_autodiff", "median", "<=", 1.00),
-    ("apply(custom) / jax.grad", "all", "custom_over_autodiff", "max", "<=", 1.05),
-    ("loss_and_grad / jax.grad", "all", "loss_and_grad_over_autodiff", "median", "<=", 1.00),
-    ("loss_and_grad / jax.grad", "all", "loss_and_grad_over_autodiff", "max", "<=", 1.05),
-    ("apply(custom) vs matmul", "big", "matmul_fraction_custom", "min", ">=", 0.90),
-    ("loss_and_grad vs matmul", "big", "matmul_fraction_loss_and_grad", "min", ">=", 0.90),
-    ("residual bytes, custom / autodiff", "all", "residual_ratio", "max", "<=", 1.00),
-    ("per_example_grad_norms / l&g", "1024x256", "norms_over_grad", "max", "<=", 1.5),
-    ("vmap(grad) norms / per_example_grad_norms", "1024x256", "vmap_over_norms", "min", ">=", 5),
+EVERY = ("", lambda r: True)
+BIG = (" over width >= 1024, batch >= 256", lambda r: r["width"] >= 1024 and r["batch"] >= 256)
+AT_1024x256 = (" at width 1024, batch 256", lambda r: (r["width"], r["batch"]) == (1024, 256))
+TARGETS = (  # (what, (rows' name, rows), column, statistic, comparison, bound)
+    ("apply(custom) / jax.grad", EVERY, "custom_over_autodiff", "median", "<=", 1.00),
+    ("apply(custom) / jax.grad", EVERY, "custom_over_autodiff", "max", "<=", 1.05),
+    ("loss_and_grad / jax.grad", EVERY, "loss_and_grad_over_autodiff", "median", "<=", 1.00),
+    ("loss_and_grad / jax.grad", EVERY, "loss_and_grad_over_autodiff", "max", "<=", 1.05),
+    ("apply(custom) vs matmul", BIG, "matmul_fraction_custom", "min", ">=", 0.90),
+    ("loss_and_grad vs matmul", BIG, "matmul_fraction_loss_and_grad", "min", ">=", 0.90),
+    ("residual bytes, custom / autodiff", EVERY, "residual_ratio", "max", "<=", 1.00),
+    ("per_example_grad_norms / l&g", AT_1024x256, "norms_over_grad", "max", "<=", 1.5),
+    ("vmap(grad) norms / per_example_grad_norms", AT_1024x256, "vmap_over_norms", "min", ">=", 5),
 )
-# fmt: on
-TARGET_DIGITS_SPEEDUP = 20.0  # a digits epoch: torch eager over lax.scan, each at its fastest
-
-
-def _where(row: Row) -> str:
-    if "network" in row:
-        return (
-            f"scan {row['jax_scan_ms']:.3g} ms on {row['jax_cores']} core(s), "
-            f"torch {row['torch_eager_ms']:.3g} ms on {row['torch_cores']} core(s), "
-            f"{row['torch_threads']} thread(s)"
-        )
-    return f"depth {row['depth']}, width {row['width']}, batch {row['batch']}"
+DIGITS_SPEEDUP = 20.0  # a digits epoch: torch eager over lax.scan, each at its fastest
 
 
 def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
     """Every target with rows to read, and the figure that decides it."""
-    found = []
-    for what, selection, key, statistic, comparison, bound in TARGETS:
-        shown, test = SELECTIONS[selection]
+    found = []  # (name, measured value, comparison, bound, where)
+    for what, (shown, test), key, statistic, comparison, bound in TARGETS:
         mine = [r for r in rows if test(r) and not math.isnan(r[key])]
-        if not mine:
-            continue
-        if statistic == "median":
+        if statistic == "median" and mine:
             value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
-        else:
-            extreme = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
-            value, at = extreme[key], _where(extreme)
-        holds = value <= bound if comparison == "<=" else value >= bound
-        found.append(
-            Target(f"{what}, {statistic}{shown}", value, f"{comparison} {bound:.2f}", holds, at)
+            found.append((f"{what}, median{shown}", value, comparison, bound, at))
+        elif mine:
+            r = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
+            at = f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
+            found.append((f"{what}, {statistic}{shown}", r[key], comparison, bound, at))
+    for network in dict.fromkeys(r["network"] for r in digits):  # each framework at its fastest
+        mine = [r for r in digits if r["network"] == network]
+        scan = min(mine, key=lambda r: r["jax_scan_ms"])
+        timed = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
+        if timed:
+            eager = min(timed, key=lambda r: r["torch_eager_ms"])
+            at = (
+                f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
+                f"{eager['torch_eager_ms']:.3g} ms on {eager['cores']} core(s), "
+                f"{eager['torch_threads']} thread(s)"
+            )
+            speedup = eager["torch_eager_ms"] / scan["jax_scan_ms"]
+            name = f"digits {network} epoch: torch eager / lax.scan, each at its fastest"
+            found.append((name, speedup, ">=", DIGITS_SPEEDUP, at))
+    return [
+        Target(
+            name, value, f"{op} {bound:.2f}", value <= bound if op == "<=" else value >= bound, at
         )
-    for d in best_of_cores(digits):
-        if not math.isnan(speedup := d["speedup"]):
-            name = f"digits {d['network']} epoch: torch eager / lax.scan, each at its fastest"
-            holds = speedup >= TARGET_DIGITS_SPEEDUP
-            found.append(Target(name, speedup, f">= {TARGET_DIGITS_SPEEDUP:.2f}", holds, _where(d)))
-    return found
+        for name, value, op, bound, at in found
+    ]
 
 
-def report(rows, digits, alternatives, machine: str, command: str, notes=()) -> str:
+def report(
+    rows: list[Row], digits: list[Row], alternatives: list[Row], machine: str, command: str,
+    notes: Sequence[str] = (),
+) -> str:  # fmt: skip
     """The markdown report: machine, command, each table with its legend, the targets."""
     parts = [f"Machine: {machine}", "", f"Command: `{command}`", ""]
     parts += ["Times are medians over interleaved rounds; a ratio is the median over the rounds"]
     parts += ["of the ratio of two calls made back to back."]
-    parts += _section("The grid:", GRID_COLUMNS, rows)
+    parts += section("The grid:", GRID_COLUMNS, rows)
     if digits:
-        parts += _section(
-            "Digits, one epoch (ms), a child process per CPU count:", DIGITS_COLUMNS, digits
-        )
+        title = "Digits, one epoch (ms), a child process per CPU count:"
+        parts += section(title, DIGITS_COLUMNS, digits)
     if alternatives:
         title = "jaxbp's speed choices against the code each replaced:"
-        parts += _section(title, ALTERNATIVE_COLUMNS, alternatives)
+        parts += section(title, ALTERNATIVE_COLUMNS, alternatives)
     shown = [t._asdict() for t in targets(rows, digits)]
-    parts += _section("Targets:", TARGET_COLUMNS, shown) + ["", *notes]
+    parts += section("Targets:", TARGET_COLUMNS, shown) + ["", *notes]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def write_csv(rows: list[Row], path: str) -> None:
+def write_csv(rows: list[Row], path: str) -> str:
+    """Writes ``rows`` (the first row's keys the header) to ``path``, and returns it."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return path
 
 
-# fmt: off
 PANELS = (  # (title, y label, y scale, [(column, label)], target line); x: FLOPs of a step
     ("hand-written / autodiff", "time ratio (below 1: hand-written faster)", "linear",
      [("custom_over_autodiff", "apply(custom)"), ("loss_and_grad_over_autodiff", "l&g")], 1.05),
@@ -227,12 +181,11 @@ PANELS = (  # (title, y label, y scale, [(column, label)], target line); x: FLOP
      0.90),
     ("gradient step time", "ms", "log", [("custom_ms", "jax apply(custom)"),
      ("torch_eager_ms", "torch eager"), ("torch_compile_ms", "torch.compile")], None),
-)
-# fmt: on
+)  # fmt: skip
 
 
 def plot(rows: list[Row], path: str) -> bool:
-    """Four panels: three against the FLOPs of a step, and residual memory; False without
+    """Three panels against the FLOPs of a step, and residual memory; False without
     matplotlib."""
     try:
         import matplotlib

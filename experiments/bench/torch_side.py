@@ -1,10 +1,11 @@
-"""The PyTorch side: the JAX network, weights, batch and loss of a point, in PyTorch.
+"""The PyTorch side: a JAX network's weights, batch and loss in PyTorch, timed per thread count.
 
-PyTorch picks its thread count per call, so every step is timed at 1 and at all CPU threads
-(``KIND@THREADS``) and reported at the faster: OpenMP threads spin-wait, and on a loaded
-machine the multi-threaded run of a small step can be many times slower.
+PyTorch picks its thread count per call, so a step is timed at 1 and at all CPU threads
+(``KIND@THREADS``, `at_threads`) and reported at the faster (`best`): OpenMP threads spin-wait,
+and on a loaded machine the multi-threaded run of a small step can be many times slower.
 """
 
+import contextlib
 import math
 import os
 import time
@@ -20,22 +21,22 @@ from experiments.bench.timing import Thunk, Timings
 from jaxbp.mlp import MLP
 
 
-def import_torch():
-    """torch, or None where it is not installed (docs/performance.md says how to add it)."""
-    try:
+def import_torch() -> Any:
+    """torch, or None where it is not installed."""
+    with contextlib.suppress(ImportError):
         import torch
-    except ImportError:
-        return None
-    return torch
+
+        return torch
+    return None
 
 
-def to_torch(torch, array, dtype: str):
+def to_torch(torch: Any, array: Any, dtype: str) -> Any:
     """A JAX array as a torch tensor of ``dtype`` (through float32 for bfloat16)."""
     host = np.array(jnp.asarray(array, jnp.float32) if dtype == "bfloat16" else array)
     return torch.from_numpy(host).to(getattr(torch, dtype))
 
 
-def torch_mlp(torch, model: MLP, params, dtype: str, *, fused_output: bool):
+def torch_mlp(torch: Any, model: MLP, params: Any, dtype: str, *, fused_output: bool) -> Any:
     """The network in PyTorch with the JAX weights; ``fused_output`` leaves out f."""
     nn = torch.nn
     activation = {
@@ -61,7 +62,7 @@ def torch_mlp(torch, model: MLP, params, dtype: str, *, fused_output: bool):
     return nn.Sequential(*layers)
 
 
-def torch_loss(torch, loss: str) -> Callable:
+def torch_loss(torch: Any, loss: str) -> Callable:
     """``(output, y) -> scalar``: the jaxbp loss in PyTorch (fused ones from the logits)."""
     functional = torch.nn.functional
     return {
@@ -77,36 +78,32 @@ def torch_loss(torch, loss: str) -> Callable:
     }[loss]
 
 
-def thread_counts() -> tuple[int, ...]:
-    """1 and all CPU threads."""
-    return tuple(sorted({1, os.cpu_count() or 1}))
+def at_threads(torch: Any, kind: str, thunk: Thunk) -> dict[str, Thunk]:
+    """``{KIND@T: thunk run with T torch threads}`` for T in 1 and all CPU threads."""
+
+    def pinned(threads: int) -> Thunk:
+        def run():
+            torch.set_num_threads(threads)
+            return thunk()
+
+        return run
+
+    return {f"{kind}@{t}": pinned(t) for t in sorted({1, os.cpu_count() or 1})}
 
 
-def pin_threads(torch, threads: int, thunk: Thunk) -> Thunk:
-    """``thunk`` run with ``torch.set_num_threads(threads)``."""
-
-    def run():
-        torch.set_num_threads(threads)
-        return thunk()
-
-    return run
-
-
-def best_torch(timings: Timings, kind: str) -> tuple[str | None, int | None]:
+def best(timings: Timings, kind: str) -> tuple[str | None, int | None]:
     """The fastest ``kind@T`` timed (by median), and its T; ``(None, None)`` if none was."""
     names = [n for n in timings.samples if n.startswith(kind + "@")]
     if not names:
         return None, None
-    best = min(names, key=timings.median)
-    return best, int(best.split("@")[1])
+    fastest = min(names, key=timings.median)
+    return fastest, int(fastest.split("@")[1])
 
 
-def _gradient_step(net, loss_of: Callable, x, y) -> Thunk:
+def _gradient_step(net: Any, loss_of: Callable, x: Any, y: Any) -> Thunk:
     def step():
-        for p in net.parameters():
-            p.grad = None
-        value = loss_of(x, y)
-        value.backward()
+        net.zero_grad(set_to_none=True)
+        (value := loss_of(x, y)).backward()
         return value
 
     return step
@@ -115,7 +112,7 @@ def _gradient_step(net, loss_of: Callable, x, y) -> Thunk:
 class TorchRunner:
     """The PyTorch gradient steps of the grid, one torch.compile per network shape."""
 
-    def __init__(self, torch, config: BenchConfig):
+    def __init__(self, torch: Any, config: BenchConfig):
         self.torch, self.config = torch, config
         self.compiled: dict[Any, tuple[Any, Callable]] = {}
         self.compile_error: str | None = None
@@ -128,7 +125,8 @@ class TorchRunner:
         net = torch_mlp(torch, inputs["model"], inputs["params"], point.dtype, fused_output=fused)
         x, y = (to_torch(torch, inputs[k], point.dtype) for k in ("x", "y"))
         loss_fn = torch_loss(torch, loss)
-        steps = {"torch_eager": _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)}
+        eager = _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)
+        thunks = at_threads(torch, "torch_eager", eager)
         compile_seconds = math.nan
         if self.config.torch_compile and self.compile_error is None:
             key = (inputs["model"], point.dtype)
@@ -139,13 +137,10 @@ class TorchRunner:
             compiled_net.load_state_dict(net.state_dict())  # this point's weights
             start = time.perf_counter()
             try:
-                _gradient_step(compiled_net, compiled, x, y)()  # compiles for this batch size
-                steps["torch_compile"] = _gradient_step(compiled_net, compiled, x, y)
+                step = _gradient_step(compiled_net, compiled, x, y)
+                step()  # compiles for this batch size
+                thunks |= at_threads(torch, "torch_compile", step)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means "does not work"
                 self.compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             compile_seconds = time.perf_counter() - start
-        threads = thread_counts()
-        thunks = {
-            f"{kind}@{t}": pin_threads(torch, t, s) for kind, s in steps.items() for t in threads
-        }
         return thunks, compile_seconds
