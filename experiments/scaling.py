@@ -36,18 +36,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from jaxbp import config as config_lib
-    from jaxbp import parallel, train, trainer
+    from jaxbp import parallel, recipe, train
     from jaxbp.mlp import init_params
 
     hidden = {"hidden_sizes": tuple(spec["hidden_sizes"])} if spec["hidden_sizes"] else {}
     config = config_lib.make_config(spec["dataset"], batch_size=spec["batch_size"], **hidden)
-    dataset = trainer.load_data(config)
+    dataset = recipe.load_data(config)
     steps = len(dataset.x_train) // config.batch_size
-    model = trainer.build_model(config, dataset)
+    model = recipe.build_model(config, dataset)
     _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
     mesh = parallel.make_mesh(spec["devices"])
     parallel.check_batch_size(config.batch_size, mesh)
-    optimizer = trainer.build_optimizer(config, steps)
+    optimizer = recipe.build_optimizer(config, steps)
     step = train.make_train_step(model, loss, optimizer, grad_norm=False)
     epoch = train.make_epoch(step, config.batch_size, shard_batch=parallel.shard_batch(mesh))
     params = init_params(jax.random.PRNGKey(config.seed), model)

@@ -1,7 +1,7 @@
 """The digits epoch: one epoch compiled with `lax.scan` against the same training in PyTorch.
 
 The trainer's run (`jaxbp.config.make_config("digits")`: its network, loss, optimizer and
-learning-rate schedule, built by `jaxbp.trainer`) on the digits training split, and the same
+learning-rate schedule, built by `jaxbp.recipe`) on the digits training split, and the same
 with other hidden widths. Every epoch shuffles (`jaxbp.shuffle.permutation` in JAX,
 ``torch.randperm`` in PyTorch) and runs the same steps. JAX builds and calls the step and the
 epoch as the trainer does (no gradient norm, donated state), each epoch continuing from the
@@ -26,7 +26,7 @@ from experiments.bench.config import BenchConfig
 from experiments.bench.jax_side import python_loop_epoch
 from experiments.bench.timing import Thunk, time_interleaved
 from jaxbp import config as config_lib
-from jaxbp import shuffle, train, trainer
+from jaxbp import recipe, shuffle, train
 from jaxbp.mlp import MLP
 
 
@@ -48,10 +48,10 @@ def trainer_training(hidden_sizes: tuple[int, ...] | None = None) -> Training:
     config = config_lib.make_config("digits")
     if hidden_sizes is not None:
         config = dataclasses.replace(config, hidden_sizes=hidden_sizes)
-    dataset = trainer.load_data(config)
-    model = trainer.build_model(config, dataset)
+    dataset = recipe.load_data(config)
+    model = recipe.build_model(config, dataset)
     _, loss = config_lib.resolve_head(config, dataset.task, dataset.num_outputs)
-    optimizer = trainer.build_optimizer(config, len(dataset.x_train) // config.batch_size)
+    optimizer = recipe.build_optimizer(config, len(dataset.x_train) // config.batch_size)
     params = jaxbp.init_params(jax.random.key(config.seed), model)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     return Training(config, model, loss, optimizer, params, x, y)
