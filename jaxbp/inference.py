@@ -5,7 +5,7 @@ The contract, stated once: everything here starts from a workdir that
 `jaxbp.trained.restore_trained` reads (the best-validation ones, or the latest state's when
 no evaluation was made) in the run's precision. New rows are *raw*: ``x_raw: (n, d)`` in the
 units of the data file (for MNIST and Fashion-MNIST, pixels / 255, as `jaxbp.data` reads
-them), columns in the run's ``feature_names`` order (`jaxbp.data.read_features` reads them
+them), columns in the run's ``feature_names`` order (`jaxbp.data_files.read_features` reads them
 so). They are standardised with the statistics the checkpoint stores, exactly as the
 training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
 data's units: class names, or values ``ŷ · y_scale + y_mean``.
@@ -290,7 +290,7 @@ def predict_rows(
       workdir: the workdir of a training run, or its `load_trained` result (to read the
         checkpoint once for several calls).
       x_raw: ``(n, d)`` raw rows, columns in the run's ``feature_names`` order, e.g. from
-        ``jaxbp.data.read_features(path, trained.preprocessing["feature_names"])``.
+        ``jaxbp.data_files.read_features(path, trained.preprocessing["feature_names"])``.
 
     Returns:
       ``(predictions, probabilities)``. Classification: ``predictions`` ``(n,)`` class names
@@ -312,7 +312,7 @@ def predict_rows(
         raise ValueError(
             f"x_raw has shape {x_raw.shape}, but the network takes raw rows (n, {len(names)}) "
             f"with the features {_brief(names)}; read them with "
-            "jaxbp.data.read_features(path, feature_names)."
+            "jaxbp.data_files.read_features(path, feature_names)."
         )
     if not np.issubdtype(x_raw.dtype, np.number) or not np.isfinite(x_raw).all():
         raise ValueError(

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from jaxbp import config as config_lib
-from jaxbp import data as data_lib
-from jaxbp import inference, recipe, trainer
+from jaxbp import data_files, inference, recipe, trainer
 
 RUNS = {  # name -> make_config arguments: three tasks and a float64 run
     "iris": ("iris", {"epochs": 3}),  # three classes, softmax
@@ -136,7 +135,7 @@ def test_predictions_from_a_csv_with_columns_in_another_order(trained, tmp_path)
         writer = csv.writer(f)
         writer.writerow(["species", *reversed(names)])
         writer.writerows(["?", *(repr(float(v)) for v in row[::-1])] for row in x_raw)
-    x_read = data_lib.read_features(str(path), names)
+    x_read = data_files.read_features(str(path), names)
     np.testing.assert_array_equal(x_read, x_raw)
     labels, probabilities = inference.predict_rows(loaded, x_read)
     expected_labels, expected_probabilities = inference.predict_rows(workdir, x_raw)
