@@ -4,7 +4,7 @@
     python -m experiments.bench_members --members=1,8,32 --sklearn_fits=8 --output=m.json
 
 The digits network (64-128-10, tanh, softmax cross-entropy) with the trainer's recipe
-(adam 3e-3 on a cosine schedule, batch 32, 30 epochs, `jaxbp.trainer.build_optimizer`) is
+(adam 3e-3 on a cosine schedule, batch 32, 30 epochs, `jaxbp.recipe.build_optimizer`) is
 trained as a member set of N = 1, 8, 32, 128 (`jaxbp.members`, seeds 0..N-1): one compiled
 epoch per epoch for all N members, dispatched from Python as the trainer does. Reported per
 N: the compile seconds, the training seconds of the 30 epochs (best of ``--trials``), the
@@ -42,7 +42,7 @@ from absl import app, flags
 
 from experiments import compilation_cache
 from jaxbp import config as config_lib
-from jaxbp import members, train, trainer
+from jaxbp import members, recipe, train
 
 _MEMBERS = flags.DEFINE_list("members", ["1", "8", "32", "128"], "Member-set sizes N to time.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs per member: the trainer's digits recipe.")
@@ -73,12 +73,12 @@ def _recipe(epochs: int) -> config_lib.Config:
 def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, float]:
     """Compile, train (best of ``trials``) and end-to-end seconds of a set of ``num_members``."""
     config = _recipe(epochs)
-    data = trainer.load_data(config)
+    data = recipe.load_data(config)
     started = time.perf_counter()
-    model = trainer.build_model(config, data)
+    model = recipe.build_model(config, data)
     _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
     steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
-    optimizer = trainer.build_optimizer(config, steps)
+    optimizer = recipe.build_optimizer(config, steps)
     step = train.make_train_step(model, loss, optimizer, grad_norm=False)
     epoch_fn = jax.jit(
         members.make_epoch(lambda hparams: step, config.batch_size, num_members),
@@ -96,7 +96,7 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     config = config_lib.make_config("digits", hidden_sizes=(128,), repeats=num_members)
 
     def fresh_state():
-        state = trainer.initial_member_state(config, model, lambda hparams: optimizer)
+        state = recipe.initial_member_state(config, model, lambda hparams: optimizer)
         return jax.block_until_ready(state)
 
     state = fresh_state()
@@ -153,7 +153,7 @@ def member_epoch_flops(epochs: int) -> float:
     """Matmul FLOPs of one member's training: ``6·batch·Σ n_in·n_out`` a step (three matmuls
     a layer: forward, ∂L/∂W and δ), times the steps."""
     config = _recipe(epochs)
-    data = trainer.load_data(config)
+    data = recipe.load_data(config)
     sizes = (data.x_train.shape[1], *config.hidden_sizes, data.num_outputs)
     pairs = zip(sizes[:-1], sizes[1:], strict=True)
     per_step = 6 * config.batch_size * sum(n_in * n_out for n_in, n_out in pairs)
@@ -166,7 +166,7 @@ def time_sklearn(fits: int, epochs: int) -> dict[str, float]:
     from sklearn.neural_network import MLPClassifier
 
     config = _recipe(epochs)
-    data = trainer.load_data(config)
+    data = recipe.load_data(config)
     labels = np.argmax(data.y_train, axis=1)
     test_labels = np.argmax(data.y_test, axis=1)
     train_seconds, accuracies = 0.0, []
@@ -216,9 +216,9 @@ def time_torch_ensemble(num_members: int, epochs: int, threads: int) -> dict[str
         return None
     torch.set_num_threads(threads)
     config = _recipe(epochs)
-    data = trainer.load_data(config)
+    data = recipe.load_data(config)
     steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
-    schedule = trainer.build_schedule(config, steps)
+    schedule = recipe.build_schedule(config, steps)
     rates = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(epochs * steps)), np.float32)
     x = torch.from_numpy(np.asarray(data.x_train, np.float32))
     labels = torch.from_numpy(np.argmax(data.y_train, axis=1))

@@ -4,7 +4,7 @@
 
 Times, on the training split of the data set, one compiled epoch, the evaluation the
 trainer runs without the gradient flow (loss, accuracy, ‖∇L‖) and with it
-(`jaxbp.gradient_flow` on `jaxbp.trainer.FLOW_ROWS` rows), as medians of interleaved calls.
+(`jaxbp.gradient_flow` on `jaxbp.compiled_run.FLOW_ROWS` rows), as medians of interleaved calls.
 """
 
 import statistics
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
+from jaxbp import compiled_run, gradient_flow, recipe, train
 from jaxbp import config as config_lib
-from jaxbp import gradient_flow, train, trainer
 
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set whose default run is timed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 50, "Interleaved timing rounds.")
@@ -26,17 +26,17 @@ _ROUNDS = flags.DEFINE_integer("rounds", 50, "Interleaved timing rounds.")
 def main(argv: list[str]) -> int:
     del argv
     config = config_lib.make_config(_DATASET.value)
-    data = trainer.load_data(config)
-    model = trainer.build_model(config, data)
+    data = recipe.load_data(config)
+    model = recipe.build_model(config, data)
     _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
     steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
-    optimizer = trainer.build_optimizer(config, steps)
-    state = trainer.initial_state(config, model, optimizer)
+    optimizer = recipe.build_optimizer(config, steps)
+    state = recipe.initial_state(config, model, optimizer)
     step = train.make_train_step(model, loss, optimizer, grad_norm=False)
     epoch = train.make_epoch(step, config.batch_size)
     loss_and_grad = train.make_loss_and_grad(model, loss)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    rows = min(len(x), trainer.FLOW_ROWS)
+    rows = min(len(x), compiled_run.FLOW_ROWS)
 
     @jax.jit
     def plain(params):

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from experiments import cli, compilation_cache, config_flags
 from jaxbp import config as config_lib
-from jaxbp import parallel, run_outputs, trainer
+from jaxbp import parallel, run_outputs, stop, trainer
 from jaxbp import workdir as workdir_lib
 
 _CONFIG = config_flags.define_config_flags()
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
         return fail(config_flags.flag_message(e), 2)
     except (workdir_lib.ResumeConflictError, workdir_lib.WorkdirError) as e:
         return fail(config_flags.to_flag_words(str(e)), 2)
-    except trainer.RunInterruptedError as e:
+    except stop.RunInterruptedError as e:
         if parallel.is_primary():
             print(
                 f"\n{signal.Signals(e.signum).name}: stopped after epoch {e.summary['epochs']} "

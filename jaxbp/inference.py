@@ -2,10 +2,10 @@
 
 The contract, stated once: everything here starts from a workdir that
 `jaxbp.trainer.train_and_evaluate` wrote, and uses the parameters
-`jaxbp.trainer.restore_trained` reads (the best-validation ones, or the latest state's when
+`jaxbp.trained.restore_trained` reads (the best-validation ones, or the latest state's when
 no evaluation was made) in the run's precision. New rows are *raw*: ``x_raw: (n, d)`` in the
 units of the data file (for MNIST and Fashion-MNIST, pixels / 255, as `jaxbp.data` reads
-them), columns in the run's ``feature_names`` order (`jaxbp.data.read_features` reads them
+them), columns in the run's ``feature_names`` order (`jaxbp.data_files.read_features` reads them
 so). They are standardised with the statistics the checkpoint stores, exactly as the
 training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
 data's units: class names, or values ``ŷ · y_scale + y_mean``.
@@ -37,12 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import backprop, losses, train, trainer
+from jaxbp import backprop, losses, recipe, train
 from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config
 from jaxbp.data import Dataset
 from jaxbp.mlp import MLP, Params
+from jaxbp.trained import restore_trained
 
 EVAL_FILE = "eval.json"
 _STATISTICS = ("x_mean", "x_scale", "y_mean", "y_scale")
@@ -71,7 +72,7 @@ class TrainedModel(NamedTuple):
         ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
       loss: the loss it was trained with.
       preprocessing: ``task``, ``feature_names``, ``class_names``, ``x_mean``, ``x_scale``,
-        ``y_mean``, ``y_scale`` (see `jaxbp.trainer.Preprocessing`).
+        ``y_mean``, ``y_scale`` (see `jaxbp.recipe.Preprocessing`).
       best_epoch: the epoch whose parameters these are (best validation loss), or None when
         they are the latest state's (or a member set's, each member with its own).
       members: a member set's members, None for a single run: ``member``, ``seed``, the
@@ -115,7 +116,7 @@ def load_trained(workdir: str) -> TrainedModel:
     precision = workdir_lib.config_from_record(record).precision
     with jax.enable_x64(precision == "float64"):
         try:
-            config, model, params, meta = trainer.restore_trained(workdir)
+            config, model, params, meta = restore_trained(workdir)
             params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
         except Exception as e:  # any failure to read is damage; the cause is named
             cause = (str(e).strip().splitlines() or [""])[0][:200]
@@ -183,7 +184,7 @@ def check_same_data(preprocessing: dict[str, Any], dataset: Dataset, workdir: st
     Raises:
       DataChangedError: naming what differs, stored against now.
     """
-    now = trainer.Preprocessing.of(dataset)._asdict()
+    now = recipe.Preprocessing.of(dataset)._asdict()
     differ = [k for k in ("task", "class_names") if preprocessing.get(k) != now[k]]
     differ += [k for k in _STATISTICS if not _same_numbers(preprocessing.get(k), now[k])]
     if differ:
@@ -228,7 +229,7 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
     model, loss = trained.model, trained.loss
     task, class_names = trained.preprocessing["task"], trained.preprocessing["class_names"]
     with jax.enable_x64(trained.config.precision == "float64"):
-        dataset = trainer.load_data(trained.config)
+        dataset = recipe.load_data(trained.config)
         check_same_data(trained.preprocessing, dataset, workdir)
 
         def evaluate(params, x, y):  # one program: the confusion matrix sees the accuracy's ŷ
@@ -289,7 +290,7 @@ def predict_rows(
       workdir: the workdir of a training run, or its `load_trained` result (to read the
         checkpoint once for several calls).
       x_raw: ``(n, d)`` raw rows, columns in the run's ``feature_names`` order, e.g. from
-        ``jaxbp.data.read_features(path, trained.preprocessing["feature_names"])``.
+        ``jaxbp.data_files.read_features(path, trained.preprocessing["feature_names"])``.
 
     Returns:
       ``(predictions, probabilities)``. Classification: ``predictions`` ``(n,)`` class names
@@ -311,7 +312,7 @@ def predict_rows(
         raise ValueError(
             f"x_raw has shape {x_raw.shape}, but the network takes raw rows (n, {len(names)}) "
             f"with the features {_brief(names)}; read them with "
-            "jaxbp.data.read_features(path, feature_names)."
+            "jaxbp.data_files.read_features(path, feature_names)."
         )
     if not np.issubdtype(x_raw.dtype, np.number) or not np.isfinite(x_raw).all():
         raise ValueError(

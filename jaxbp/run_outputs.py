@@ -11,20 +11,30 @@
 * ``summary.json``: the final figures and the config;
 * ``sweep.md`` (a set only): test metrics by swept value, mean ± std over the members.
 
+`environment` gives the versions, platform and git commit the summary records, and
+`tensorboard_hparams` the config as TensorBoard hparams.
+
 Every write goes through `jaxbp.workdir`: whole files are replaced atomically and the
 jsonl is appended without following symlinks.
 """
 
 import collections
+import contextlib
+import dataclasses
 import io
 import json
 import math
 import os
+import platform
+import subprocess
 from typing import Any
 
+import jax
 import numpy as np
 
+from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
+from jaxbp.config import Config
 
 
 class RunOutputs:
@@ -120,6 +130,47 @@ class RunOutputs:
         workdir_lib.write_atomic(
             os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2)
         )
+
+
+def environment() -> dict[str, Any]:
+    """Versions, platform, device kind, CPU count and git commit, for the summary."""
+    import importlib.metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            commit = result.stdout.strip()
+    return {
+        "versions": {n: version(n) for n in ("jaxbp", "jax", "jaxlib", "optax", "numpy")},
+        "python": platform.python_version(),
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+    }
+
+
+def tensorboard_hparams(config: Config) -> dict[str, Any]:
+    """The config as TensorBoard hparams (scalars and strings only)."""
+    out = {}
+    for k, v in dataclasses.asdict(config).items():
+        if isinstance(v, (tuple, list)):
+            v = config_lib.format_value(tuple(v))
+        out[k] = "" if v is None else v
+    return out
 
 
 def swept_names(summary: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ from experiments.bench.config import BenchConfig
 from experiments.bench.timing import time_interleaved
 from experiments.bench.torch_side import import_torch
 from jaxbp import config as config_lib
-from jaxbp import trainer
+from jaxbp import recipe
 
 SMALLEST = BenchConfig(
     depths=(1,),
@@ -102,7 +102,7 @@ def test_digits_training_is_the_trainers():
     trainer_config = config_lib.make_config("digits")
     t = digits.trainer_training()
     assert t.config == trainer_config and t.loss == "softmax_cross_entropy"
-    assert t.model == trainer.build_model(trainer_config, trainer.load_data(trainer_config))
+    assert t.model == recipe.build_model(trainer_config, recipe.load_data(trainer_config))
     assert digits.trainer_training(hidden_sizes=(32,)).model.sizes == (64, 32, 10)
     # The optimizer is the trainer's: its learning rate follows the config's schedule.
     state = t.optimizer.init(t.params)

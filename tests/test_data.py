@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from jaxbp.data import DATASETS, load_dataset, read_features, read_idx
+from jaxbp.data import DATASETS, load_dataset
 
 # name -> (total examples, num_features, num_outputs, task, num_classes)
 BUILTIN = {
@@ -256,27 +256,6 @@ def test_missing_mnist_files_are_listed(tmp_path):
     assert str(tmp_path) in message and "download" in message
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
-def test_read_idx_round_trip(tmp_path, dtype):
-    array = (np.arange(24) - 5).reshape(2, 3, 4).astype(dtype) % 200
-    _write_idx(tmp_path / "a.idx", array, gz=dtype == np.int32)
-    out = read_idx(str(tmp_path / "a.idx"))
-    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
-    np.testing.assert_array_equal(out, array)
-
-
-def test_read_idx_rejects_bad_magic_and_truncated_files(tmp_path):
-    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + bytes(8))
-    with pytest.raises(ValueError, match="magic number '12340801'"):
-        read_idx(str(tmp_path / "bad"))
-    _write_idx(tmp_path / "ok", np.zeros((3, 4), np.uint8))
-    (tmp_path / "short").write_bytes((tmp_path / "ok").read_bytes()[:-1])
-    with pytest.raises(ValueError, match="truncated"):
-        read_idx(str(tmp_path / "short"))
-    with pytest.raises(FileNotFoundError, match="nothere"):
-        read_idx(str(tmp_path / "nothere"))
-
-
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -332,38 +311,6 @@ def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
     _write_fake_mnist(tmp_path)
     ds = load_dataset("mnist", data_dir=str(tmp_path))
     assert ds.feature_names == tuple(f"pixel{i}" for i in range(784))
-
-
-def test_read_features_csv_in_any_column_order_ignores_other_columns(tmp_path):
-    rng = np.random.default_rng(0)
-    table = {"a": np.round(rng.normal(size=40), 4), "y": np.arange(40) % 2}
-    table["b"] = np.round(rng.normal(size=40), 4)
-    ds = load_dataset("csv", path=_write_csv(tmp_path / "train.csv", table), target_column="y")
-    new = {"note": ["n"] * 5, "b": table["b"][:5], "a": table["a"][:5]}  # no target column
-    x = read_features(_write_csv(tmp_path / "new.txt", new), ds.feature_names)
-    assert x.dtype == np.float64
-    np.testing.assert_array_equal(x, np.column_stack([table["a"][:5], table["b"][:5]]))
-
-
-def test_read_features_npz_standardises_like_the_dataset(tmp_path):
-    path, x, _ = _id_npz(tmp_path)
-    ds = load_dataset("npz", path=path, dtype=np.float64)
-    new = read_features(path, ds.feature_names)
-    np.testing.assert_array_equal(new, x)
-    ids = np.rint(_raw(ds, ds.x_test)[:, 0]).astype(int)
-    np.testing.assert_allclose((new[ids] - ds.x_mean) / ds.x_scale, ds.x_test, atol=1e-12)
-
-
-def test_read_features_tells_npz_from_content_and_flattens(tmp_path):
-    x = np.arange(24.0).reshape(3, 2, 4)
-    path = tmp_path / "images.csv"  # misnamed: the zip signature decides
-    with open(path, "wb") as f:  # a file object keeps np.savez from appending .npz
-        np.savez(f, x=x, y=np.arange(3))
-    out = read_features(str(path), [f"x{i}" for i in range(8)])
-    np.testing.assert_array_equal(out, x.reshape(3, 8))
-    bools = tmp_path / "bools.npz"
-    np.savez(bools, x=np.array([[True, False]]))
-    np.testing.assert_array_equal(read_features(str(bools), ("p", "q")), [[1.0, 0.0]])
 
 
 def test_module_constants_are_consistent():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from jaxbp.data import load_dataset, read_features, read_idx
+from jaxbp.data import load_dataset
 
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 
@@ -126,35 +126,12 @@ def _gzip_bytes(tmp_path):
     return (tmp_path / "labels.gz").read_bytes()
 
 
-@pytest.mark.parametrize(
-    "damage, reason",
-    [
-        (lambda b: b[: len(b) // 2], "ended before"),  # truncated: EOFError
-        (lambda b: b[:12] + b"\xff" * 8 + b[20:], "Error -3"),  # corrupt stream: zlib.error
-        (lambda b: b[:-8] + bytes([b[-8] ^ 0xFF]) + b[-7:], "CRC check failed"),  # BadGzipFile
-    ],
-)
-def test_damaged_gzip_is_one_line(tmp_path, damage, reason):
-    path = tmp_path / "damaged"
-    path.write_bytes(damage(_gzip_bytes(tmp_path)))
-    with pytest.raises(ValueError, match=f"'{path}' is a damaged gzip file \\(.*{reason}") as error:
-        read_idx(str(path))
-    assert "\n" not in str(error.value) and "fetch it again" in str(error.value)
-
-
 def test_damaged_gzip_in_mnist_dir_names_the_file(tmp_path):
     directory = _write_mnist(tmp_path)
     os.remove(tmp_path / "t10k-labels-idx1-ubyte")
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(_gzip_bytes(tmp_path)[:40])
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz' is a damaged gzip file"):
         load_dataset("mnist", data_dir=directory)
-
-
-def test_idx_header_cut_short_is_refused(tmp_path):
-    path = tmp_path / "short"
-    path.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">I", 60000))
-    with pytest.raises(ValueError, match="promises 3 sizes but the file ends after 8 bytes"):
-        read_idx(str(path))
 
 
 # csv files.
@@ -426,90 +403,3 @@ def test_single_class_generated_set_is_refused():
 def test_arguments_that_do_not_apply_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(**kwargs)
-
-
-# read_features errors.
-
-
-def test_read_features_rejects_bad_feature_names(tmp_path):
-    path = _write_csv(tmp_path / "f.csv", "a,b\n1,2\n")
-    with pytest.raises(TypeError, match="got the string 'ab'"):
-        read_features(path, "ab")
-    with pytest.raises(ValueError, match="feature_names is empty"):
-        read_features(path, [])
-    with pytest.raises(ValueError, match=r"feature_names repeats \['a'\]"):
-        read_features(path, ["a", "b", "a"])
-
-
-def test_read_features_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="features file .*nothere.csv' does not exist"):
-        read_features(str(tmp_path / "nothere.csv"), ["a"])
-
-
-@pytest.mark.parametrize(
-    "file, content, match",
-    [
-        ("f.npy", np.zeros((3, 2)).tobytes(), "is binary data of no known kind"),
-        ("f.dat", gzip.compress(b"a,b\n1,2\n", mtime=0), "is gzip-compressed"),
-        ("f.npz", b"", "is empty, not the zip archive an .npz is; .*name a csv file .csv"),
-        ("f.npz", b"a,b\n1,2\n", r"is text \(a csv\?\), not the zip archive an \.npz is"),
-        ("f.csv", b"\x00\x01\x02\x03", r"is binary data of no known kind; expected a csv"),
-    ],
-)
-def test_read_features_wrong_kind_of_file(tmp_path, file, content, match):
-    path = tmp_path / file
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=f"{file}' {match}"):
-        read_features(str(path), ["a", "b"])
-
-
-def test_read_features_npy_is_refused(tmp_path):
-    np.save(tmp_path / "f.npy", np.zeros((3, 2)))
-    with pytest.raises(ValueError, match=r"f.npy' is a \.npy file .*np.savez\(path, x=\.\.\.\)"):
-        read_features(str(tmp_path / "f.npy"), ["a", "b"])
-
-
-def test_read_features_csv_missing_columns_are_named(tmp_path):
-    path = _write_csv(tmp_path / "f.csv", "b,y\n1,2\n")
-    with pytest.raises(
-        ValueError, match=r"lacks the feature column\(s\) \['a', 'c'\] .*\['b', 'y'\]"
-    ):
-        read_features(path, ["a", "b", "c"])
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("a,b\n1,2\n3,x\n", r"feature column 'b' is not numeric \('x' on line 3\)"),
-        ("a,b\n1,2\n,4\n", "feature column 'a' has empty cells on line 3"),
-        ("a,b\n1,nan\n3,inf\n", "feature column 'b' has 2 NaN or infinite values, on lines 2, 3"),
-        ("a,b,y\n", "has a header but no rows"),
-        ("a,b,b\n1,2,3\n", r"names \['b'\] more than once"),
-        ("a,b\n1,2\n3\n", "line 3 do not have 2 cells"),
-    ],
-)
-def test_read_features_csv_bad_cells(tmp_path, text, match):
-    path = _write_csv(tmp_path / "f.csv", text)
-    with pytest.raises(ValueError, match=f"f.csv'.*{match}"):
-        read_features(path, ["a", "b"])
-
-
-@pytest.mark.parametrize(
-    "arrays, match",
-    [
-        (
-            {"x": np.zeros((4, 3))},
-            r"x has shape \(4, 3\), 3 features per row; expected 2 \(\['a', 'b'\]\)",
-        ),
-        ({"x": np.zeros(2)}, r"one example is shape \(1, 2\)"),
-        ({"x": np.zeros((0, 2))}, r"x has shape \(0, 2\); expected \(n, 2\) with n >= 1"),
-        ({"features": np.zeros((4, 2))}, r"holds arrays \['features'\]; expected an array 'x'"),
-        ({"x": np.array([[1.0, np.nan]])}, "x has 1 NaN or infinite values, in row 0 "),
-        ({"x": np.ones((3, 2)) * 1j}, "x is complex"),
-        ({"x": np.array([["1", "2"]])}, "x has dtype <U1; expected numbers"),
-    ],
-)
-def test_read_features_npz_errors(tmp_path, arrays, match):
-    path = _npz(tmp_path / "f.npz", **arrays)
-    with pytest.raises(ValueError, match=f"f.npz'.*{match}"):
-        read_features(path, ["a", "b"])

@@ -14,7 +14,7 @@ import pytest
 from experiment_runs import run_experiment as _run
 
 from jaxbp import config as config_lib
-from jaxbp import inference, trainer
+from jaxbp import inference, recipe, trainer
 
 
 def _one_error_line(result, program, code, message):
@@ -30,7 +30,7 @@ def iris_run(tmp_path_factory):
     config = config_lib.make_config("iris", epochs=3)
     workdir = str(tmp_path_factory.mktemp("runs") / "iris")
     summary = trainer.train_and_evaluate(config, workdir, log=lambda _: None)
-    ds = trainer.load_data(config)
+    ds = recipe.load_data(config)
     x_raw = ds.x_test.astype(np.float64) * ds.x_scale + ds.x_mean
     truth = np.asarray(ds.class_names)[np.argmax(ds.y_test, axis=1)]
     return workdir, summary, x_raw, truth

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from experiment_runs import ROOT, run_experiment
 
-from jaxbp import trainer
+from jaxbp import recipe
 from jaxbp import workdir as workdir_lib
+from jaxbp.trained import restore_trained
 
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 ENV = {**os.environ, "PYTHONPATH": ROOT, **UNBUFFERED}
@@ -54,8 +55,8 @@ def _records(workdir):
 def _assert_same_run(workdir_a, workdir_b):
     assert _records(workdir_a) == _records(workdir_b)
     assert _summary(workdir_a)["test_loss"] == _summary(workdir_b)["test_loss"]
-    params_a = trainer.restore_trained(str(workdir_a))[2]
-    params_b = trainer.restore_trained(str(workdir_b))[2]
+    params_a = restore_trained(str(workdir_a))[2]
+    params_b = restore_trained(str(workdir_b))[2]
     for a, b in zip(params_a, params_b, strict=True):
         for name in a:
             np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
@@ -236,7 +237,7 @@ def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "ensemble of 4" in evaluated.stdout and "mean ± std" in evaluated.stdout
     config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
-    ds = trainer.load_data(config)
+    ds = recipe.load_data(config)
     rows = tmp_path / "rows.npz"
     np.savez(rows, x=ds.x_test[:5].astype(np.float64) * ds.x_scale + ds.x_mean)
     output = tmp_path / "predictions.csv"

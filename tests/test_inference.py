@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from jaxbp import config as config_lib
-from jaxbp import data as data_lib
-from jaxbp import inference, trainer
+from jaxbp import data_files, inference, recipe, trainer
 
 RUNS = {  # name -> make_config arguments: three tasks and a float64 run
     "iris": ("iris", {"epochs": 3}),  # three classes, softmax
@@ -40,7 +39,7 @@ def trained(tmp_path_factory):
 
 def _raw_test_rows(config):
     """The test split in the data file's units, and the Dataset it comes from."""
-    ds = trainer.load_data(config)
+    ds = recipe.load_data(config)
     return ds.x_test.astype(np.float64) * ds.x_scale + ds.x_mean, ds
 
 
@@ -74,7 +73,7 @@ def test_float64_run_is_evaluated_in_float64(trained):
 def test_confusion_matrix_and_per_class_scores_count_the_test_split(trained, name):
     workdir, config, summary = trained(name)
     result = inference.evaluate_workdir(workdir)
-    ds = trainer.load_data(config)
+    ds = recipe.load_data(config)
     matrix = np.array(result["confusion_matrix"])
     num_classes = len(ds.class_names)
     assert result["class_names"] == list(ds.class_names)
@@ -136,7 +135,7 @@ def test_predictions_from_a_csv_with_columns_in_another_order(trained, tmp_path)
         writer = csv.writer(f)
         writer.writerow(["species", *reversed(names)])
         writer.writerows(["?", *(repr(float(v)) for v in row[::-1])] for row in x_raw)
-    x_read = data_lib.read_features(str(path), names)
+    x_read = data_files.read_features(str(path), names)
     np.testing.assert_array_equal(x_read, x_raw)
     labels, probabilities = inference.predict_rows(loaded, x_read)
     expected_labels, expected_probabilities = inference.predict_rows(workdir, x_raw)
@@ -184,13 +183,13 @@ def test_a_damaged_checkpoint_is_named_not_thrown_raw(trained, tmp_path):
 
 def test_evaluation_refuses_data_that_changed_since_training(trained, monkeypatch):
     workdir, _, _ = trained("iris")
-    load_data = trainer.load_data
+    load_data = recipe.load_data
 
     def changed(config):
         ds = load_data(config)
         return ds._replace(x_scale=ds.x_scale * 1.001)
 
-    monkeypatch.setattr(trainer, "load_data", changed)
+    monkeypatch.setattr(recipe, "load_data", changed)
     with pytest.raises(inference.DataChangedError, match="x_scale differ"):
         inference.evaluate_workdir(workdir)
 

@@ -21,7 +21,7 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from jaxbp import config, parallel, train, trainer
+    from jaxbp import config, parallel, train, trained, trainer
     import jaxbp
 
     workdir = sys.argv[1]
@@ -29,7 +29,7 @@ _FOUR_DEVICES = textwrap.dedent(
     for n in (1, 4):
         cfg = config.make_config("digits", epochs=2, num_devices=n, checkpoint_interval=2)
         out[f"summary_{n}"] = trainer.train_and_evaluate(cfg, f"{workdir}/d{n}", log=lambda _: None)
-        params = trainer.restore_trained(f"{workdir}/d{n}")[2]
+        params = trained.restore_trained(f"{workdir}/d{n}")[2]
         out[f"params_{n}"] = [np.asarray(l).tolist() for l in jax.tree.leaves(params)]
 
     # The compiled step over a 4-device mesh must all-reduce the gradient.

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, trainer
+from jaxbp import checkpoint, recipe, trainer
 from jaxbp import config as config_lib
 from jaxbp import data as data_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import ConfigError
+from jaxbp.trained import restore_trained
 
 
 def _train(workdir, dataset="iris", log=None, allow_changes=(), **overrides):
@@ -33,9 +34,9 @@ def _records(workdir):
 def _latest_params(workdir):
     """The params of the newest train-state checkpoint."""
     config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
-    model = trainer.restore_trained(str(workdir))[1]
+    model = restore_trained(str(workdir))[1]
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-    state = trainer.initial_state(config, model, trainer.build_optimizer(config, 1))
+    state = recipe.initial_state(config, model, recipe.build_optimizer(config, 1))
     params = checkpointer.restore(checkpointer.latest_epoch(), state).params
     checkpointer.close()
     return params
@@ -293,19 +294,3 @@ def test_per_example_clipping_trains_and_changes_the_run(tmp_path):
     clipped = _train(tmp_path / "clipped", epochs=2, clip_per_example=0.05)
     assert clipped["config"]["clip_per_example"] == 0.05
     assert np.isfinite(clipped["test_loss"]) and clipped["test_loss"] != plain["test_loss"]
-
-
-def test_restore_trained_needs_no_data(tmp_path, monkeypatch):
-    _train(tmp_path / "w", epochs=2)
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("restore_trained loaded data")
-
-    monkeypatch.setattr(data_lib, "load_dataset", no_data)
-    config, model, params, meta = trainer.restore_trained(str(tmp_path / "w"))
-    assert config.dataset == "iris" and model.sizes == (4, 16, 3)
-    assert meta["preprocessing"]["class_names"] == ["setosa", "versicolor", "virginica"]
-    assert len(meta["preprocessing"]["x_mean"]) == 4
-    assert [p["W"].shape for p in params] == [(16, 4), (3, 16)]
-    with pytest.raises(FileNotFoundError, match="holds no run"):
-        trainer.restore_trained(str(tmp_path / "empty"))

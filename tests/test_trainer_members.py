@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, inference, trainer
+from jaxbp import checkpoint, inference, recipe, trainer
 from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import ConfigError
+from jaxbp.trained import restore_trained
 
 LR = (1e-2, 3e-2)
 
@@ -33,8 +34,8 @@ def _records(workdir):
 def _latest_state(workdir):
     """The stacked train state of the newest checkpoint of a member set."""
     config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
-    model = trainer.restore_trained(str(workdir))[1]
-    like = trainer.initial_member_state(config, model, trainer.member_optimizer(config, 1))
+    model = restore_trained(str(workdir))[1]
+    like = recipe.initial_member_state(config, model, recipe.member_optimizer(config, 1))
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     state = checkpointer.restore(checkpointer.latest_epoch(), like)
     checkpointer.close()
@@ -212,10 +213,10 @@ def test_a_diverging_member_is_frozen_marked_and_poisons_nothing(tmp_path):
     assert good["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
     # Its params stay those before the divergence (the initial ones), finite in every file.
     state = _latest_state(tmp_path / "w")
-    initial = trainer.initial_member_state(
+    initial = recipe.initial_member_state(
         config_lib.make_config("iris", epochs=2, **DIVERGING),
-        trainer.restore_trained(str(tmp_path / "w"))[1],
-        trainer.member_optimizer(config_lib.make_config("iris", **DIVERGING), 1),
+        restore_trained(str(tmp_path / "w"))[1],
+        recipe.member_optimizer(config_lib.make_config("iris", **DIVERGING), 1),
     )
     leaves = zip(jax.tree.leaves(state.params), jax.tree.leaves(initial.params), strict=True)
     for leaf, first in leaves:
@@ -254,7 +255,7 @@ def test_evaluate_workdir_of_a_set_gives_members_mean_and_ensemble(member_set):
         assert ours["best_epoch"] == stored["best_epoch"] and ours["seed"] == stored["seed"]
     # The ensemble: the members' probabilities averaged, then its argmax.
     trained = inference.load_trained(str(workdir))
-    ds = trainer.load_data(trained.config)
+    ds = recipe.load_data(trained.config)
     x_raw = ds.x_test.astype(np.float64) * ds.x_scale + ds.x_mean
     labels, probabilities = inference.predict_rows(trained, x_raw)
     each = inference.member_predictions(trained, x_raw)

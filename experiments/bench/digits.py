@@ -1,7 +1,7 @@
 """The digits epoch: the trainer's run as one `lax.scan` epoch against the same in PyTorch eager.
 
 `trainer_training` builds a run as the trainer does (`jaxbp.config.make_config`,
-`jaxbp.trainer`); `experiments/scaling.py` uses it too. Each CPU count is measured in a child
+`jaxbp.recipe`); `experiments/scaling.py` uses it too. Each CPU count is measured in a child
 process (`host.run_child`): JAX and PyTorch interleaved in the same rounds, each epoch
 continuing from the state the last returned, as training does.
 """
@@ -22,7 +22,7 @@ from experiments.bench.config import BenchConfig
 from experiments.bench.jax_side import python_loop_epoch
 from experiments.bench.timing import Thunk, time_interleaved
 from jaxbp import config as config_lib
-from jaxbp import shuffle, train, trainer
+from jaxbp import recipe, shuffle, train
 from jaxbp.mlp import MLP
 
 
@@ -39,10 +39,10 @@ class Training(NamedTuple):
 def trainer_training(dataset: str = "digits", **overrides: Any) -> Training:
     """The trainer's run of ``make_config(dataset, **overrides)``: data, network, optimizer."""
     config = config_lib.make_config(dataset, **overrides)
-    data = trainer.load_data(config)
-    model = trainer.build_model(config, data)
+    data = recipe.load_data(config)
+    model = recipe.build_model(config, data)
     _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
-    optimizer = trainer.build_optimizer(config, len(data.x_train) // config.batch_size)
+    optimizer = recipe.build_optimizer(config, len(data.x_train) // config.batch_size)
     params = jaxbp.init_params(jax.random.key(config.seed), model)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     return Training(config, model, loss, optimizer, params, x, y)
