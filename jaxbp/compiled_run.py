@@ -10,8 +10,10 @@
   (`jaxbp.gradient_flow`) of its first `FLOW_ROWS` rows;
 * ``select_best``: the improved members' params taken over their best ones.
 
-The data splits are placed on the mesh once (`jaxbp.parallel`); the epoch donates its
-params and optimizer state.
+The data splits are placed on the mesh once (`jaxbp.parallel`), replicated; the members'
+state, swept values and flags are split over the mesh's ``"members"`` axis
+(`jaxbp.parallel.place_members`), and the member vmaps name that axis, so each device group
+trains and evaluates its own members. The epoch donates its params and optimizer state.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class CompiledRun:
             num,
             num_examples=len(dataset.x_train),
             shard_batch=parallel.shard_batch(mesh),
+            spmd_axis_name=parallel.MEMBER_AXIS,
         )
 
         def checked_epoch(params, opt_state, hparams, x, y, keys, epoch, active):
@@ -128,7 +131,9 @@ class CompiledRun:
                         metrics.update({f"flow/{k}": v for k, v in flow.items()})
                 return metrics
 
-            return members.over_members(one, num, (0, None, None))(params, x, y)
+            return members.over_members(
+                one, num, (0, None, None), spmd_axis_name=parallel.MEMBER_AXIS
+            )(params, x, y)
 
         epoch_jit = jax.jit(checked_epoch, donate_argnums=(0, 1))
         self._evaluate_jit = jax.jit(evaluate, static_argnums=3)
@@ -148,7 +153,7 @@ class CompiledRun:
         self._x_train, self._y_train = parallel.put_training_data(
             (dataset.x_train, dataset.y_train), mesh
         )
-        self._hparams = parallel.replicate(hparams, mesh)
+        self._hparams = parallel.place_members(hparams, mesh)
         started = time.perf_counter()
         epoch_args = (
             state.params,
@@ -158,7 +163,7 @@ class CompiledRun:
             self._y_train,
             state.key,
             jnp.asarray(1, jnp.int32),
-            parallel.replicate(np.ones(num, bool), mesh),
+            parallel.place_members(np.ones(num, bool), mesh),
         )
         self._epoch = epoch_jit.lower(*epoch_args).compile()
         for name in ("train", "val", "test"):
@@ -183,7 +188,7 @@ class CompiledRun:
             self._y_train,
             key,
             jnp.asarray(epoch, jnp.int32),
-            parallel.replicate(active, self.mesh),
+            parallel.place_members(active, self.mesh),
         )
 
     def evaluate(self, params: Params, split: str) -> dict[str, np.ndarray]:

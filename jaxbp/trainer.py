@@ -127,13 +127,15 @@ class _Run:
         self.config, self.workdir, self.log = config, workdir, log
         self.stored: dict[str, Any] | None = None
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.mesh = parallel.make_mesh(config.num_devices)
-        if config.batch_size % self.mesh.size:
+        self.members = config_lib.member_grid(config)
+        self.num_members = len(self.members)
+        self.mesh = parallel.make_mesh(config.num_devices, num_members=self.num_members)
+        data_devices = parallel.data_devices(self.mesh)
+        if config.batch_size % data_devices:
             raise ConfigError(
                 "batch_size",
                 config.batch_size,
-                f"does not divide over {self.mesh.size} devices; use a multiple of "
-                f"{self.mesh.size}.",
+                f"does not divide over {data_devices} devices; use a multiple of {data_devices}.",
             )
         self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
@@ -154,8 +156,6 @@ class _Run:
         self.unit_schedule = build_schedule(
             dataclasses.replace(config, learning_rate=1.0), self.steps_per_epoch
         )
-        self.members = config_lib.member_grid(config)
-        self.num_members = len(self.members)
         self.hparams = member_hparams(config)
         self.meta = {
             "network": network_meta(config, self.model, self.loss),
@@ -221,7 +221,7 @@ class _Run:
             self._record_start(start_epoch)
             writer = run_outputs.RunOutputs(self.workdir, self.dataset.task, num)
             writer.truncate_after(start_epoch)
-        params, opt_state, key = parallel.replicate(
+        params, opt_state, key = parallel.place_members(
             (state.params, state.opt_state, state.key), self.mesh
         )
         compiled = self.compiled = CompiledRun(
@@ -236,7 +236,7 @@ class _Run:
             state._replace(params=params, opt_state=opt_state, key=key),
         )
         if progress.best_params is not None:
-            progress.best_params = parallel.replicate(progress.best_params, self.mesh)
+            progress.best_params = parallel.place_members(progress.best_params, self.mesh)
         status, epoch, train_seconds = "completed", start_epoch, 0.0
         with stop_signals() as stop:
             for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -402,6 +402,7 @@ class _Run:
                 "loss": self.loss,
                 "backward": self.config.backward,
                 "num_devices": self.mesh.size,
+                "mesh": dict(self.mesh.shape),
                 "num_processes": jax.process_count(),
                 "config": dataclasses.asdict(self.config),
                 **run_outputs.environment(),

@@ -21,7 +21,7 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from jaxbp import config, parallel, train, trained, trainer
+    from jaxbp import config, members, parallel, train, trained, trainer
     import jaxbp
 
     workdir = sys.argv[1]
@@ -43,6 +43,34 @@ _FOUR_DEVICES = textwrap.dedent(
     x, y = parallel.replicate((np.ones((32, 8), np.float32), y), mesh)
     hlo = epoch.lower(params, opt.init(params), x, y, jax.random.PRNGKey(0), 0).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
+    # Member sets on 1 and on 4 devices: 4 members (one a device), 2 (two devices a member,
+    # data parallel inside it) and 3 (no common divisor: data parallel).
+    for repeats in (4, 2, 3):
+        for n in (1, 4):
+            cfg = config.make_config("digits", epochs=2, repeats=repeats, num_devices=n)
+            s = trainer.train_and_evaluate(cfg, f"{workdir}/m{repeats}-{n}", log=lambda _: None)
+            out[f"members_{repeats}_{n}"] = {
+                "mesh": s["mesh"],
+                "test_loss": [m["test_loss"] for m in s["members"]],
+            }
+
+    # The member axis is split over the devices: each holds 2 of 8 members, and no number
+    # is summed across devices (members do not talk to each other).
+    mesh = parallel.make_mesh(4, num_members=8)
+    keys = members.member_keys(range(8))
+    params = members.init_member_params(keys, model)
+    opt_states = members.over_members(opt.init, 8, (0,))(params)
+    state = parallel.place_members((params, opt_states, keys), mesh)
+    member_epoch = jax.jit(members.make_epoch(
+        lambda hparams: step, 8, 8, shard_batch=parallel.shard_batch(mesh),
+        spmd_axis_name=parallel.MEMBER_AXIS))
+    lowered = member_epoch.lower(state[0], state[1], {}, x, y, state[2], 0)
+    new_params = lowered.compile()(state[0], state[1], {}, x, y, state[2], 0)[0]
+    out["member_shards"] = sorted({s.data.shape[0] for s in new_params[0]["W"].addressable_shards})
+    out["member_float_all_reduces"] = [  # the loop's shared trip count is a pred[] one
+        line for line in lowered.compile().as_text().splitlines()
+        if "all-reduce(" in line and "f32" in line.split("all-reduce(")[0]
+    ]
     try:
         trainer.train_and_evaluate(config.make_config("digits", epochs=1, num_devices=4,
                                    batch_size=30), f"{workdir}/bad", log=lambda _: None)
@@ -85,6 +113,25 @@ def test_four_devices_match_one_device(four_devices):
     assert abs(four["test_loss"] - one["test_loss"]) <= 1e-5 * abs(one["test_loss"])
     for a, b in zip(four_devices["params_1"], four_devices["params_4"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "repeats, mesh",
+    [
+        (4, {"members": 4, "data": 1}),
+        (2, {"members": 2, "data": 2}),
+        (3, {"members": 1, "data": 4}),
+    ],
+)
+def test_members_spread_over_devices_match_one_device(four_devices, repeats, mesh):
+    one, four = four_devices[f"members_{repeats}_1"], four_devices[f"members_{repeats}_4"]
+    assert one["mesh"] == {"members": 1, "data": 1} and four["mesh"] == mesh
+    np.testing.assert_allclose(four["test_loss"], one["test_loss"], rtol=1e-5)
+
+
+def test_members_are_split_over_the_member_axis(four_devices):
+    assert four_devices["member_shards"] == [2]
+    assert four_devices["member_float_all_reduces"] == []
 
 
 def test_the_sharded_step_all_reduces(four_devices):
