@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from typing import Any
 
 import jax
@@ -97,9 +98,13 @@ class RunOutputs:
     def finish(self, summary: dict[str, Any], hparams: dict[str, Any] | None = None) -> None:
         """Closes TensorBoard (with the hparams), draws curves.png, writes summary.json.
 
+        The seconds this takes are added to the summary's ``phase_seconds["outputs"]``
+        where it has one, before summary.json is written.
+
         A member set also gets ``sweep.md`` (`sweep_table`), and each member's TensorBoard
         run its own hparams: its seed, swept values and test metrics.
         """
+        started = time.perf_counter()
         members = summary.get("members")
         if hparams is not None and members is None:
             metrics = {
@@ -127,6 +132,8 @@ class RunOutputs:
         plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"), labels)
         if members is not None:
             workdir_lib.write_atomic(os.path.join(self.workdir, "sweep.md"), sweep_table(summary))
+        if "phase_seconds" in summary:
+            summary["phase_seconds"]["outputs"] += time.perf_counter() - started
         workdir_lib.write_atomic(
             os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2)
         )

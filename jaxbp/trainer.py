@@ -42,7 +42,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -72,6 +72,7 @@ from jaxbp.run_checkpoints import RunCheckpoints
 from jaxbp.stop import RunInterruptedError, stop_signals
 
 Log = Callable[[str], None]
+PHASES = ("data", "setup", "compile", "training", "evaluation", "checkpoints", "outputs")
 
 
 class NonFiniteError(RuntimeError):
@@ -127,6 +128,10 @@ class _Run:
         self.config, self.workdir, self.log = config, workdir, log
         self.stored: dict[str, Any] | None = None
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        # Where the run's wall time goes, in summary.json (`phase_seconds`): the parts a
+        # short run is made of besides its epochs.
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        data_started = time.perf_counter()
         self.members = config_lib.member_grid(config)
         self.num_members = len(self.members)
         self.mesh = parallel.make_mesh(config.num_devices, num_members=self.num_members)
@@ -138,6 +143,7 @@ class _Run:
                 f"does not divide over {data_devices} devices; use a multiple of {data_devices}.",
             )
         self.dataset = data = load_data(config)
+        self.phase_seconds["data"] = time.perf_counter() - data_started
         self.model = build_model(config, self.dataset)
         _, self.loss = config_lib.resolve_head(config, data.task, data.num_outputs)
         for split in ("train", "val", "test"):  # before any work: targets the loss can fit
@@ -164,6 +170,15 @@ class _Run:
         self.primary = parallel.is_primary()
 
     # -- setup -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Adds the wall seconds of the ``with`` body to ``phase_seconds[name]``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] += time.perf_counter() - started
 
     def _record_start(self, start_epoch: int) -> None:
         changes = {}
@@ -207,23 +222,25 @@ class _Run:
     def train(self, stored: dict[str, Any] | None) -> dict[str, Any]:
         config, log, num = self.config, self.log, self.num_members
         self.stored = stored
-        checkpoints = RunCheckpoints(self.workdir, self.meta, num, log)
-        state, progress = checkpoints.restore(
-            initial_member_state(config, self.model, self.optimizer_of), config.epochs
-        )
+        with self._phase("setup"):
+            checkpoints = RunCheckpoints(self.workdir, self.meta, num, log)
+            initial = initial_member_state(config, self.model, self.optimizer_of)
+        with self._phase("checkpoints"):
+            state, progress = checkpoints.restore(initial, config.epochs)
         start_epoch = int(state.epoch)
         checkpoints.best.delete_after(
             start_epoch
         )  # a best newer than the state is redone, not kept
         log(describe_run(config, self.model, self.loss, self.dataset.task))
         writer = None
-        if self.primary:
-            self._record_start(start_epoch)
-            writer = run_outputs.RunOutputs(self.workdir, self.dataset.task, num)
-            writer.truncate_after(start_epoch)
-        params, opt_state, key = parallel.place_members(
-            (state.params, state.opt_state, state.key), self.mesh
-        )
+        with self._phase("setup"):
+            if self.primary:
+                self._record_start(start_epoch)
+                writer = run_outputs.RunOutputs(self.workdir, self.dataset.task, num)
+                writer.truncate_after(start_epoch)
+            params, opt_state, key = parallel.place_members(
+                (state.params, state.opt_state, state.key), self.mesh
+            )
         compiled = self.compiled = CompiledRun(
             config,
             self.model,
@@ -256,10 +273,12 @@ class _Run:
                 params, opt_state = new_params, new_opt_state
                 evaluated = epoch % config.eval_interval == 0 or epoch == config.epochs
                 if evaluated:
-                    records = self._records(params, epoch, step_losses, seconds, progress)
+                    with self._phase("evaluation"):
+                        records = self._records(params, epoch, step_losses, seconds, progress)
                     if writer:
-                        for record in records:
-                            writer.write(record)
+                        with self._phase("outputs"):
+                            for record in records:
+                                writer.write(record)
                     eta = (config.epochs - epoch) * seconds
                     log(progress_line(records, config.epochs, eta, progress.active()))
                     val_loss = np.asarray([r["val_loss"] for r in records])
@@ -270,7 +289,8 @@ class _Run:
                 early = bool(patience and evaluated and progress.patience_out(epoch, patience))
                 stopping = early or stop.signum is not None
                 if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
-                    checkpoints.save(epoch, params, opt_state, key, progress)
+                    with self._phase("checkpoints"):
+                        checkpoints.save(epoch, params, opt_state, key, progress)
                 if early:
                     status = "early_stopped"
                     since = progress.best_epoch[0] if num == 1 else "each member's best"
@@ -279,10 +299,15 @@ class _Run:
                 if stop.signum is not None:
                     status = "interrupted"
                     break
-        checkpoints.latest.close()
-        summary = self._summary(params, progress, epoch, status, train_seconds)
+        with self._phase("checkpoints"):
+            checkpoints.latest.close()
+        with self._phase("evaluation"):
+            summary = self._summary(params, progress, epoch, status, train_seconds)
         summary["compile_seconds"] = compiled.seconds
-        checkpoints.best.close()
+        with self._phase("checkpoints"):
+            checkpoints.best.close()
+        self.phase_seconds.update(compile=compiled.seconds, training=train_seconds)
+        summary["phase_seconds"] = self.phase_seconds  # finish() adds its own "outputs"
         if writer:
             writer.finish(summary, run_outputs.tensorboard_hparams(config))
         if status == "interrupted":

@@ -99,6 +99,27 @@ def test_import_does_not_need_sklearn():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_digits_read_from_the_shipped_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    raw = data._read_shipped_digits()
+    bunch = load_digits()
+    assert raw is not None
+    np.testing.assert_array_equal(raw.x, bunch.data)
+    np.testing.assert_array_equal(raw.y, bunch.target)
+    assert raw.feature_names == tuple(bunch.feature_names)
+    assert raw.class_names == tuple(str(c) for c in bunch.target_names)
+
+
+def test_loading_digits_does_not_import_sklearn():
+    code = (
+        "import sys; from jaxbp import data; ds = data.load_dataset('digits'); "
+        "assert 'sklearn' not in sys.modules and ds.x_train.shape[1] == 64"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
 @pytest.mark.parametrize("name", ["iris", "spirals", "teacher"])
 def test_split_is_deterministic_per_seed_and_differs_across_seeds(name):
     a, b, c = (load_dataset(name, seed=s) for s in (3, 3, 4))
