@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -49,7 +50,9 @@ def _assert_same_leaves(a, b):
 
 def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
     lines = []
+    started = time.perf_counter()
     summary = _train(tmp_path / "w", log=lines)
+    wall = time.perf_counter() - started
     workdir = tmp_path / "w"
     for name in ("metrics.jsonl", "curves.png", "summary.json", "run.json"):
         assert os.path.getsize(workdir / name) > 0, name
@@ -80,6 +83,11 @@ def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
         assert key in stored, key
     assert stored["status"] == "completed" and stored["epochs"] == 3
     assert stored["seconds"] > 0 and stored["compile_seconds"] > 0
+    phases = stored["phase_seconds"]
+    assert tuple(phases) == trainer.PHASES and all(v > 0 for v in phases.values())
+    assert phases["training"] == stored["seconds"]
+    assert phases["compile"] == stored["compile_seconds"]
+    assert sum(phases.values()) <= wall  # each phase is timed once, none overlaps another
     assert stored["versions"]["jax"] == jax.__version__ and stored["cpu_count"] >= 1
     assert stored["config"]["dataset"] == "iris" and stored["platform"] == "cpu"
     best = min(records, key=lambda r: r["val_loss"])
