@@ -269,6 +269,14 @@ def time_torch_ensemble(num_members: int, epochs: int, threads: int) -> dict[str
     }
 
 
+def _accuracy(row: dict) -> str:
+    return f"{100 * row['test_accuracy_mean']:.2f}±{100 * row['test_accuracy_std']:.2f}%"
+
+
+def _set_of(rows: list[dict], num_members: int) -> dict | None:
+    return next((r for r in rows if r["members"] == num_members), None)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"bench_members.py: unexpected arguments {argv[1:]}.", file=sys.stderr)
@@ -285,7 +293,7 @@ def main(argv: list[str]) -> int:
     for r in rows:
         r["gflops"] = r["members"] * flops / r["train_seconds"] / 1e9
         r["fraction_of_matmul_peak"] = r["gflops"] * 1e9 / peak
-    one = next((r["train_seconds"] for r in rows if r["members"] == 1), None)
+    one = (_set_of(rows, 1) or {}).get("train_seconds")
     print(f"\nmatmul peak (a 1024^3 float32 product): {peak / 1e9:.1f} GFLOP/s")
     print(
         f"\n{'N':>5} {'compile s':>10} {'train s':>9} {'vs one':>7} {'members/s':>10} "
@@ -296,22 +304,18 @@ def main(argv: list[str]) -> int:
         print(
             f"{r['members']:>5} {r['compile_seconds']:>10.2f} {r['train_seconds']:>9.3f} "
             f"{ratio:>7} {r['members_per_second']:>10.1f} {r['gflops']:>8.1f} "
-            f"{r['fraction_of_matmul_peak']:>8.0%} "
-            f"{100 * r['test_accuracy_mean']:>7.2f}±{100 * r['test_accuracy_std']:.2f}%"
+            f"{r['fraction_of_matmul_peak']:>8.0%} {_accuracy(r):>14}"
         )
     result: dict = {"epochs": epochs, "matmul_gflops": peak / 1e9, "member_sets": rows}
     if _SKLEARN_FITS.value:
         fits = _SKLEARN_FITS.value
-        sk = time_sklearn(fits, epochs)
-        result["sklearn"] = sk
+        sk = result["sklearn"] = time_sklearn(fits, epochs)
         print(
             f"\nscikit-learn MLPClassifier, {fits} fits one after another: "
             f"{sk['end_to_end_seconds']:.2f} s end to end, {sk['train_seconds']:.2f} s training "
-            f"(test accuracy {100 * sk['test_accuracy_mean']:.2f}±"
-            f"{100 * sk['test_accuracy_std']:.2f}%)"
+            f"(test accuracy {_accuracy(sk)})"
         )
-        same = next((r for r in rows if r["members"] == fits), None)
-        if same is not None:
+        if (same := _set_of(rows, fits)) is not None:
             result["speedup_end_to_end"] = sk["end_to_end_seconds"] / same["end_to_end_seconds"]
             result["speedup_training"] = sk["train_seconds"] / same["train_seconds"]
             print(
@@ -319,30 +323,25 @@ def main(argv: list[str]) -> int:
                 f"to end ({result['speedup_end_to_end']:.1f}x faster), "
                 f"{same['train_seconds']:.3f} s training ({result['speedup_training']:.1f}x)"
             )
-    if _TORCH_MEMBERS.value:
-        n = _TORCH_MEMBERS.value
-        # torch picks its threads per call; a small step can be slower on all of them
-        runs = [time_torch_ensemble(n, epochs, t) for t in sorted({1, os.cpu_count() or 1})]
-        if runs[0] is None:
-            print("\nPyTorch is not installed: torch.func ensembling skipped.")
-        else:
-            best_torch = min(runs, key=lambda r: r["train_seconds"])
-            result["torch_func"] = best_torch
+    n = _TORCH_MEMBERS.value
+    # torch picks its threads per call; a small step can be slower on all of them
+    runs = (
+        [time_torch_ensemble(n, epochs, t) for t in sorted({1, os.cpu_count() or 1})] if n else []
+    )
+    if runs and runs[0] is None:
+        print("\nPyTorch is not installed: torch.func ensembling skipped.")
+    elif runs:
+        tf = result["torch_func"] = min(runs, key=lambda r: r["train_seconds"])
+        print(
+            f"\nPyTorch torch.func ensembling, {n} copies: {tf['train_seconds']:.2f} s training "
+            f"on {tf['threads']} thread(s) (test accuracy {_accuracy(tf)})"
+        )
+        if (same := _set_of(rows, n)) is not None:
+            result["speedup_training_vs_torch"] = tf["train_seconds"] / same["train_seconds"]
             print(
-                f"\nPyTorch torch.func ensembling, {n} copies: {best_torch['train_seconds']:.2f} s "
-                f"training on {best_torch['threads']} thread(s) (test accuracy "
-                f"{100 * best_torch['test_accuracy_mean']:.2f}±"
-                f"{100 * best_torch['test_accuracy_std']:.2f}%)"
+                f"jaxbp, {n} members: {same['train_seconds']:.3f} s training "
+                f"({result['speedup_training_vs_torch']:.1f}x faster)"
             )
-            same = next((r for r in rows if r["members"] == n), None)
-            if same is not None:
-                result["speedup_training_vs_torch"] = (
-                    best_torch["train_seconds"] / same["train_seconds"]
-                )
-                print(
-                    f"jaxbp, {n} members: {same['train_seconds']:.3f} s training "
-                    f"({result['speedup_training_vs_torch']:.1f}x faster)"
-                )
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,13 +1,12 @@
 """Tests for jaxbp.data: shapes, encodings, splits, standardisation, file formats, errors."""
 
-import gzip
 import os
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from data_writers import id_npz, unstandardise, write_columns_csv, write_idx
 
 from jaxbp import data
 from jaxbp.data import DATASETS, load_dataset
@@ -23,16 +22,6 @@ BUILTIN = {
     "spirals": (1000, 2, 1, "classification", 2),
     "teacher": (1000, 8, 1, "regression", None),
 }
-IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
-
-
-def _write_idx(path, array, gz=False):
-    """Writes `array` in IDX format (big-endian header and data), gzipped if `gz`."""
-    header = bytes([0, 0, IDX_CODES[array.dtype], array.ndim])
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    with (gzip.open if gz else open)(path, "wb") as f:
-        f.write(payload)
 
 
 def _write_fake_mnist(directory, n_train=50, n_test=20, seed=0):
@@ -45,13 +34,8 @@ def _write_fake_mnist(directory, n_train=50, n_test=20, seed=0):
         "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
     }
     for file, array in arrays.items():
-        _write_idx(os.path.join(directory, file), array, gz=file.endswith(".gz"))
+        write_idx(os.path.join(directory, file), array, gz=file.endswith(".gz"))
     return arrays
-
-
-def _raw(ds, x):
-    """Undoes the standardisation of `x`."""
-    return x * ds.x_scale + ds.x_mean
 
 
 def _check_encoding(ds):
@@ -87,7 +71,7 @@ def test_every_name_in_datasets_is_covered_here():
 def test_xor_is_the_truth_table_in_every_split():
     ds = load_dataset("xor")
     for x, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)):
-        bits = np.rint(_raw(ds, x)).astype(int)
+        bits = np.rint(unstandardise(ds, x)).astype(int)
         np.testing.assert_array_equal(y[:, 0], bits[:, 0] ^ bits[:, 1])
         assert sorted(map(tuple, bits)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     np.testing.assert_allclose(np.abs(ds.x_train), 1.0)  # {0, 1} standardised to {-1, +1}
@@ -128,20 +112,12 @@ def test_split_is_deterministic_per_seed_and_differs_across_seeds(name):
     assert a.x_train.shape == c.x_train.shape and not np.array_equal(a.x_train, c.x_train)
 
 
-def _id_npz(tmp_path, n=200, seed=0):
-    """An npz whose first feature is the row id, so splits can be traced back to rows."""
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([np.arange(n), rng.normal(5.0, 3.0, n), np.full(n, 7.0)])
-    y = 2.0 * x[:, 1] + rng.normal(size=n)  # regression target
-    path = tmp_path / "ids.npz"
-    np.savez(path, x=x, y=y)
-    return str(path), x, y
-
-
 def test_splits_partition_rows_and_standardise_with_train_statistics_only(tmp_path):
-    path, x, y = _id_npz(tmp_path)
+    path, x, y = id_npz(tmp_path)
     ds = load_dataset("npz", path=path, dtype=np.float64)
-    ids = [np.rint(_raw(ds, s)[:, 0]).astype(int) for s in (ds.x_train, ds.x_val, ds.x_test)]
+    ids = [
+        np.rint(unstandardise(ds, s)[:, 0]).astype(int) for s in (ds.x_train, ds.x_val, ds.x_test)
+    ]
     np.testing.assert_array_equal(np.sort(np.concatenate(ids)), np.arange(len(x)))
     assert [len(i) for i in ids] == [140, 20, 40]
     train = x[ids[0]]
@@ -158,7 +134,7 @@ def test_splits_partition_rows_and_standardise_with_train_statistics_only(tmp_pa
 
 
 def test_zero_variance_feature_gets_scale_one(tmp_path):
-    path, _, _ = _id_npz(tmp_path)
+    path, _, _ = id_npz(tmp_path)
     ds = load_dataset("npz", path=path)
     assert ds.x_scale[2] == 1.0 and ds.x_mean[2] == 7.0
     for x in (ds.x_train, ds.x_val, ds.x_test):
@@ -189,7 +165,7 @@ def test_npz_with_own_test_split_and_one_hot_images(tmp_path):
     ds = load_dataset("npz", path=str(path), dtype=np.float64)
     assert (ds.task, ds.num_classes, ds.num_features) == ("classification", 3, 16)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (54, 6, 15)
-    np.testing.assert_allclose(_raw(ds, ds.x_test), x_test.reshape(15, 16))
+    np.testing.assert_allclose(unstandardise(ds, ds.x_test), x_test.reshape(15, 16))
     np.testing.assert_array_equal(ds.y_test, y_test)
     _check_encoding(ds)
 
@@ -217,15 +193,6 @@ def test_npz_with_wrong_keys_names_the_expected_ones(tmp_path):
         load_dataset("npz", path=str(path))
 
 
-def _write_csv(path, columns):
-    """Writes `columns` (name -> list of cells) as a CSV with a header row."""
-    lines = [",".join(columns)] + [
-        ",".join(map(str, row)) for row in zip(*columns.values(), strict=True)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
 def test_csv_with_named_columns(tmp_path):
     rng = np.random.default_rng(0)
     numeric = {
@@ -234,7 +201,7 @@ def test_csv_with_named_columns(tmp_path):
         "price": np.round(rng.normal(size=60) * 100, 3),  # real-valued: regression
     }
     species = [("setosa", "virginica", "versicolor")[i % 3] for i in range(60)]
-    path = _write_csv(tmp_path / "table.csv", {" species ": species, **numeric})
+    path = write_columns_csv(tmp_path / "table.csv", {" species ": species, **numeric})
     ds = load_dataset("csv", path=path, target_column="species")  # header cells are stripped
     assert (ds.task, ds.num_classes, ds.num_features) == ("classification", 3, 3)
     assert ds.class_names == ("setosa", "versicolor", "virginica")
@@ -243,7 +210,7 @@ def test_csv_with_named_columns(tmp_path):
         load_dataset("csv", path=path, target_column="price")
     with pytest.raises(ValueError, match="'colour' is not in"):
         load_dataset("csv", path=path, target_column="colour")
-    path = _write_csv(tmp_path / "numeric.csv", numeric)
+    path = write_columns_csv(tmp_path / "numeric.csv", numeric)
     ds = load_dataset("csv", path=path, target_column="price")
     assert (ds.task, ds.num_outputs, ds.num_features) == ("regression", 1, 2)
     ds = load_dataset("csv", path=path, target_column="weight")
@@ -256,7 +223,9 @@ def test_fake_mnist_loads_with_official_test_split(tmp_path):
     assert (ds.num_features, ds.num_outputs, ds.num_classes) == (784, 10, 10)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (45, 5, 20)
     np.testing.assert_allclose(
-        _raw(ds, ds.x_test) * 255, arrays["t10k-images-idx3-ubyte"].reshape(20, -1), atol=1e-3
+        unstandardise(ds, ds.x_test) * 255,
+        arrays["t10k-images-idx3-ubyte"].reshape(20, -1),
+        atol=1e-3,
     )
     np.testing.assert_array_equal(ds.y_test.argmax(axis=1), arrays["t10k-labels-idx1-ubyte"])
     _check_encoding(ds)
@@ -327,7 +296,9 @@ def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
     np.savez(path, x=np.random.default_rng(0).normal(size=(30, 4, 4)), y=np.arange(30) % 2)
     assert load_dataset("npz", path=str(path)).feature_names == tuple(f"x{i}" for i in range(16))
     columns = {"w": np.arange(30) * 0.5, "label": np.arange(30) % 2, "h": np.arange(30) ** 2}
-    ds = load_dataset("csv", path=_write_csv(tmp_path / "t.csv", columns), target_column="label")
+    ds = load_dataset(
+        "csv", path=write_columns_csv(tmp_path / "t.csv", columns), target_column="label"
+    )
     assert ds.feature_names == ("w", "h")  # header order, target left out
     _write_fake_mnist(tmp_path)
     ds = load_dataset("mnist", data_dir=str(tmp_path))

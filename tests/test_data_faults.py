@@ -3,26 +3,14 @@
 import gzip
 import io
 import os
-import struct
 import zipfile
 
 import numpy as np
 import pytest
+from data_writers import write_idx, write_npz, write_text
 
 from jaxbp import data
 from jaxbp.data import load_dataset
-
-IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
-
-
-def _write_idx(path, array, gz=False):
-    """Writes `array` in IDX format (big-endian header and data), gzipped if `gz`."""
-    header = bytes([0, 0, IDX_CODES[array.dtype.str[1:]], array.ndim])
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    with (gzip.open if gz else open)(path, "wb") as f:
-        f.write(payload)
-    return str(path)
 
 
 def _write_mnist(directory, train_labels=None, train_images=None, n_test=20):
@@ -39,13 +27,8 @@ def _write_mnist(directory, train_labels=None, train_images=None, n_test=20):
         "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
     }
     for file, array in arrays.items():
-        _write_idx(os.path.join(directory, file), array)
+        write_idx(os.path.join(directory, file), array)
     return str(directory)
-
-
-def _write_csv(path, text):
-    path.write_text(text)
-    return str(path)
 
 
 def _numeric_csv(path, n=40, target_cells=None, feature_cells=None):
@@ -56,12 +39,7 @@ def _numeric_csv(path, n=40, target_cells=None, feature_cells=None):
         a = (feature_cells or {}).get(i, f"{rng.normal():.4f}")
         price = (target_cells or {}).get(i, f"{100 * rng.normal():.3f}")
         lines.append(f"{a},{i % 3},{price}")
-    return _write_csv(path, "\n".join(lines) + "\n")
-
-
-def _npz(path, **arrays):
-    np.savez(path, **arrays)
-    return str(path)
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 # IDX (MNIST) files.
@@ -110,7 +88,7 @@ def test_idx_nan_image_is_refused(tmp_path):
 
 def test_idx_test_images_of_another_size_are_refused(tmp_path):
     directory = _write_mnist(tmp_path)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 14, 14), np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 14, 14), np.uint8))
     with pytest.raises(ValueError, match=r"holds \(14, 14\) images but .* \(28, 28\)"):
         load_dataset("mnist", data_dir=directory)
 
@@ -122,7 +100,7 @@ def test_single_class_mnist_is_refused(tmp_path):
 
 
 def _gzip_bytes(tmp_path):
-    _write_idx(tmp_path / "labels.gz", np.arange(3000, dtype=np.uint8) % 10, gz=True)
+    write_idx(tmp_path / "labels.gz", np.arange(3000, dtype=np.uint8) % 10, gz=True)
     return (tmp_path / "labels.gz").read_bytes()
 
 
@@ -148,7 +126,7 @@ def test_csv_numeric_target_with_a_non_numeric_cell_is_refused(tmp_path):
 
 
 def test_csv_target_with_no_numeric_cell_is_class_names(tmp_path):
-    path = _write_csv(
+    path = write_text(
         tmp_path / "t.csv", "a,kind\n" + "".join(f"{i},k{i % 2}\n" for i in range(20))
     )
     ds = load_dataset("csv", path=path, target_column="kind")
@@ -194,7 +172,7 @@ def test_csv_non_numeric_feature_names_the_cell(tmp_path):
 
 
 def test_csv_duplicate_columns_are_refused(tmp_path):
-    path = _write_csv(tmp_path / "t.csv", "a,y,b,a,y\n" + "1,0,2,3,0\n1,1,2,3,1\n" * 10)
+    path = write_text(tmp_path / "t.csv", "a,y,b,a,y\n" + "1,0,2,3,0\n1,1,2,3,1\n" * 10)
     with pytest.raises(ValueError, match=r"t.csv': the header names \['a', 'y'\] more than once"):
         load_dataset("csv", path=path, target_column="y")
 
@@ -207,25 +185,25 @@ def test_csv_that_is_not_utf8_text_is_refused(tmp_path):
 
 
 def test_npz_passed_as_csv_is_refused(tmp_path):
-    path = _npz(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.arange(4))
+    path = write_npz(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.arange(4))
     with pytest.raises(ValueError, match=r"d.npz' is a zip archive .*load_dataset\('npz'"):
         load_dataset("csv", path=path, target_column="y")
 
 
 def test_csv_ragged_lines_are_numbered_in_the_file(tmp_path):
-    path = _write_csv(tmp_path / "t.csv", "a,y\n1,0\n\n2,1\n3\n4,1\n")  # a blank line 3
+    path = write_text(tmp_path / "t.csv", "a,y\n1,0\n\n2,1\n3\n4,1\n")  # a blank line 3
     with pytest.raises(ValueError, match="t.csv': line 5 do"):
         load_dataset("csv", path=path, target_column="y")
 
 
 def test_csv_with_only_the_target_is_refused(tmp_path):
-    path = _write_csv(tmp_path / "t.csv", "y\n1\n2\n")
+    path = write_text(tmp_path / "t.csv", "y\n1\n2\n")
     with pytest.raises(ValueError, match="only the target column 'y'; expected feature columns"):
         load_dataset("csv", path=path, target_column="y")
 
 
 def test_single_class_csv_is_refused(tmp_path):
-    path = _write_csv(tmp_path / "t.csv", "a,y\n" + "".join(f"{i},same\n" for i in range(20)))
+    path = write_text(tmp_path / "t.csv", "a,y\n" + "".join(f"{i},same\n" for i in range(20)))
     with pytest.raises(
         ValueError, match="t.csv': all 20 training examples have label 'same'; classification "
     ):
@@ -240,7 +218,7 @@ def test_npz_nan_is_refused_naming_the_array_and_rows(tmp_path, key):
     rng = np.random.default_rng(0)
     arrays = {"x": rng.normal(size=(50, 3)), "y": rng.normal(size=50)}
     arrays[key][[4, 17]] = np.nan  # rows that could land in validation: NaN val_loss, no error
-    path = _npz(tmp_path / "d.npz", **arrays)
+    path = write_npz(tmp_path / "d.npz", **arrays)
     with pytest.raises(ValueError, match=rf"d.npz': array '{key}' has \d NaN .* rows 4, 17 "):
         load_dataset("npz", path=path)
 
@@ -249,7 +227,7 @@ def test_npz_inf_in_own_test_split_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     x_test = rng.normal(size=(10, 2))
     x_test[9, 1] = -np.inf
-    path = _npz(
+    path = write_npz(
         tmp_path / "d.npz",
         x_train=rng.normal(size=(40, 2)),
         y_train=np.arange(40) % 2,
@@ -264,24 +242,24 @@ def test_npz_inf_in_own_test_split_is_refused(tmp_path):
 def test_npz_complex_is_refused(tmp_path, key):
     arrays = {"x": np.ones((20, 2)), "y": np.arange(20.0) ** 1.5}
     arrays[key] = arrays[key] + 1j
-    path = _npz(tmp_path / "d.npz", **arrays)
+    path = write_npz(tmp_path / "d.npz", **arrays)
     with pytest.raises(ValueError, match=f"array '{key}' is complex .*np.real, np.imag"):
         load_dataset("npz", path=path)
 
 
 def test_npz_string_features_are_refused_and_bools_accepted(tmp_path):
     y = np.arange(20) % 2
-    path = _npz(tmp_path / "s.npz", x=np.array([["1", "2"]] * 20), y=y)
+    path = write_npz(tmp_path / "s.npz", x=np.array([["1", "2"]] * 20), y=y)
     with pytest.raises(ValueError, match=r"array 'x' has dtype <U1; expected numbers \(bool"):
         load_dataset("npz", path=path)
     x = np.stack([np.arange(20) % 3 == 0, np.arange(20) % 2 == 0], axis=1)
-    ds = load_dataset("npz", path=_npz(tmp_path / "b.npz", x=x, y=y), dtype=np.float64)
+    ds = load_dataset("npz", path=write_npz(tmp_path / "b.npz", x=x, y=y), dtype=np.float64)
     raw = ds.x_train * ds.x_scale + ds.x_mean
     np.testing.assert_allclose(np.sort(np.unique(raw.round(12))), [0.0, 1.0])
 
 
 def test_npz_single_class_is_refused(tmp_path):
-    path = _npz(tmp_path / "d.npz", x=np.ones((20, 2)), y=np.eye(3)[np.zeros(20, int)])
+    path = write_npz(tmp_path / "d.npz", x=np.ones((20, 2)), y=np.eye(3)[np.zeros(20, int)])
     with pytest.raises(ValueError, match="all 20 training examples have label '0'.*two classes"):
         load_dataset("npz", path=path)
 
@@ -346,13 +324,13 @@ def test_npz_member_that_is_not_an_array_is_refused(tmp_path):
 
 
 def test_npz_empty_arrays_are_refused(tmp_path):
-    path = _npz(tmp_path / "d.npz", x=np.zeros((0, 3)), y=np.zeros(0))
+    path = write_npz(tmp_path / "d.npz", x=np.zeros((0, 3)), y=np.zeros(0))
     with pytest.raises(ValueError, match=r"array 'x' has shape \(0, 3\); expected one row"):
         load_dataset("npz", path=path)
 
 
 def test_npz_train_and_test_widths_must_match(tmp_path):
-    path = _npz(
+    path = write_npz(
         tmp_path / "d.npz",
         x_train=np.ones((20, 3)),
         y_train=np.arange(20) % 2,

@@ -4,62 +4,31 @@ import gzip
 
 import numpy as np
 import pytest
+from data_writers import id_npz, unstandardise, write_columns_csv, write_npz, write_text
 
 from jaxbp.data import load_dataset
 from jaxbp.data_files import read_features
-
-
-def _write_csv(path, columns):
-    """Writes `columns` (name -> list of cells) as a CSV with a header row."""
-    lines = [",".join(columns)] + [
-        ",".join(map(str, row)) for row in zip(*columns.values(), strict=True)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-def _write_text(path, text):
-    path.write_text(text)
-    return str(path)
-
-
-def _id_npz(tmp_path, n=200, seed=0):
-    """An npz whose first feature is the row id, so splits can be traced back to rows."""
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([np.arange(n), rng.normal(5.0, 3.0, n), np.full(n, 7.0)])
-    y = 2.0 * x[:, 1] + rng.normal(size=n)  # regression target
-    path = tmp_path / "ids.npz"
-    np.savez(path, x=x, y=y)
-    return str(path), x, y
-
-
-def _raw(ds, x):
-    """Undoes the standardisation of `x`."""
-    return x * ds.x_scale + ds.x_mean
-
-
-def _npz(path, **arrays):
-    np.savez(path, **arrays)
-    return str(path)
 
 
 def test_read_features_csv_in_any_column_order_ignores_other_columns(tmp_path):
     rng = np.random.default_rng(0)
     table = {"a": np.round(rng.normal(size=40), 4), "y": np.arange(40) % 2}
     table["b"] = np.round(rng.normal(size=40), 4)
-    ds = load_dataset("csv", path=_write_csv(tmp_path / "train.csv", table), target_column="y")
+    ds = load_dataset(
+        "csv", path=write_columns_csv(tmp_path / "train.csv", table), target_column="y"
+    )
     new = {"note": ["n"] * 5, "b": table["b"][:5], "a": table["a"][:5]}  # no target column
-    x = read_features(_write_csv(tmp_path / "new.txt", new), ds.feature_names)
+    x = read_features(write_columns_csv(tmp_path / "new.txt", new), ds.feature_names)
     assert x.dtype == np.float64
     np.testing.assert_array_equal(x, np.column_stack([table["a"][:5], table["b"][:5]]))
 
 
 def test_read_features_npz_standardises_like_the_dataset(tmp_path):
-    path, x, _ = _id_npz(tmp_path)
+    path, x, _ = id_npz(tmp_path)
     ds = load_dataset("npz", path=path, dtype=np.float64)
     new = read_features(path, ds.feature_names)
     np.testing.assert_array_equal(new, x)
-    ids = np.rint(_raw(ds, ds.x_test)[:, 0]).astype(int)
+    ids = np.rint(unstandardise(ds, ds.x_test)[:, 0]).astype(int)
     np.testing.assert_allclose((new[ids] - ds.x_mean) / ds.x_scale, ds.x_test, atol=1e-12)
 
 
@@ -79,7 +48,7 @@ def test_read_features_tells_npz_from_content_and_flattens(tmp_path):
 
 
 def test_read_features_rejects_bad_feature_names(tmp_path):
-    path = _write_text(tmp_path / "f.csv", "a,b\n1,2\n")
+    path = write_text(tmp_path / "f.csv", "a,b\n1,2\n")
     with pytest.raises(TypeError, match="got the string 'ab'"):
         read_features(path, "ab")
     with pytest.raises(ValueError, match="feature_names is empty"):
@@ -117,7 +86,7 @@ def test_read_features_npy_is_refused(tmp_path):
 
 
 def test_read_features_csv_missing_columns_are_named(tmp_path):
-    path = _write_text(tmp_path / "f.csv", "b,y\n1,2\n")
+    path = write_text(tmp_path / "f.csv", "b,y\n1,2\n")
     with pytest.raises(
         ValueError, match=r"lacks the feature column\(s\) \['a', 'c'\] .*\['b', 'y'\]"
     ):
@@ -136,7 +105,7 @@ def test_read_features_csv_missing_columns_are_named(tmp_path):
     ],
 )
 def test_read_features_csv_bad_cells(tmp_path, text, match):
-    path = _write_text(tmp_path / "f.csv", text)
+    path = write_text(tmp_path / "f.csv", text)
     with pytest.raises(ValueError, match=f"f.csv'.*{match}"):
         read_features(path, ["a", "b"])
 
@@ -157,6 +126,6 @@ def test_read_features_csv_bad_cells(tmp_path, text, match):
     ],
 )
 def test_read_features_npz_errors(tmp_path, arrays, match):
-    path = _npz(tmp_path / "f.npz", **arrays)
+    path = write_npz(tmp_path / "f.npz", **arrays)
     with pytest.raises(ValueError, match=f"f.npz'.*{match}"):
         read_features(path, ["a", "b"])

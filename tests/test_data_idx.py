@@ -1,35 +1,23 @@
 """Tests of jaxbp.data_idx: IDX files read back exactly, damaged ones refused in one line."""
 
-import gzip
 import struct
 
 import numpy as np
 import pytest
+from data_writers import write_idx
 
 from jaxbp.data_idx import read_idx
 
-IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
-
-
-def _write_idx(path, array, gz=False):
-    """Writes `array` in IDX format (big-endian header and data), gzipped if `gz`."""
-    header = bytes([0, 0, IDX_CODES[array.dtype.str[1:]], array.ndim])
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    with (gzip.open if gz else open)(path, "wb") as f:
-        f.write(payload)
-    return str(path)
-
 
 def _gzip_bytes(tmp_path):
-    _write_idx(tmp_path / "labels.gz", np.arange(3000, dtype=np.uint8) % 10, gz=True)
+    write_idx(tmp_path / "labels.gz", np.arange(3000, dtype=np.uint8) % 10, gz=True)
     return (tmp_path / "labels.gz").read_bytes()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
 def test_read_idx_round_trip(tmp_path, dtype):
     array = (np.arange(24) - 5).reshape(2, 3, 4).astype(dtype) % 200
-    _write_idx(tmp_path / "a.idx", array, gz=dtype == np.int32)
+    write_idx(tmp_path / "a.idx", array, gz=dtype == np.int32)
     out = read_idx(str(tmp_path / "a.idx"))
     assert out.dtype == np.dtype(dtype) and out.dtype.isnative
     np.testing.assert_array_equal(out, array)
@@ -39,7 +27,7 @@ def test_read_idx_rejects_bad_magic_and_truncated_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + bytes(8))
     with pytest.raises(ValueError, match="magic number '12340801'"):
         read_idx(str(tmp_path / "bad"))
-    _write_idx(tmp_path / "ok", np.zeros((3, 4), np.uint8))
+    write_idx(tmp_path / "ok", np.zeros((3, 4), np.uint8))
     (tmp_path / "short").write_bytes((tmp_path / "ok").read_bytes()[:-1])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(str(tmp_path / "short"))
