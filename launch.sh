@@ -68,6 +68,12 @@ case "$cmd" in
   -*) cmd=main ;;  # bare flags: the main job with them
   *) [ $# -gt 0 ] && shift ;;
 esac
+if [ "$platform" = cpu ] && { [ "$cmd" = main ] || [ "$cmd" = train ]; } \
+    && [[ "${XLA_FLAGS:-}" != *xla_force_host_platform_device_count* ]]; then
+  # One host device a core: a member set (--repeats, --sweep) trains each device's members
+  # on a core of its own; a single run still takes one device (jaxbp.parallel).
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$(nproc)"
+fi
 case "$cmd" in
   main) exec "$python" -m experiments.train "$@" ;;
   train) exec "$python" -m experiments.train "$@" ;;

@@ -6,7 +6,10 @@
 The digits network (64-128-10, tanh, softmax cross-entropy) with the trainer's recipe
 (adam 3e-3 on a cosine schedule, batch 32, 30 epochs, `jaxbp.recipe.build_optimizer`) is
 trained as a member set of N = 1, 8, 32, 128 (`jaxbp.members`, seeds 0..N-1): one compiled
-epoch per epoch for all N members, dispatched from Python as the trainer does. Reported per
+epoch per epoch for all N members, dispatched from Python as the trainer does, and placed
+as the trainer places them (`jaxbp.parallel.default_num_devices`): on a CPU with one
+forced host device a core (``XLA_FLAGS=--xla_force_host_platform_device_count=2``, which
+``./launch.sh train`` sets), each device trains its share of the members. Reported per
 N: the compile seconds, the training seconds of the 30 epochs (best of ``--trials``), the
 members per second, the training seconds against one member's, and the matmul FLOP/s
 reached (``6·batch·Σ n_in·n_out`` a step) as a fraction of the machine's own: a 1024³
@@ -42,7 +45,7 @@ from absl import app, flags
 
 from experiments import compilation_cache
 from jaxbp import config as config_lib
-from jaxbp import members, recipe, train
+from jaxbp import members, parallel, recipe, train
 
 _MEMBERS = flags.DEFINE_list("members", ["1", "8", "32", "128"], "Member-set sizes N to time.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs per member: the trainer's digits recipe.")
@@ -80,8 +83,13 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
     optimizer = recipe.build_optimizer(config, steps)
     step = train.make_train_step(model, loss, optimizer, grad_norm=False)
+    # The trainer's placement: members spread over the devices it would take
+    mesh = parallel.make_mesh(parallel.default_num_devices(num_members), num_members=num_members)
+    axis = parallel.MEMBER_AXIS
     epoch_fn = jax.jit(
-        members.make_epoch(lambda hparams: step, config.batch_size, num_members),
+        members.make_epoch(
+            lambda hparams: step, config.batch_size, num_members, spmd_axis_name=axis
+        ),
         donate_argnums=(0, 1),
     )
     evaluate = jax.jit(
@@ -89,15 +97,20 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
             lambda p, x, y: train.evaluate(model, loss, p, x, y, data.task),
             num_members,
             (0, None, None),
+            spmd_axis_name=axis,
         )
     )
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    x, y, x_test, y_test = parallel.replicate(
+        (data.x_train, data.y_train, data.x_test, data.y_test), mesh
+    )
     config = config_lib.make_config("digits", hidden_sizes=(128,), repeats=num_members)
 
     def fresh_state():
         state = recipe.initial_member_state(config, model, lambda hparams: optimizer)
-        return jax.block_until_ready(state)
+        placed = parallel.place_members((state.params, state.opt_state, state.key), mesh)
+        return jax.block_until_ready(
+            state._replace(**dict(zip(("params", "opt_state", "key"), placed, strict=True)))
+        )
 
     state = fresh_state()
     compile_started = time.perf_counter()
@@ -127,6 +140,7 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     accuracy = np.asarray(metrics["accuracy"])
     return {
         "members": num_members,
+        "devices": mesh.size,
         "compile_seconds": compile_seconds,
         "train_seconds": best,
         "end_to_end_seconds": end_to_end,
@@ -296,14 +310,15 @@ def main(argv: list[str]) -> int:
     one = (_set_of(rows, 1) or {}).get("train_seconds")
     print(f"\nmatmul peak (a 1024^3 float32 product): {peak / 1e9:.1f} GFLOP/s")
     print(
-        f"\n{'N':>5} {'compile s':>10} {'train s':>9} {'vs one':>7} {'members/s':>10} "
-        f"{'GFLOP/s':>8} {'of peak':>8} {'acc':>14}"
+        f"\n{'N':>5} {'devices':>8} {'compile s':>10} {'train s':>9} {'vs one':>7} "
+        f"{'members/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'acc':>14}"
     )
     for r in rows:
         ratio = "" if one is None else f"{r['train_seconds'] / one:.1f}x"
         print(
-            f"{r['members']:>5} {r['compile_seconds']:>10.2f} {r['train_seconds']:>9.3f} "
-            f"{ratio:>7} {r['members_per_second']:>10.1f} {r['gflops']:>8.1f} "
+            f"{r['members']:>5} {r['devices']:>8} {r['compile_seconds']:>10.2f} "
+            f"{r['train_seconds']:>9.3f} {ratio:>7} {r['members_per_second']:>10.1f} "
+            f"{r['gflops']:>8.1f} "
             f"{r['fraction_of_matmul_peak']:>8.0%} {_accuracy(r):>14}"
         )
     result: dict = {"epochs": epochs, "matmul_gflops": peak / 1e9, "member_sets": rows}

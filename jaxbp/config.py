@@ -182,7 +182,11 @@ class Config:
         0, "Stop after this many epochs without a better val loss; 0: never.", "free"
     )
     num_devices: int | None = _field(
-        None, "Devices for data parallelism; unset: all that JAX sees.", "free"
+        None,
+        "Devices to train on (members spread over them, data parallel inside a member); unset: "
+        "all that JAX sees, except on CPU, where a single run takes one and a member set one "
+        "per member group (forced host devices share the cores).",
+        "free",
     )
 
     def __post_init__(self):

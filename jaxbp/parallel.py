@@ -115,6 +115,21 @@ def make_mesh(num_devices: int | None = None, *, num_members: int = 1) -> Mesh:
     return Mesh(grid, (MEMBER_AXIS, DATA_AXIS))
 
 
+def default_num_devices(num_members: int = 1) -> int:
+    """The devices a run takes when it does not say: all of them, except on CPU.
+
+    CPU devices forced with ``--xla_force_host_platform_device_count`` share the same cores,
+    so splitting one network's batch over them only adds work; splitting a member set over
+    them runs each device's members on a core of its own, with nothing to communicate. On
+    CPU a single run therefore takes one device and a set of M members ``gcd(M, devices)``.
+    A run of several processes takes every device.
+    """
+    count = jax.device_count()
+    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+        return count
+    return math.gcd(num_members, count)
+
+
 def data_devices(mesh: Mesh) -> int:
     """Devices that share one member's batch (the ``"data"`` axis)."""
     return mesh.shape[DATA_AXIS]

@@ -134,7 +134,8 @@ class _Run:
         data_started = time.perf_counter()
         self.members = config_lib.member_grid(config)
         self.num_members = len(self.members)
-        self.mesh = parallel.make_mesh(config.num_devices, num_members=self.num_members)
+        num_devices = config.num_devices or parallel.default_num_devices(self.num_members)
+        self.mesh = parallel.make_mesh(num_devices, num_members=self.num_members)
         data_devices = parallel.data_devices(self.mesh)
         if config.batch_size % data_devices:
             raise ConfigError(

@@ -54,6 +54,12 @@ _FOUR_DEVICES = textwrap.dedent(
                 "test_loss": [m["test_loss"] for m in s["members"]],
             }
 
+    # Unset num_devices on CPU: a single run takes one device, a member set spreads.
+    for repeats in (1, 4):
+        cfg = config.make_config("digits", epochs=1, repeats=repeats)
+        s = trainer.train_and_evaluate(cfg, f"{workdir}/default{repeats}", log=lambda _: None)
+        out[f"default_mesh_{repeats}"] = s["mesh"]
+
     # The member axis is split over the devices: each holds 2 of 8 members, and no number
     # is summed across devices (members do not talk to each other).
     mesh = parallel.make_mesh(4, num_members=8)
@@ -127,6 +133,11 @@ def test_members_spread_over_devices_match_one_device(four_devices, repeats, mes
     one, four = four_devices[f"members_{repeats}_1"], four_devices[f"members_{repeats}_4"]
     assert one["mesh"] == {"members": 1, "data": 1} and four["mesh"] == mesh
     np.testing.assert_allclose(four["test_loss"], one["test_loss"], rtol=1e-5)
+
+
+def test_on_cpu_a_single_run_takes_one_device_and_a_member_set_spreads(four_devices):
+    assert four_devices["default_mesh_1"] == {"members": 1, "data": 1}
+    assert four_devices["default_mesh_4"] == {"members": 4, "data": 1}
 
 
 def test_members_are_split_over_the_member_axis(four_devices):
