@@ -16,7 +16,8 @@ Every round runs three processes, each timed from its start to its exit:
 The rounds interleave the three, so a busy spell on a shared machine slows all of them;
 the report gives the medians, the ratios to scikit-learn and, from the main job's
 summary.json (``phase_seconds``), where its time goes; "start" is the rest of the wall
-time: the interpreter, the imports and the flags. Each jaxbp run writes a fresh workdir.
+time: the interpreter, the imports, the flags and the exit. Each jaxbp run writes a fresh
+workdir.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def bench(rounds: int) -> dict:
         "warm_vs_sklearn": medians["warm"] / medians["sklearn"],
         "first_vs_sklearn": medians["first"] / medians["sklearn"],
         "warm_phase_seconds": phase_medians,
-        # the rest of the process: interpreter start, imports, flags, the workdir's lock
+        # the rest of the process: interpreter start, imports, flags, the lock, exit
         "warm_start_seconds": medians["warm"] - sum(phase_medians.values()),
     }
 
@@ -140,7 +141,7 @@ def main(argv: list[str]) -> int:
         f"scikit-learn script {m['sklearn']:.2f} s"
     )
     print("where the warm main job's time goes (median seconds):")
-    print(f"  {'start':<12} {result['warm_start_seconds']:6.2f}  (python, imports, flags)")
+    print(f"  {'start':<12} {result['warm_start_seconds']:6.2f}  (python, imports, flags, exit)")
     for name, seconds in result["warm_phase_seconds"].items():
         print(f"  {name:<12} {seconds:6.2f}")
     return 0

@@ -162,13 +162,13 @@ class CompiledRun:
             self._x_train,
             self._y_train,
             state.key,
-            jnp.asarray(1, jnp.int32),
+            np.int32(1),
             parallel.place_members(np.ones(num, bool), mesh),
         )
         self._epoch = epoch_jit.lower(*epoch_args).compile()
         for name in ("train", "val", "test"):
             self._evaluate_jit(state.params, *self._splits[name], name == "train")
-        self.select_best(jnp.ones(num, bool), state.params, state.params)
+        self.select_best(np.ones(num, bool), state.params, state.params)
         self.seconds = time.perf_counter() - started
 
     def epoch(
@@ -187,7 +187,7 @@ class CompiledRun:
             self._x_train,
             self._y_train,
             key,
-            jnp.asarray(epoch, jnp.int32),
+            np.int32(epoch),  # a host scalar: no program of its own to convert it
             parallel.place_members(active, self.mesh),
         )
 

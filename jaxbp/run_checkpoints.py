@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxbp import members
@@ -29,6 +30,11 @@ from jaxbp.config import ConfigError
 from jaxbp.member_progress import Progress
 from jaxbp.mlp import Params
 from jaxbp.recipe import TrainState
+
+# One compiled program for a whole tree, where leaf-by-leaf indexing outside jit would
+# compile one per leaf shape.
+_unstack = jax.jit(lambda tree: members.take(tree, 0))
+_stack_one = jax.jit(lambda tree: members.stack([tree]))
 
 
 class RunCheckpoints:
@@ -57,11 +63,11 @@ class RunCheckpoints:
 
     def to_disk(self, tree: Any) -> Any:
         """A stacked tree as the checkpoint holds it: a single run without the member axis."""
-        return members.take(tree, 0) if self.num_members == 1 else tree
+        return _unstack(tree) if self.num_members == 1 else tree
 
     def from_disk(self, tree: Any) -> Any:
         """A tree read from a checkpoint, stacked (the inverse of `to_disk`)."""
-        return members.stack([tree]) if self.num_members == 1 else tree
+        return _stack_one(tree) if self.num_members == 1 else tree
 
     def restore(self, initial: TrainState, epochs: int) -> tuple[TrainState, Progress]:
         """The stacked state to start from and the members' progress (best so far, diverged).
@@ -75,22 +81,14 @@ class RunCheckpoints:
         """
         state = initial
         progress = Progress.new(self.num_members)
-        like = TrainState(
-            self.to_disk(state.params),
-            self.to_disk(state.opt_state),
-            state.epoch,
-            self.to_disk(state.key),
-        )
+        params, opt_state, key = self.to_disk((state.params, state.opt_state, state.key))
+        like = TrainState(params, opt_state, state.epoch, key)
         found = self.latest.restore_newest_readable(like, self._check_meta, self.log)
         if found is None:
             return state, progress
         epoch, stored, meta = found
-        state = TrainState(
-            self.from_disk(stored.params),
-            self.from_disk(stored.opt_state),
-            stored.epoch,
-            self.from_disk(stored.key),
-        )
+        params, opt_state, key = self.from_disk((stored.params, stored.opt_state, stored.key))
+        state = TrainState(params, opt_state, stored.epoch, key)
         if epochs < epoch:
             raise ConfigError(
                 "epochs",
@@ -102,7 +100,7 @@ class RunCheckpoints:
         if "diverged" in meta:
             progress.diverged_at[:] = meta["diverged"]
         best_found = self.best.restore_newest_readable(
-            {"params": self.to_disk(state.params)}, self._check_meta, self.log
+            {"params": like.params}, self._check_meta, self.log
         )
         # The best is saved just before the state, so one newer than the state cannot be
         # the run's own: it is redone.
@@ -120,15 +118,9 @@ class RunCheckpoints:
         meta: dict[str, Any] = dict(self.meta)
         if self.num_members > 1:
             meta["diverged"] = list(progress.diverged_at)
+        params, opt_state, key = self.to_disk((params, opt_state, key))
         self.latest.save(
-            epoch,
-            TrainState(
-                self.to_disk(params),
-                self.to_disk(opt_state),
-                np.asarray(epoch, np.int32),
-                self.to_disk(key),
-            ),
-            meta,
+            epoch, TrainState(params, opt_state, np.asarray(epoch, np.int32), key), meta
         )
 
     def save_best(self, progress: Progress) -> None:

@@ -164,6 +164,11 @@ class _Run:
             dataclasses.replace(config, learning_rate=1.0), self.steps_per_epoch
         )
         self.hparams = member_hparams(config)
+        # Both schedules at the end of every epoch, in one program (called op by op, each
+        # schedule would compile a handful of scalar programs).
+        ends = np.arange(config.epochs + 1) * self.steps_per_epoch
+        rates = jax.jit(jax.vmap(lambda t: (self.schedule(t), self.unit_schedule(t))))(ends)
+        self.epoch_rates, self.epoch_unit_rates = (np.asarray(r, np.float64) for r in rates)
         self.meta = {
             "network": network_meta(config, self.model, self.loss),
             "preprocessing": Preprocessing.of(self.dataset)._asdict(),
@@ -212,11 +217,11 @@ class _Run:
         for name in sorted(set(changes) - {"epochs"}):
             self.log(f"changed on resume: {name} {changes[name][0]} -> {changes[name][1]}")
 
-    def _rates(self, step: int) -> np.ndarray:
-        """Every member's learning rate at ``step``, ``(M,)``."""
+    def _rates(self, epoch: int) -> np.ndarray:
+        """Every member's learning rate after ``epoch``, ``(M,)``."""
         if "learning_rate" not in self.hparams:
-            return np.full(self.num_members, float(self.schedule(step)))
-        return self.hparams["learning_rate"].astype(np.float64) * float(self.unit_schedule(step))
+            return np.full(self.num_members, self.epoch_rates[epoch])
+        return self.hparams["learning_rate"].astype(np.float64) * self.epoch_unit_rates[epoch]
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -366,7 +371,7 @@ class _Run:
         """
         active = progress.active()
         evaluated = {split: self.compiled.evaluate(params, split) for split in ("train", "val")}
-        rates = self._rates(epoch * self.steps_per_epoch)
+        rates = self._rates(epoch)
         records = []
         for k in range(self.num_members):
             record: dict[str, Any] = {"member": k} if self.num_members > 1 else {}
