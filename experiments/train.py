@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from experiments import cli, compilation_cache, config_flags
 from jaxbp import config as config_lib
-from jaxbp import parallel, run_outputs, stop, trainer
+from jaxbp import config_checks, parallel, run_outputs, stop, trainer
 from jaxbp import workdir as workdir_lib
 
 _CONFIG = config_flags.define_config_flags()
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
     try:
         config, workdir = resolve_config()
-        config_lib.validate(config)
+        config_checks.validate(config)
     except config_lib.ConfigError as e:
         return fail(config_flags.flag_message(e), 2)
     except workdir_lib.WorkdirError as e:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import config as config_lib
-from jaxbp import losses, parallel, run_outputs, train
+from jaxbp import config_checks, losses, parallel, run_outputs, train
 from jaxbp import workdir as workdir_lib
 from jaxbp.compiled_run import CompiledRun
 from jaxbp.config import Config, ConfigError
@@ -102,7 +102,7 @@ def train_and_evaluate(
       NonFiniteError: when the loss or parameters stop being finite.
       RunInterruptedError: after a clean stop on SIGINT or SIGTERM.
     """
-    config_lib.validate(config)
+    config_checks.validate(config)
     workdir_lib.check_layout(workdir)
     primary = parallel.is_primary()
     log = log if primary else (lambda _: None)

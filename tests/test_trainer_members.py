@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, inference, recipe, trainer
+from jaxbp import checkpoint, config_checks, inference, recipe, trainer
 from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import ConfigError
@@ -52,7 +52,7 @@ def test_the_grid_crosses_sweeps_and_repeats_with_the_repeat_fastest():
         repeats=2,
         sweep=(("learning_rate", (1e-3, 1e-2)), ("weight_decay", (0.0, 1e-4, 1e-3))),
     )
-    config_lib.validate(config)
+    config_checks.validate(config)
     grid = config_lib.member_grid(config)
     assert len(grid) == 2 * 3 * 2
     assert [m.index for m in grid] == list(range(12))
@@ -70,7 +70,7 @@ def test_a_sweep_parses_from_flag_words_and_survives_the_run_record():
     sweep = config_lib.parse_sweep(["learning_rate=1e-3,3e-3", "momentum=0.5,0.9"])
     assert sweep == (("learning_rate", (1e-3, 3e-3)), ("momentum", (0.5, 0.9)))
     config = config_lib.make_config("digits", optimizer="momentum", sweep=sweep)
-    config_lib.validate(config)
+    config_checks.validate(config)
     record = json.loads(json.dumps({"config": __import__("dataclasses").asdict(config)}))
     assert workdir_lib.config_from_record(record) == config
     assert config_lib.format_value(sweep) == "learning_rate=0.001,0.003 momentum=0.5,0.9"
@@ -111,7 +111,7 @@ def test_a_sweep_that_changes_the_program_or_cannot_be_read_is_refused(sweep, me
 )
 def test_bad_member_settings_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
-        config_lib.validate(config_lib.make_config("digits", **overrides))
+        config_checks.validate(config_lib.make_config("digits", **overrides))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
