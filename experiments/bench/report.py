@@ -6,6 +6,7 @@ line; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a for
 
 import csv
 import math
+import operator
 import statistics
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -117,31 +118,25 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
         mine = [r for r in rows if test(r) and not math.isnan(r[key])]
         if statistic == "median" and mine:
             value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
-            found.append((f"{what}, median{shown}", value, comparison, bound, at))
         elif mine:
             r = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
-            at = f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
-            found.append((f"{what}, {statistic}{shown}", r[key], comparison, bound, at))
+            value, at = r[key], f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
+        if mine:
+            found.append((f"{what}, {statistic}{shown}", value, comparison, bound, at))
     for network in dict.fromkeys(r["network"] for r in digits):  # each framework at its fastest
         mine = [r for r in digits if r["network"] == network]
         scan = min(mine, key=lambda r: r["jax_scan_ms"])
-        timed = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
-        if timed:
-            eager = min(timed, key=lambda r: r["torch_eager_ms"])
+        eager = min(mine, key=lambda r: np.nan_to_num(r["torch_eager_ms"], nan=math.inf))
+        if not math.isnan(speedup := eager["torch_eager_ms"] / scan["jax_scan_ms"]):
             at = (
                 f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
                 f"{eager['torch_eager_ms']:.3g} ms on {eager['cores']} core(s), "
                 f"{eager['torch_threads']} thread(s)"
             )
-            speedup = eager["torch_eager_ms"] / scan["jax_scan_ms"]
             name = f"digits {network} epoch: torch eager / lax.scan, each at its fastest"
             found.append((name, speedup, ">=", DIGITS_SPEEDUP, at))
-    return [
-        Target(
-            name, value, f"{op} {bound:.2f}", value <= bound if op == "<=" else value >= bound, at
-        )
-        for name, value, op, bound, at in found
-    ]
+    holds = {"<=": operator.le, ">=": operator.ge}
+    return [Target(n, v, f"{op} {b:.2f}", holds[op](v, b), at) for n, v, op, b, at in found]
 
 
 def report(

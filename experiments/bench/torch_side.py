@@ -1,15 +1,16 @@
 """The PyTorch side: a JAX network's weights, batch and loss in PyTorch, timed per thread count.
 
 PyTorch picks its thread count per call, so a step is timed at 1 and at all CPU threads
-(``KIND@THREADS``, `at_threads`) and reported at the faster (`best`): OpenMP threads spin-wait,
-and on a loaded machine the multi-threaded run of a small step can be many times slower.
+(``KIND@THREADS``, `at_threads`) and reported at the faster (`at_fastest`): OpenMP threads
+spin-wait, and on a loaded machine the multi-threaded run of a small step can be many times
+slower.
 """
 
 import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 
 import jaxbp
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.timing import Thunk, Timings
+from experiments.bench.host import Thunk, Timings
 from jaxbp.mlp import MLP
 
 
@@ -46,7 +47,6 @@ def torch_mlp(torch: Any, model: MLP, params: Any, dtype: str, *, fused_output: 
         "relu": nn.ReLU,
         "leaky_relu": lambda: nn.LeakyReLU(jaxbp.activations.LEAKY_RELU_SLOPE),
         "softplus": nn.Softplus,
-        "softmax": lambda: nn.Softmax(dim=-1),
     }
     layers = []
     for k, (layer, act) in enumerate(zip(params, model.layer_activations, strict=True)):
@@ -63,17 +63,11 @@ def torch_mlp(torch: Any, model: MLP, params: Any, dtype: str, *, fused_output: 
 
 
 def torch_loss(torch: Any, loss: str) -> Callable:
-    """``(output, y) -> scalar``: the jaxbp loss in PyTorch (fused ones from the logits)."""
-    functional = torch.nn.functional
+    """``(output, y) -> scalar``: the grid's mse, or digits' cross-entropy from the logits."""
     return {
         "mse": lambda out, y: ((out - y) ** 2).sum() / len(y),
-        "half_mse": lambda out, y: 0.5 * ((out - y) ** 2).sum() / len(y),
-        "sse": lambda out, y: ((out - y) ** 2).sum(),
-        "bce": lambda z, y: (
-            functional.binary_cross_entropy_with_logits(z, y, reduction="sum") / len(y)
-        ),
         "softmax_cross_entropy": lambda z, y: (
-            functional.cross_entropy(z, y, reduction="sum") / len(y)
+            torch.nn.functional.cross_entropy(z, y, reduction="sum") / len(y)
         ),
     }[loss]
 
@@ -91,16 +85,22 @@ def at_threads(torch: Any, kind: str, thunk: Thunk) -> dict[str, Thunk]:
     return {f"{kind}@{t}": pinned(t) for t in sorted({1, os.cpu_count() or 1})}
 
 
-def best(timings: Timings, kind: str) -> tuple[str | None, int | None]:
-    """The fastest ``kind@T`` timed (by median), and its T; ``(None, None)`` if none was."""
-    names = [n for n in timings.samples if n.startswith(kind + "@")]
-    if not names:
-        return None, None
-    fastest = min(names, key=timings.median)
-    return fastest, int(fastest.split("@")[1])
+def at_fastest(timings: Timings, kinds: Sequence[str]) -> tuple[Timings, dict[str, int | None]]:
+    """``timings`` with each kind's fastest ``KIND@T`` (by median) also named KIND, and each
+    kind's T (None where it was not timed)."""
+    samples, threads = dict(timings.samples), {}
+    for kind in kinds:
+        names = [n for n in timings.samples if n.startswith(kind + "@")]
+        fastest = min(names, key=timings.median, default=None)
+        threads[kind] = None if fastest is None else int(fastest.split("@")[1])
+        if fastest is not None:
+            samples[kind] = timings.samples[fastest]
+    return Timings(samples, timings.rounds), threads
 
 
-def _gradient_step(net: Any, loss_of: Callable, x: Any, y: Any) -> Thunk:
+def gradient_step(net: Any, loss_of: Callable, x: Any, y: Any) -> Thunk:
+    """A thunk of zero_grad, ``loss_of(x, y)`` and backward()."""
+
     def step():
         net.zero_grad(set_to_none=True)
         (value := loss_of(x, y)).backward()
@@ -120,12 +120,10 @@ class TorchRunner:
 
     def thunks(self, point: Point, inputs: dict[str, Any]) -> tuple[dict[str, Thunk], float]:
         """``({KIND@T: thunk}, seconds compiling)``: eager and compiled steps, 1 and all T."""
-        torch, loss = self.torch, self.config.grid_loss
-        fused = jaxbp.LOSSES[loss].value_from_logits is not None
-        net = torch_mlp(torch, inputs["model"], inputs["params"], point.dtype, fused_output=fused)
+        torch, loss_fn = self.torch, torch_loss(self.torch, "mse")
+        net = torch_mlp(torch, inputs["model"], inputs["params"], point.dtype, fused_output=False)
         x, y = (to_torch(torch, inputs[k], point.dtype) for k in ("x", "y"))
-        loss_fn = torch_loss(torch, loss)
-        eager = _gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)
+        eager = gradient_step(net, lambda x, y: loss_fn(net(x), y), x, y)
         thunks = at_threads(torch, "torch_eager", eager)
         compile_seconds = math.nan
         if self.config.torch_compile and self.compile_error is None:
@@ -137,7 +135,7 @@ class TorchRunner:
             compiled_net.load_state_dict(net.state_dict())  # this point's weights
             start = time.perf_counter()
             try:
-                step = _gradient_step(compiled_net, compiled, x, y)
+                step = gradient_step(compiled_net, compiled, x, y)
                 step()  # compiles for this batch size
                 thunks |= at_threads(torch, "torch_compile", step)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means "does not work"
