@@ -1,12 +1,7 @@
-"""Speed and memory benchmark of the hand-written backward against autodiff and PyTorch.
-
-    ./launch.sh bench --quick          # a small grid, about two minutes
-    ./launch.sh bench                  # the full grid of docs/performance.md
-
-Each grid point's variants (`bench/jax_side.py`, `bench/torch_side.py`) are timed in
-interleaved rounds (`bench/host.py`); then the digits epoch (`bench/digits.py`) and the speed
-choices (`bench/alternatives.py`). Writes the CSVs, ``results.md`` (printed too) and
-``results.png`` to ``--outdir`` (`bench/report.py`); the flags are the fields of `BenchConfig`.
+"""Speed and memory benchmark of the hand-written backward against autodiff and PyTorch:
+``./launch.sh bench --quick`` (a small grid, about two minutes) or ``./launch.sh bench`` (the
+full grid of docs/performance.md). The flags are the fields of `BenchConfig`; the output files,
+the method and the modules of `bench/` are described in docs/performance.md.
 """
 
 import dataclasses
@@ -127,6 +122,7 @@ def run_point(point: Point, config: BenchConfig, torch_runner: Any | None) -> di
     }
 
 
+PROGRESS = ("custom_ms", "custom_over_autodiff", "loss_and_grad_over_autodiff", "torch_eager_ms")
 TORCH_MISSING = (
     "benchmark: torch is not installed, so PyTorch is not timed; to compare, install the "
     "CPU-only wheel: .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu"
@@ -148,12 +144,8 @@ def run_benchmark(
     points, rows, start = grid(config), [], time.perf_counter()
     for i, point in enumerate(points, start=1):
         rows.append(r := run_point(point, config, torch_runner))
-        log(
-            f"[{i}/{len(points)} {time.perf_counter() - start:6.0f}s] {point}: custom "
-            f"{r['custom_ms']:.3g} ms, custom/ad {r['custom_over_autodiff']:.3f}, l&g/ad "
-            f"{r['loss_and_grad_over_autodiff']:.3f}, vs matmul {r['matmul_fraction_custom']:.2f}, "
-            f"torch {r['torch_eager_ms']:.3g} ms"
-        )
+        figures = ", ".join(f"{k} {r[k]:.3g}" for k in PROGRESS)
+        log(f"[{i}/{len(points)} {time.perf_counter() - start:6.0f}s] {point}: {figures}")
     tables = {
         "results": rows,
         "digits": digits.digits_benchmark(config, log) if config.digits else [],
@@ -161,7 +153,7 @@ def run_benchmark(
     }
     error = torch_runner and torch_runner.compile_error
     notes = [f"torch.compile does not work here: {error}"] if error else []
-    markdown = report.report(*tables.values(), machine, command, notes)
+    markdown = report.report(tables, machine, command, notes)
     os.makedirs(outdir, exist_ok=True)
     files = {f"{n}_csv": report.write_csv(t, f"{outdir}/{n}.csv") for n, t in tables.items() if t}
     with open(files.setdefault("markdown", f"{outdir}/results.md"), "w") as f:

@@ -6,6 +6,7 @@ same rounds, each epoch continuing from the state the last returned, as training
 """
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -65,8 +66,6 @@ def torch_epoch(torch: Any, t: Training) -> Thunk:
     """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, adam's
     step and the cosine schedule's step."""
     config, batch_size = t.config, t.config.batch_size
-    if (config.optimizer, config.weight_decay, config.schedule) != ("adam", 0, "cosine"):
-        raise NotImplementedError(f"no PyTorch digits epoch for {config}")
     net = torch_side.torch_mlp(torch, t.model, t.params, "float32", fused_output=True)
     x, y = torch.from_numpy(np.array(t.x)), torch.from_numpy(np.array(t.y))
     loss_fn = torch_side.torch_loss(torch, t.loss)
@@ -89,23 +88,16 @@ def torch_epoch(torch: Any, t: Training) -> Thunk:
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """This process's rows: each network's epochs, and the shuffle alone."""
     torch = torch_side.import_torch() if config.torch else None
-
-    def timed(thunks: dict[str, Thunk], share: float) -> host.Timings:
-        return host.time_interleaved(
-            thunks,
-            min_rounds=config.repeats,
-            budget=config.digits_budget * share,
-            warmup_calls=config.digits_warmup_calls,
-        )
-
+    timed = functools.partial(  # each network gets digits_budget, the shuffles a quarter
+        host.time_interleaved, min_rounds=config.repeats, warmup_calls=config.digits_warmup_calls
+    )
     networks = [trainer_training()]
     networks += [trainer_training(hidden_sizes=(h,)) for h in config.digits_hidden]
     n, key = len(networks[0].x), jax.random.key(1)
     sort = jax.jit(lambda k: jax.random.permutation(k, n)).lower(key).compile()
     hashed = jax.jit(lambda k: shuffle.permutation(k, n)).lower(key).compile()
-    shuffles = timed(
-        {"shuffle_sort": lambda: sort(key), "shuffle_hashed": lambda: hashed(key)}, 0.25
-    )
+    thunks = {"shuffle_sort": lambda: sort(key), "shuffle_hashed": lambda: hashed(key)}
+    shuffles = timed(thunks, budget=config.digits_budget / 4)
     rows = []
     for t in networks:
         step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
@@ -116,7 +108,9 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
         }
         if torch is not None:
             thunks |= torch_side.at_threads(torch, "torch_eager", torch_epoch(torch, t))
-        timings, threads = torch_side.at_fastest(timed(thunks, 1.0), ("torch_eager",))
+        timings, threads = torch_side.at_fastest(
+            timed(thunks, budget=config.digits_budget), ("torch_eager",)
+        )
         rows.append(
             {
                 "network": "-".join(map(str, t.model.sizes)),

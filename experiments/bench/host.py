@@ -78,10 +78,8 @@ def time_interleaved(
 
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (the platform's name elsewhere)."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     return platform.processor() or platform.machine()
 
 
