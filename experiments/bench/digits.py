@@ -127,7 +127,7 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def digits_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
+def digits_benchmark(config: BenchConfig, log: Callable[[str], None]) -> list[dict]:
     """One row per network and CPU count, each CPU count measured in a child process."""
     rows = []
     for cores in sorted({min(c, len(os.sched_getaffinity(0))) for c in config.digits_cores}):

@@ -1,9 +1,8 @@
 """The PyTorch side: a JAX network's weights, batch and loss in PyTorch, timed per thread count.
 
 PyTorch picks its thread count per call, so a step is timed at 1 and at all CPU threads
-(``KIND@THREADS``, `at_threads`) and reported at the faster (`at_fastest`): OpenMP threads
-spin-wait, and on a loaded machine the multi-threaded run of a small step can be many times
-slower.
+(``KIND@THREADS``, `at_threads`) and reported at the faster (`at_fastest`; docs/performance.md
+says why).
 """
 
 import functools
