@@ -1,13 +1,7 @@
-"""Speed and memory benchmark of the hand-written backward against autodiff and PyTorch.
-
-    ./launch.sh bench --quick          # a small grid, about two minutes
-    ./launch.sh bench                  # the full grid of docs/performance.md
-
-Every grid point's variants (`bench/jax_side.py`, and `bench/torch_side.py` where torch is
-installed) are compiled ahead of time and timed in interleaved rounds (`bench/timing.py`); then
-the digits epoch (`bench/digits.py`) and the speed choices (`bench/alternatives.py`). Writes
-``results.csv``, ``digits.csv``, ``alternatives.csv``, ``results.md`` (printed too) and
-``results.png`` to ``--outdir``; the flags are the fields of `BenchConfig`.
+"""Speed and memory benchmark of the hand-written backward against autodiff and PyTorch:
+``./launch.sh bench --quick`` (a small grid, about two minutes) or ``./launch.sh bench`` (the
+full grid of docs/performance.md). The flags are the fields of `BenchConfig`; the output files,
+the method and the modules of `bench/` are described in docs/performance.md.
 """
 
 import dataclasses
@@ -26,7 +20,6 @@ from absl import app, flags
 from experiments.bench import alternatives, digits, host, report, torch_side
 from experiments.bench.config import BenchConfig, Point
 from experiments.bench.jax_side import jax_variants
-from experiments.bench.timing import time_interleaved
 
 _DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float}
 _CONFIG_FLAGS = {
@@ -61,26 +54,28 @@ def grid(config: BenchConfig) -> list[Point]:
     return [Point(d, w, b, a, t) for t, a, d, w, b in itertools.product(*axes)]
 
 
-# The phases of a point: (names timed together, share of --point_budget). A name's time comes
-# from the first phase that lists it; the torch phase adds torch_eager@T and torch_compile@T.
-PHASES = {
-    "gradient": (("custom", "loss_and_grad", "autodiff", "matmul", "norms", "clipped"), 1.0),
-    "training": (("train_step", "epoch_scan", "epoch_loop"), 0.25),
-    "vmap": (("vmap_norms", "norms"), 0.1),
-    "torch": (("custom",), 0.25),
-}
-TORCH_KINDS = ("torch_eager", "torch_compile")  # each reported at its faster thread count
-RATIOS = {  # column: (phase, numerator, denominator), the median of the per-round ratios
-    "custom_over_autodiff": ("gradient", "custom", "autodiff"),
-    "loss_and_grad_over_autodiff": ("gradient", "loss_and_grad", "autodiff"),
-    "matmul_fraction_custom": ("gradient", "matmul", "custom"),
-    "matmul_fraction_loss_and_grad": ("gradient", "matmul", "loss_and_grad"),
-    "norms_over_grad": ("gradient", "norms", "loss_and_grad"),
-    "clipped_over_grad": ("gradient", "clipped", "loss_and_grad"),
-    "loop_over_scan": ("training", "epoch_loop", "epoch_scan"),
-    "vmap_over_norms": ("vmap", "vmap_norms", "norms"),
-    "torch_eager_over_custom": ("torch", "torch_eager", "custom"),
-    "torch_compile_over_custom": ("torch", "torch_compile", "custom"),
+# The phases of a point: (names timed together, share of --point_budget). A time comes from the
+# first phase that lists its name, a ratio from the first that times both of its names; the
+# torch phase times each KIND@T of torch_side and takes each kind at its fastest T.
+PHASES = (
+    (("custom", "loss_and_grad", "autodiff", "matmul", "norms", "clipped"), 1.0),
+    (("train_step", "epoch_scan", "epoch_loop"), 0.25),
+    (("vmap_norms", "norms"), 0.1),
+    (("torch_eager", "torch_compile", "custom"), 0.25),
+)
+TORCH_KINDS = ("torch_eager", "torch_compile")
+GFLOPS = ("matmul", "custom", "loss_and_grad")  # the FLOPs of a gradient step over their time
+RATIOS = {  # column: (numerator, denominator), the median of the per-round ratios
+    "custom_over_autodiff": ("custom", "autodiff"),
+    "loss_and_grad_over_autodiff": ("loss_and_grad", "autodiff"),
+    "matmul_fraction_custom": ("matmul", "custom"),
+    "matmul_fraction_loss_and_grad": ("matmul", "loss_and_grad"),
+    "norms_over_grad": ("norms", "loss_and_grad"),
+    "clipped_over_grad": ("clipped", "loss_and_grad"),
+    "loop_over_scan": ("epoch_loop", "epoch_scan"),
+    "vmap_over_norms": ("vmap_norms", "norms"),
+    "torch_eager_over_custom": ("torch_eager", "custom"),
+    "torch_compile_over_custom": ("torch_compile", "custom"),
 }
 
 
@@ -89,43 +84,45 @@ def run_point(point: Point, config: BenchConfig, torch_runner: Any | None) -> di
     with jax.enable_x64(point.dtype == "float64"):
         start = time.perf_counter()
         thunks, figures, inputs = jax_variants(point, config)
-        torch_thunks, torch_compile_s = {}, math.nan
+        torch_compile_s = math.nan
         if torch_runner is not None:
             torch_thunks, torch_compile_s = torch_runner.thunks(point, inputs)
             thunks.update(torch_thunks)
         setup_s = time.perf_counter() - start
-        timed = {}
-        for phase, (names, share) in PHASES.items():
-            names = (*torch_thunks, *names) if phase == "torch" else names
-            timed[phase] = time_interleaved(
-                {name: thunks[name] for name in names if name in thunks},
-                min_rounds=config.repeats if phase == "gradient" else 3,
+        timed = [
+            host.time_interleaved(
+                {n: f for n, f in thunks.items() if n.split("@")[0] in names},
+                min_rounds=config.repeats if i == 0 else 3,
                 budget=config.point_budget * share,
             )
-    best = {kind: torch_side.best(timed["torch"], kind) for kind in TORCH_KINDS}
-    name = {kind: name for kind, (name, _) in best.items()}
-    ms = {}
-    for phase, (names, _) in PHASES.items():
-        for n in (*names, *TORCH_KINDS) if phase == "torch" else names:
-            ms.setdefault(n, 1e3 * timed[phase].median(name.get(n, n)))
-    ratios = {k: timed[p].ratio(name.get(a, a), name.get(b, b)) for k, (p, a, b) in RATIOS.items()}
-    flops = figures["flops"]
+            for i, (names, share) in enumerate(PHASES)
+        ]
+    timed[-1], threads = torch_side.at_fastest(timed[-1], TORCH_KINDS)
+    ms: dict[str, float] = {}
+    for (names, _), timings in zip(PHASES, timed, strict=True):
+        for name in names:  # a name's time from the first phase that lists it
+            ms.setdefault(name, 1e3 * timings.median(name))
+    ratios = {  # each from the first phase that times both names
+        column: next((t.ratio(a, b) for t in timed if {a, b} <= t.samples.keys()), math.nan)
+        for column, (a, b) in RATIOS.items()
+    }
     return {
         **dataclasses.asdict(point),
-        **{f"{n}_ms": value for n, value in ms.items()},
+        **{f"{name}_ms": value for name, value in ms.items()},
         **ratios,
-        **{f"gflops_{n}": flops / ms[n] / 1e6 for n in ("matmul", "custom", "loss_and_grad")},
+        **{f"gflops_{n}": figures["flops"] / ms[n] / 1e6 for n in GFLOPS},
         "scan_step_ms": ms["epoch_scan"] / config.epoch_steps,
         "loop_step_ms": ms["epoch_loop"] / config.epoch_steps,
-        "torch_threads": best["torch_eager"][1],
-        "torch_compile_threads": best["torch_compile"][1],
+        "torch_threads": threads["torch_eager"],
+        "torch_compile_threads": threads["torch_compile"],
         **figures,
-        "rounds": timed["gradient"].rounds,
+        "rounds": timed[0].rounds,
         "setup_s": setup_s,
         "torch_compile_s": torch_compile_s,
     }
 
 
+PROGRESS = ("custom_ms", "custom_over_autodiff", "loss_and_grad_over_autodiff", "torch_eager_ms")
 TORCH_MISSING = (
     "benchmark: torch is not installed, so PyTorch is not timed; to compare, install the "
     "CPU-only wheel: .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu"
@@ -143,26 +140,20 @@ def run_benchmark(
     torch_runner = torch_side.TorchRunner(torch, config) if torch is not None else None
     backend = f"{jax.default_backend()} backend, {jax.devices()[0].device_kind}"
     version = f"torch {torch.__version__}" if torch is not None else "no torch"
-    machine = f"{host.describe()} ({backend}); {version}"
-    log(f"benchmark: {machine}")
+    log(f"benchmark: {(machine := f'{host.describe()} ({backend}); {version}')}")
     points, rows, start = grid(config), [], time.perf_counter()
     for i, point in enumerate(points, start=1):
-        rows.append(row := run_point(point, config, torch_runner))
-        log(
-            f"[{i}/{len(points)} {time.perf_counter() - start:6.0f}s] {point}: custom "
-            f"{row['custom_ms']:.3g} ms, custom/ad {row['custom_over_autodiff']:.3f}, "
-            f"l&g/ad {row['loss_and_grad_over_autodiff']:.3f}, vs matmul "
-            f"{row['matmul_fraction_custom']:.2f}, torch {row['torch_eager_ms']:.3g} ms"
-        )
+        rows.append(r := run_point(point, config, torch_runner))
+        figures = ", ".join(f"{k} {r[k]:.3g}" for k in PROGRESS)
+        log(f"[{i}/{len(points)} {time.perf_counter() - start:6.0f}s] {point}: {figures}")
     tables = {
         "results": rows,
         "digits": digits.digits_benchmark(config, log) if config.digits else [],
         "alternatives": alternatives.measure(config) if config.alternatives else [],
     }
-    notes = []
-    if torch_runner is not None and torch_runner.compile_error:
-        notes.append(f"torch.compile does not work here: {torch_runner.compile_error}")
-    markdown = report.report(*tables.values(), machine, command, notes)
+    error = torch_runner and torch_runner.compile_error
+    notes = [f"torch.compile does not work here: {error}"] if error else []
+    markdown = report.report(tables, machine, command, notes)
     os.makedirs(outdir, exist_ok=True)
     files = {f"{n}_csv": report.write_csv(t, f"{outdir}/{n}.csv") for n, t in tables.items() if t}
     with open(files.setdefault("markdown", f"{outdir}/results.md"), "w") as f:

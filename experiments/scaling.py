@@ -19,7 +19,7 @@ from absl import app, flags
 
 from experiments.bench import host
 from experiments.bench.digits import trainer_training
-from experiments.bench.timing import time_interleaved
+from experiments.bench.host import time_interleaved
 from jaxbp import parallel, train
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts to compare.")

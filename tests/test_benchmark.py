@@ -18,7 +18,7 @@ from absl.testing import flagsaver
 from experiments import benchmark
 from experiments.bench import alternatives, digits, report
 from experiments.bench.config import BenchConfig
-from experiments.bench.timing import time_interleaved
+from experiments.bench.host import time_interleaved
 from experiments.bench.torch_side import import_torch
 from jaxbp import config as config_lib
 from jaxbp import recipe

@@ -12,15 +12,14 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 
-import jaxbp
-from experiments.bench import digits
+from experiments.bench import digits, host
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.jax_side import compiled_thunk, grid_model, make_batch
-from experiments.bench.timing import Thunk, time_interleaved
-from jaxbp import activations, backprop, mlp
+from experiments.bench.host import Thunk
+from experiments.bench.jax_side import compiled_thunk, grid_network, loss_fn
+from jaxbp import activations, mlp
 
 
-def _one_minus_a_squared() -> Any:
+def one_minus_a_squared() -> Any:
     def derivative(a):
         return 1 - a * a
 
@@ -28,7 +27,7 @@ def _one_minus_a_squared() -> Any:
     return mock.patch.dict(activations.ACTIVATIONS, tanh=tanh)
 
 
-def _matmul_with_transpose() -> Any:
+def matmul_with_transpose() -> Any:
     def layer_forward(a_prev, layer):
         z = a_prev @ layer["W"].T
         return z + layer["b"] if "b" in layer else z
@@ -36,20 +35,14 @@ def _matmul_with_transpose() -> Any:
     return mock.patch.object(mlp, "layer_forward", layer_forward)
 
 
-def _gradients(width: int, batch: int, backward: str, patch: Callable) -> tuple[str, Thunk, Thunk]:
+def gradients(width: int, batch: int, backward: str, patch: Callable) -> tuple[str, Thunk, Thunk]:
     """``(what is timed, jaxbp's gradient, the gradient traced under patch)``."""
     point = Point(depth=2, width=width, batch=batch, activation="tanh", dtype="float32")
-    model = grid_model(point, "mse", 10)
-    params = jaxbp.init_params(jax.random.key(0), model)
-    x, y = make_batch(model, "mse", batch, jnp.float32, jax.random.key(1))
-
-    def value(p, x, y):
-        return backprop.loss_value(model, "mse", p, x, y, backward=backward)
-
+    model, params, x, y = grid_network(point, jax.random.key(0))
     sides = []
     for context in (contextlib.nullcontext, patch):
         with context():
-            sides.append(compiled_thunk(jax.value_and_grad(value), params, x, y))
+            sides.append(compiled_thunk(jax.value_and_grad(loss_fn(model, backward)), params, x, y))
     (chosen, compiled), (other, other_compiled) = sides
     if compiled.as_text() == other_compiled.as_text():
         raise RuntimeError(f"{patch.__name__} left the compiled gradient unchanged.")
@@ -62,10 +55,9 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     epoch = f"digits {'-'.join(map(str, training.model.sizes))} epoch"
     einsum = ("layer as einsum('...i,oi->...o')", "a_prev @ W.T")
     choices = [  # (choice, replaced code, what is timed, chosen thunk, replaced thunk)
-        ("tanh' = (1 - a)(1 + a)", "1 - a*a",
-         *_gradients(32, 1024, "custom", _one_minus_a_squared)),
-        (*einsum, *_gradients(1024, 1, "custom", _matmul_with_transpose)),
-        (*einsum, *_gradients(1024, 1, "autodiff", _matmul_with_transpose)),
+        ("tanh' = (1 - a)(1 + a)", "1 - a*a", *gradients(32, 1024, "custom", one_minus_a_squared)),
+        (*einsum, *gradients(1024, 1, "custom", matmul_with_transpose)),
+        (*einsum, *gradients(1024, 1, "autodiff", matmul_with_transpose)),
         ("make_train_step(grad_norm=False)", "grad_norm=True", epoch, digits.scan_epoch(training),
          digits.scan_epoch(training, grad_norm=True)),
         ("make_epoch(donate=True)", "donate=False", epoch, digits.scan_epoch(training),
@@ -74,7 +66,7 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     rows = []
     for choice, replaced, program, chosen, other in choices:
         jax.block_until_ready((chosen(), other()))  # compiles the jitted epochs
-        timings = time_interleaved(
+        timings = host.time_interleaved(
             {"chosen": chosen, "replaced": other},
             min_rounds=config.repeats,
             budget=config.point_budget,
@@ -85,8 +77,7 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
                 "choice": choice,
                 "replaced": replaced,
                 "program": program,
-                "chosen_ms": 1e3 * timings.median("chosen"),
-                "replaced_ms": 1e3 * timings.median("replaced"),
+                **timings.ms("chosen", "replaced"),
                 "replaced_over_chosen": timings.ratio("replaced", "chosen"),
                 "rounds": timings.rounds,
             }

@@ -14,15 +14,10 @@ class BenchConfig:
     """What to run; `experiments/benchmark.py` makes a flag of every field."""
 
     depths: tuple[int, ...] = _field((1, 2, 4, 8), "Hidden layers of the grid's networks.")
-    widths: tuple[int, ...] = _field(
-        (32, 256, 1024, 2048), "Hidden widths: dispatch- to FLOP-bound."
-    )
+    widths: tuple[int, ...] = _field((32, 256, 1024, 2048), "Widths: dispatch- to FLOP-bound.")
     batch_sizes: tuple[int, ...] = _field((1, 32, 256, 1024), "Rows a step (1: matrix-vector).")
     activations: tuple[str, ...] = _field(("tanh",), "Hidden activations (the trainer's tanh).")
     dtypes: tuple[str, ...] = _field(("float32",), "float32, float64 or bfloat16.")
-    # Not `loss`: experiments/train.py defines that flag in the same absl registry.
-    grid_loss: str = _field("mse", "Loss of the grid; mse keeps the output layer plain.")
-    num_outputs: int = _field(10, "Output width (ten classes, as digits).")
     repeats: int = _field(5, "Fewest rounds of the gradient comparison.")
     point_budget: float = _field(8.0, "Seconds of rounds a point: cheap ones get more rounds.")
     epoch_steps: int = _field(2, "Steps of the scan-against-loop epoch.")

@@ -1,12 +1,12 @@
 """The digits epoch: the trainer's run as one `lax.scan` epoch against the same in PyTorch eager.
 
-`trainer_training` builds a run as the trainer does (`jaxbp.config.make_config`,
-`jaxbp.recipe`); `experiments/scaling.py` uses it too. Each CPU count is measured in a child
-process (`host.run_child`): JAX and PyTorch interleaved in the same rounds, each epoch
-continuing from the state the last returned, as training does.
+`trainer_training` builds a run as the trainer does (`experiments/scaling.py` uses it too). Each
+CPU count is measured in a child process (`host.run_child`), JAX and PyTorch interleaved in the
+same rounds, each epoch continuing from the state the last returned, as training does.
 """
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,8 +19,8 @@ import optax
 import jaxbp
 from experiments.bench import host, torch_side
 from experiments.bench.config import BenchConfig
+from experiments.bench.host import Thunk
 from experiments.bench.jax_side import python_loop_epoch
-from experiments.bench.timing import Thunk, time_interleaved
 from jaxbp import config as config_lib
 from jaxbp import recipe, shuffle, train
 from jaxbp.mlp import MLP
@@ -62,25 +62,17 @@ def scan_epoch(t: Training, *, grad_norm: bool = False, donate: bool = True) -> 
     return run
 
 
-# The trainer's schedules in PyTorch: (torch, optimizer, total steps) -> a scheduler.
-SCHEDULES = {
-    "constant": lambda torch, opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-    "cosine": lambda torch, opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
-}
-
-
 def torch_epoch(torch: Any, t: Training) -> Thunk:
-    """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, step and
-    the schedule's step."""
+    """The same epoch in PyTorch eager: randperm, then per batch zero_grad, backward, adam's
+    step and the cosine schedule's step."""
     config, batch_size = t.config, t.config.batch_size
-    if (config.optimizer, config.weight_decay) != ("adam", 0) or config.schedule not in SCHEDULES:
-        raise NotImplementedError(f"no PyTorch digits epoch for {config}")
     net = torch_side.torch_mlp(torch, t.model, t.params, "float32", fused_output=True)
     x, y = torch.from_numpy(np.array(t.x)), torch.from_numpy(np.array(t.y))
     loss_fn = torch_side.torch_loss(torch, t.loss)
     num_batches = len(x) // batch_size
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    schedule = SCHEDULES[config.schedule](torch, optimizer, config.epochs * num_batches)
+    steps = config.epochs * num_batches
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
 
     def run():
         order = torch.randperm(len(x))[: num_batches * batch_size]
@@ -96,53 +88,52 @@ def torch_epoch(torch: Any, t: Training) -> Thunk:
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """This process's rows: each network's epochs, and the shuffle alone."""
     torch = torch_side.import_torch() if config.torch else None
-
-    def timed(thunks, share):
-        budget, warmup = config.digits_budget * share, config.digits_warmup_calls
-        return time_interleaved(
-            thunks, min_rounds=config.repeats, budget=budget, warmup_calls=warmup
-        )
-
+    timed = functools.partial(  # each network gets digits_budget, the shuffles a quarter
+        host.time_interleaved, min_rounds=config.repeats, warmup_calls=config.digits_warmup_calls
+    )
     networks = [trainer_training()]
     networks += [trainer_training(hidden_sizes=(h,)) for h in config.digits_hidden]
     n, key = len(networks[0].x), jax.random.key(1)
     sort = jax.jit(lambda k: jax.random.permutation(k, n)).lower(key).compile()
     hashed = jax.jit(lambda k: shuffle.permutation(k, n)).lower(key).compile()
-    shuffles = timed({"sort": lambda: sort(key), "hashed": lambda: hashed(key)}, 0.25)
+    thunks = {"shuffle_sort": lambda: sort(key), "shuffle_hashed": lambda: hashed(key)}
+    shuffles = timed(thunks, budget=config.digits_budget / 4)
     rows = []
     for t in networks:
         step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
-        loop = python_loop_epoch(step, t.config.batch_size, len(t.x))
         args = (t.params, t.optimizer.init(t.params), t.x, t.y, key, 0)
-        thunks = {"jax_scan": scan_epoch(t), "jax_loop": lambda loop=loop, args=args: loop(*args)}
+        thunks = {
+            "jax_scan": scan_epoch(t),
+            "jax_loop": python_loop_epoch(step, t.config.batch_size, args),
+        }
         if torch is not None:
             thunks |= torch_side.at_threads(torch, "torch_eager", torch_epoch(torch, t))
-        timings = timed(thunks, 1.0)
-        eager, threads = torch_side.best(timings, "torch_eager")
+        timings, threads = torch_side.at_fastest(
+            timed(thunks, budget=config.digits_budget), ("torch_eager",)
+        )
         rows.append(
             {
                 "network": "-".join(map(str, t.model.sizes)),
                 "cores": len(os.sched_getaffinity(0)),
                 "steps": len(t.x) // t.config.batch_size,
-                "jax_scan_ms": 1e3 * timings.median("jax_scan"),
-                "jax_loop_ms": 1e3 * timings.median("jax_loop"),
-                "torch_eager_ms": 1e3 * timings.median(eager),
-                "torch_over_scan": timings.ratio(eager, "jax_scan"),
+                **timings.ms("jax_scan", "jax_loop", "torch_eager"),
+                "torch_over_scan": timings.ratio("torch_eager", "jax_scan"),
                 "loop_over_scan": timings.ratio("jax_loop", "jax_scan"),
-                "torch_threads": threads,
+                "torch_threads": threads["torch_eager"],
                 "rounds": timings.rounds,
-                **{f"shuffle_{k}_ms": 1e3 * shuffles.median(k) for k in ("sort", "hashed")},
+                **shuffles.ms("shuffle_sort", "shuffle_hashed"),
             }
         )
     return rows
 
 
-def digits_benchmark(config: BenchConfig, log: Callable[[str], None] = print) -> list[dict]:
+def digits_benchmark(config: BenchConfig, log: Callable[[str], None]) -> list[dict]:
     """One row per network and CPU count, each CPU count measured in a child process."""
     rows = []
     for cores in sorted({min(c, len(os.sched_getaffinity(0))) for c in config.digits_cores}):
-        spec = {**dataclasses.asdict(config), "cores": cores}
-        child_rows = host.run_child("experiments.bench.digits", spec)
+        child_rows = host.run_child(
+            "experiments.bench.digits", {**dataclasses.asdict(config), "cores": cores}
+        )
         times = [f"{r['network']} scan {r['jax_scan_ms']:.3g} ms, torch {r['torch_eager_ms']:.3g}"
                  for r in child_rows]  # fmt: skip
         log(f"digits on {cores} core(s): " + ", ".join(times))

@@ -10,23 +10,32 @@ import optax
 
 import jaxbp
 from experiments.bench.config import BenchConfig, Point
-from experiments.bench.timing import Thunk
+from experiments.bench.host import Thunk
 from jaxbp import backprop, per_example, train
 from jaxbp.gradient_check import random_targets
 from jaxbp.mlp import MLP
 
-
-def grid_model(point: Point, loss: str, num_outputs: int) -> MLP:
-    """``depth`` hidden layers of ``width``: sizes ``(width,) * (depth + 1) + (num_outputs,)``."""
-    sizes = (point.width,) * (point.depth + 1) + (num_outputs,)
-    return MLP(sizes, point.activation, jaxbp.LOSSES[loss].output_activation or "identity")
+LOSS = "mse"  # the grid's loss: its output layer stays plain (identity)
 
 
-def make_batch(model: MLP, loss: str, batch: int, dtype: Any, key: jax.Array) -> tuple[Any, Any]:
-    """Normal ``x`` of ``(batch, n0)`` and targets the loss accepts."""
+def make_batch(model: MLP, batch: int, dtype: Any, key: jax.Array) -> tuple[Any, Any]:
+    """Normal ``x`` of ``(batch, n0)`` and targets of the grid's loss."""
     kx, ky = jax.random.split(key)
     x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
-    return x, random_targets(ky, model, loss, batch, dtype)
+    return x, random_targets(ky, model, LOSS, batch, dtype)
+
+
+def grid_network(point: Point, key: jax.Array) -> tuple[MLP, Any, Any, Any]:
+    """``(model, params, x, y)``: ``depth`` hidden layers of ``width``, then 10 outputs."""
+    model = MLP((point.width,) * (point.depth + 1) + (10,), point.activation, "identity")
+    key_params, key_batch = jax.random.split(key)
+    params = jaxbp.init_params(key_params, model, dtype=jnp.dtype(point.dtype))
+    return model, params, *make_batch(model, point.batch, jnp.dtype(point.dtype), key_batch)
+
+
+def loss_fn(model: MLP, backward: str) -> Callable:
+    """``(params, x, y) -> loss`` through ``apply(backward=backward)``."""
+    return lambda p, x, y: backprop.loss_value(model, LOSS, p, x, y, backward=backward)
 
 
 def compiled_thunk(f: Callable, *args: Any) -> tuple[Thunk, Any]:
@@ -50,14 +59,16 @@ def residual_bytes(f: Callable, params: Any, x: jax.Array, y: jax.Array) -> int:
     return int(output - sum(v.aval.size * v.aval.dtype.itemsize for v in passed))
 
 
-def python_loop_epoch(step_fn: Callable, batch_size: int, num_examples: int) -> Callable:
-    """`jaxbp.train.make_epoch`'s epoch as a Python loop, the same shuffle and steps, each step
-    a jitted call: ``(params, opt_state, x, y, key, epoch_index) -> params``."""
+def python_loop_epoch(step_fn: Callable, batch_size: int, args: tuple) -> Thunk:
+    """`jaxbp.train.make_epoch`'s epoch on ``args = (params, opt_state, x, y, key,
+    epoch_index)`` as a Python loop, the same shuffle and steps, each step a jitted call."""
+    num_examples = len(args[2])
     permute = jax.jit(lambda key, e: train.epoch_order(key, e, num_examples, batch_size))
     step_at = jax.jit(lambda p, s, x, y, order, i: step_fn(p, s, (x[order[i]], y[order[i]])))
     indices = [jnp.int32(i) for i in range(num_examples // batch_size)]
 
-    def epoch(params, opt_state, x, y, key, epoch_index):
+    def epoch():
+        params, opt_state, x, y, key, epoch_index = args
         order = permute(key, epoch_index)
         for i in indices:
             params, opt_state, _ = step_at(params, opt_state, x, y, order, i)
@@ -68,17 +79,13 @@ def python_loop_epoch(step_fn: Callable, batch_size: int, num_examples: int) -> 
 
 def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
     """The JAX thunks of a point, its static figures, and its inputs (for PyTorch)."""
-    dtype, loss, batch = jnp.dtype(point.dtype), config.grid_loss, point.batch
-    model = grid_model(point, loss, config.num_outputs)
-    key_params, key_batch, key_epoch = jax.random.split(jax.random.key(0), 3)
-    params = jaxbp.init_params(key_params, model, dtype=dtype)
-    x, y = make_batch(model, loss, batch, dtype, key_batch)
-
-    def value_fn(backward):
-        return lambda p, x, y: backprop.loss_value(model, loss, p, x, y, backward=backward)
+    dtype, batch = jnp.dtype(point.dtype), point.batch
+    key, key_epoch = jax.random.split(jax.random.key(0))
+    model, params, x, y = grid_network(point, key)
 
     def vmap_norms(p, x, y):
-        grads = jax.vmap(lambda x_i, y_i: jax.grad(value_fn("autodiff"))(p, x_i[None], y_i[None]))
+        grad = jax.grad(loss_fn(model, "autodiff"))
+        grads = jax.vmap(lambda x_i, y_i: grad(p, x_i[None], y_i[None]))
         leaves = jax.tree.leaves(grads(x, y))
         return jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))
 
@@ -87,11 +94,11 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
         return [(a @ p["W"].T, d @ p["W"], d.T @ a) for p, a, d in layers]
 
     gradients = {
-        "custom": jax.value_and_grad(value_fn("custom")),
-        "loss_and_grad": lambda p, x, y: backprop.loss_and_grad(model, loss, p, x, y),
-        "autodiff": jax.value_and_grad(value_fn("autodiff")),
-        "norms": lambda p, x, y: per_example.per_example_grad_norms(model, loss, p, x, y),
-        "clipped": lambda p, x, y: per_example.clipped_loss_and_grad(model, loss, p, x, y, 1.0),
+        "custom": jax.value_and_grad(loss_fn(model, "custom")),
+        "loss_and_grad": lambda p, x, y: backprop.loss_and_grad(model, LOSS, p, x, y),
+        "autodiff": jax.value_and_grad(loss_fn(model, "autodiff")),
+        "norms": lambda p, x, y: per_example.per_example_grad_norms(model, LOSS, p, x, y),
+        "clipped": lambda p, x, y: per_example.clipped_loss_and_grad(model, LOSS, p, x, y, 1.0),
     }
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if batch * num_params * dtype.itemsize / 2**20 <= config.per_example_max_mib:
@@ -105,18 +112,17 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
 
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
-    step_fn = train.make_train_step(model, loss, optimizer)
+    step_fn = train.make_train_step(model, LOSS, optimizer)
     thunks["train_step"], _ = compiled_thunk(step_fn, params, opt_state, (x, y))
-    x_epoch, y_epoch = make_batch(model, loss, config.epoch_steps * batch, dtype, key_epoch)
+    x_epoch, y_epoch = make_batch(model, config.epoch_steps * batch, dtype, key_epoch)
     epoch_args = (params, opt_state, x_epoch, y_epoch, key_epoch, 0)
     epoch = train.make_epoch(step_fn, batch).lower(*epoch_args).compile()
-    loop = python_loop_epoch(step_fn, batch, config.epoch_steps * batch)
-    jax.block_until_ready(loop(*epoch_args))  # compiles its two programs
     thunks["epoch_scan"] = lambda: epoch(*epoch_args)
-    thunks["epoch_loop"] = lambda: loop(*epoch_args)
+    thunks["epoch_loop"] = python_loop_epoch(step_fn, batch, epoch_args)
+    jax.block_until_ready(thunks["epoch_loop"]())  # compiles its two programs
 
     layer_shapes = zip(model.sizes[:-1], model.sizes[1:], strict=True)
-    residual = {b: residual_bytes(value_fn(b), params, x, y) for b in ("custom", "autodiff")}
+    residual = {b: residual_bytes(loss_fn(model, b), params, x, y) for b in ("custom", "autodiff")}
     figures = {
         "flops": 6 * batch * sum(n_in * n_out for n_in, n_out in layer_shapes),  # 3 matmuls
         "num_params": num_params,

@@ -6,6 +6,7 @@ line; format ``"g"`` is 3 significant digits, ``"kib"`` bytes as KiB, else a for
 
 import csv
 import math
+import operator
 import statistics
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -115,51 +116,46 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
     found = []  # (name, measured value, comparison, bound, where)
     for what, (shown, test), key, statistic, comparison, bound in TARGETS:
         mine = [r for r in rows if test(r) and not math.isnan(r[key])]
-        if statistic == "median" and mine:
+        if not mine:
+            continue
+        if statistic == "median":
             value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
-            found.append((f"{what}, median{shown}", value, comparison, bound, at))
-        elif mine:
+        else:
             r = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
-            at = f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
-            found.append((f"{what}, {statistic}{shown}", r[key], comparison, bound, at))
+            value, at = r[key], f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
+        found.append((f"{what}, {statistic}{shown}", value, comparison, bound, at))
     for network in dict.fromkeys(r["network"] for r in digits):  # each framework at its fastest
         mine = [r for r in digits if r["network"] == network]
         scan = min(mine, key=lambda r: r["jax_scan_ms"])
-        timed = [r for r in mine if not math.isnan(r["torch_eager_ms"])]
-        if timed:
-            eager = min(timed, key=lambda r: r["torch_eager_ms"])
+        eager = min(mine, key=lambda r: np.nan_to_num(r["torch_eager_ms"], nan=math.inf))
+        if not math.isnan(speedup := eager["torch_eager_ms"] / scan["jax_scan_ms"]):
             at = (
                 f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
                 f"{eager['torch_eager_ms']:.3g} ms on {eager['cores']} core(s), "
                 f"{eager['torch_threads']} thread(s)"
             )
-            speedup = eager["torch_eager_ms"] / scan["jax_scan_ms"]
             name = f"digits {network} epoch: torch eager / lax.scan, each at its fastest"
             found.append((name, speedup, ">=", DIGITS_SPEEDUP, at))
-    return [
-        Target(
-            name, value, f"{op} {bound:.2f}", value <= bound if op == "<=" else value >= bound, at
-        )
-        for name, value, op, bound, at in found
-    ]
+    holds = {"<=": operator.le, ">=": operator.ge}
+    return [Target(n, v, f"{op} {b:.2f}", holds[op](v, b), at) for n, v, op, b, at in found]
 
 
-def report(
-    rows: list[Row], digits: list[Row], alternatives: list[Row], machine: str, command: str,
-    notes: Sequence[str] = (),
-) -> str:  # fmt: skip
-    """The markdown report: machine, command, each table with its legend, the targets."""
+SECTIONS = {  # table: (title, columns)
+    "results": ("The grid:", GRID_COLUMNS),
+    "digits": ("Digits, one epoch (ms), a child process per CPU count:", DIGITS_COLUMNS),
+    "alternatives": ("jaxbp's speed choices against the code each replaced:", ALTERNATIVE_COLUMNS),
+}
+
+
+def report(tables: dict[str, list[Row]], machine: str, command: str, notes: Sequence[str]) -> str:
+    """The markdown report of `SECTIONS`' tables: machine, command, each non-empty table with
+    its legend, the targets."""
     parts = [f"Machine: {machine}", "", f"Command: `{command}`", ""]
     parts += ["Times are medians over interleaved rounds; a ratio is the median over the rounds"]
     parts += ["of the ratio of two calls made back to back."]
-    parts += section("The grid:", GRID_COLUMNS, rows)
-    if digits:
-        title = "Digits, one epoch (ms), a child process per CPU count:"
-        parts += section(title, DIGITS_COLUMNS, digits)
-    if alternatives:
-        title = "jaxbp's speed choices against the code each replaced:"
-        parts += section(title, ALTERNATIVE_COLUMNS, alternatives)
-    shown = [t._asdict() for t in targets(rows, digits)]
+    for name, rows in tables.items():
+        parts += section(*SECTIONS[name], rows) if rows else []
+    shown = [t._asdict() for t in targets(tables["results"], tables["digits"])]
     parts += section("Targets:", TARGET_COLUMNS, shown) + ["", *notes]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -198,7 +194,7 @@ def plot(rows: list[Row], path: str) -> bool:
     def column(key):
         return np.array([r[key] for r in rows], float)
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))  # the fourth: residual memory
     for ax, (title, ylabel, yscale, series, bound) in zip(axes.flat, PANELS, strict=False):
         for (key, label), marker in zip(series, "ox+", strict=False):
             if not np.isnan(column(key)).all():
@@ -213,8 +209,8 @@ def plot(rows: list[Row], path: str) -> bool:
     ax.scatter(autodiff, custom, s=16)
     lims = [min(custom.min(), autodiff.min()) * 0.8, max(custom.max(), autodiff.max()) * 1.2]
     ax.plot(lims, lims, color="k", lw=0.8, label="equal")
-    ax.set(title="residual memory", xscale="log", yscale="log")
-    ax.set(xlabel="autodiff bytes", ylabel="custom bytes")
+    ax.set(title="residual memory", xscale="log", yscale="log", xlabel="autodiff bytes")
+    ax.set(ylabel="custom bytes")
     ax.legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
