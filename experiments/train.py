@@ -144,6 +144,8 @@ def main(argv: list[str]) -> int:
         return fail(config_flags.to_flag_words(str(e)), 1)
     if parallel.is_primary():
         print_summary(summary, workdir)
+    if _NUM_PROCESSES.value is None:  # no other process waits on this one's shutdown
+        cli.exit_now(0)
     return 0
 
 
