@@ -107,14 +107,14 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
 
     def fresh_state():
         state = recipe.initial_member_state(config, model, lambda hparams: optimizer)
-        placed = parallel.place_members((state.params, state.opt_state, state.key), mesh)
-        return jax.block_until_ready(
-            state._replace(**dict(zip(("params", "opt_state", "key"), placed, strict=True)))
+        params, opt_state, key = parallel.place_members(
+            (state.params, state.opt_state, state.key), mesh
         )
+        return jax.block_until_ready(state._replace(params=params, opt_state=opt_state, key=key))
 
     state = fresh_state()
     compile_started = time.perf_counter()
-    epoch_one = jnp.asarray(1, jnp.int32)
+    epoch_one = np.int32(1)  # a host scalar, as the trainer passes it
     compiled = epoch_fn.lower(
         state.params, state.opt_state, {}, x, y, state.key, epoch_one
     ).compile()
@@ -125,9 +125,7 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
         t0 = time.perf_counter()
         params, opt_state = state.params, state.opt_state
         for epoch in range(1, epochs + 1):
-            params, opt_state, _ = compiled(
-                params, opt_state, {}, x, y, state.key, jnp.asarray(epoch, jnp.int32)
-            )
+            params, opt_state, _ = compiled(params, opt_state, {}, x, y, state.key, np.int32(epoch))
         jax.block_until_ready(params)
         seconds = time.perf_counter() - t0
         return seconds, evaluate(params, x_test, y_test)

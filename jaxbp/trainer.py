@@ -131,7 +131,6 @@ class _Run:
         # Where the run's wall time goes, in summary.json (`phase_seconds`): the parts a
         # short run is made of besides its epochs.
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
-        data_started = time.perf_counter()
         self.members = config_lib.member_grid(config)
         self.num_members = len(self.members)
         num_devices = config.num_devices or parallel.default_num_devices(self.num_members)
@@ -143,8 +142,8 @@ class _Run:
                 config.batch_size,
                 f"does not divide over {data_devices} devices; use a multiple of {data_devices}.",
             )
-        self.dataset = data = load_data(config)
-        self.phase_seconds["data"] = time.perf_counter() - data_started
+        with self._phase("data"):
+            self.dataset = data = load_data(config)
         self.model = build_model(config, self.dataset)
         _, self.loss = config_lib.resolve_head(config, data.task, data.num_outputs)
         for split in ("train", "val", "test"):  # before any work: targets the loss can fit
