@@ -158,8 +158,7 @@ def run_benchmark(
     files = {f"{n}_csv": report.write_csv(t, f"{outdir}/{n}.csv") for n, t in tables.items() if t}
     with open(files.setdefault("markdown", f"{outdir}/results.md"), "w") as f:
         f.write(markdown)
-    if report.plot(rows, f"{outdir}/results.png"):
-        files["plot"] = f"{outdir}/results.png"
+    report.plot(rows, files.setdefault("plot", f"{outdir}/results.png"))
     elapsed = time.perf_counter() - start
     log(f"benchmark: {len(rows)} points in {elapsed:.0f}s; wrote {', '.join(files.values())}")
     targets = report.targets(rows, tables["digits"])

@@ -141,8 +141,7 @@ def test_report_files_are_written(result):
     assert "| depth | width | batch |" in markdown and "Targets:" in markdown
     assert "- custom ms: jax.value_and_grad" in markdown  # the legend, a line a column
     assert "Machine: " in markdown and "cores" in markdown
-    if "plot" in files:
-        assert os.path.getsize(files["plot"]) > 0
+    assert os.path.getsize(files["plot"]) > 0
     assert any("1 points" in line for line in lines)
     if import_torch() is None:
         assert benchmark.TORCH_MISSING in lines

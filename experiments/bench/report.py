@@ -11,8 +11,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
-
 Row = dict[str, Any]
 
 GRID_COLUMNS = (
@@ -115,27 +113,27 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
     """Every target with rows to read, and the figure that decides it."""
     found = []  # (name, measured value, comparison, bound, where)
     for what, (shown, test), key, statistic, comparison, bound in TARGETS:
-        mine = [r for r in rows if test(r) and not math.isnan(r[key])]
-        if not mine:
-            continue
-        if statistic == "median":
-            value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
-        else:
-            r = (max if statistic == "max" else min)(mine, key=lambda r, k=key: r[k])
-            value, at = r[key], f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
-        found.append((f"{what}, {statistic}{shown}", value, comparison, bound, at))
-    for network in dict.fromkeys(r["network"] for r in digits):  # each framework at its fastest
-        mine = [r for r in digits if r["network"] == network]
-        scan = min(mine, key=lambda r: r["jax_scan_ms"])
-        eager = min(mine, key=lambda r: np.nan_to_num(r["torch_eager_ms"], nan=math.inf))
-        if not math.isnan(speedup := eager["torch_eager_ms"] / scan["jax_scan_ms"]):
-            at = (
-                f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
-                f"{eager['torch_eager_ms']:.3g} ms on {eager['cores']} core(s), "
-                f"{eager['torch_threads']} thread(s)"
-            )
-            name = f"digits {network} epoch: torch eager / lax.scan, each at its fastest"
-            found.append((name, speedup, ">=", DIGITS_SPEEDUP, at))
+        if mine := [r for r in rows if test(r) and not math.isnan(r[key])]:
+            if statistic == "median":
+                value, at = statistics.median(r[key] for r in mine), f"{len(mine)} points"
+            else:
+                r = (max if statistic == "max" else min)(mine, key=operator.itemgetter(key))
+                value, at = r[key], f"depth {r['depth']}, width {r['width']}, batch {r['batch']}"
+            found.append((f"{what}, {statistic}{shown}", value, comparison, bound, at))
+    timed = [r for r in digits if not math.isnan(r["torch_eager_ms"])]
+    for network in dict.fromkeys(r["network"] for r in timed):  # each framework at its fastest
+        scan, eager = (
+            min((r for r in timed if r["network"] == network), key=operator.itemgetter(key))
+            for key in ("jax_scan_ms", "torch_eager_ms")
+        )
+        at = (
+            f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
+            f"{eager['torch_eager_ms']:.3g} ms on {eager['cores']} core(s), "
+            f"{eager['torch_threads']} thread(s)"
+        )
+        name = f"digits {network} epoch: torch eager / lax.scan, each at its fastest"
+        speedup = eager["torch_eager_ms"] / scan["jax_scan_ms"]
+        found.append((name, speedup, ">=", DIGITS_SPEEDUP, at))
     holds = {"<=": operator.le, ">=": operator.ge}
     return [Target(n, v, f"{op} {b:.2f}", holds[op](v, b), at) for n, v, op, b, at in found]
 
@@ -177,42 +175,29 @@ PANELS = (  # (title, y label, y scale, [(column, label)], target line); x: FLOP
      0.90),
     ("gradient step time", "ms", "log", [("custom_ms", "jax apply(custom)"),
      ("torch_eager_ms", "torch eager"), ("torch_compile_ms", "torch.compile")], None),
+    ("residual memory", "bytes kept, custom / autodiff", "linear",
+     [("residual_ratio", "apply(custom)")], 1.00),
 )  # fmt: skip
 
 
-def plot(rows: list[Row], path: str) -> bool:
-    """Three panels against the FLOPs of a step, and residual memory; False without
-    matplotlib."""
-    try:
-        import matplotlib
+def plot(rows: list[Row], path: str) -> None:
+    """The `PANELS`, each against the FLOPs of a step, to ``path``."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    def column(key):
-        return np.array([r[key] for r in rows], float)
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))  # the fourth: residual memory
-    for ax, (title, ylabel, yscale, series, bound) in zip(axes.flat, PANELS, strict=False):
+    flops = [r["flops"] for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (title, ylabel, yscale, series, bound) in zip(axes.flat, PANELS, strict=True):
         for (key, label), marker in zip(series, "ox+", strict=False):
-            if not np.isnan(column(key)).all():
-                ax.scatter(column("flops"), column(key), s=16, marker=marker, label=label)
+            if not all(math.isnan(r[key]) for r in rows):
+                ax.scatter(flops, [r[key] for r in rows], s=16, marker=marker, label=label)
         if bound is not None:
             ax.axhline(1.0, color="k", lw=0.8)
             ax.axhline(bound, color="r", lw=0.8, ls="--", label=f"target {bound:.2f}")
         ax.set(title=title, xscale="log", yscale=yscale, xlabel="FLOPs a step", ylabel=ylabel)
         ax.legend(fontsize=9)
-    ax = axes[1, 1]
-    custom, autodiff = column("residual_custom_bytes"), column("residual_autodiff_bytes")
-    ax.scatter(autodiff, custom, s=16)
-    lims = [min(custom.min(), autodiff.min()) * 0.8, max(custom.max(), autodiff.max()) * 1.2]
-    ax.plot(lims, lims, color="k", lw=0.8, label="equal")
-    ax.set(title="residual memory", xscale="log", yscale="log", xlabel="autodiff bytes")
-    ax.set(ylabel="custom bytes")
-    ax.legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True

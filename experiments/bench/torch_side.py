@@ -1,9 +1,5 @@
-"""The PyTorch side: a JAX network's weights, batch and loss in PyTorch, timed per thread count.
-
-PyTorch picks its thread count per call, so a step is timed at 1 and at all CPU threads
-(``KIND@THREADS``, `at_threads`) and reported at the faster (`at_fastest`; docs/performance.md
-says why).
-"""
+"""The PyTorch side: a JAX network's weights, batch and loss in PyTorch, timed at 1 and at all
+CPU threads (``KIND@THREADS``) and reported at the faster (docs/performance.md says why)."""
 
 import functools
 import importlib.util
@@ -72,15 +68,14 @@ def at_threads(torch: Any, kind: str, thunk: Thunk) -> dict[str, Thunk]:
 
 
 def at_fastest(timings: Timings, kinds: Sequence[str]) -> tuple[Timings, dict[str, int | None]]:
-    """``timings`` with each kind's fastest ``KIND@T`` (by median) also named KIND, and each
-    kind's T (None where it was not timed)."""
+    """``timings`` with each kind's fastest ``KIND@T`` also named KIND, and each kind's T (None
+    where it was not timed)."""
     samples, threads = dict(timings.samples), {}
     for kind in kinds:
         names = [n for n in timings.samples if n.startswith(kind + "@")]
-        fastest = min(names, key=timings.median, default=None)
-        threads[kind] = None if fastest is None else int(fastest.split("@")[1])
-        if fastest is not None:
-            samples[kind] = timings.samples[fastest]
+        threads[kind] = None
+        if fastest := min(names, key=timings.median, default=None):
+            samples[kind], threads[kind] = timings.samples[fastest], int(fastest.split("@")[1])
     return Timings(samples, timings.rounds), threads
 
 
