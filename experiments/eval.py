@@ -18,7 +18,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from experiments import cli
-from jaxbp import inference
+from jaxbp import evaluation, inference
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import SWEEPABLE as _SWEEPABLE
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     if not workdir:
         return fail("--workdir is required: give the workdir of a training run.", 2)
     try:
-        result = inference.evaluate_workdir(workdir)
+        result = evaluation.evaluate_workdir(workdir)
     except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
         return fail(str(e), 2)
     except KeyboardInterrupt:
@@ -108,7 +108,7 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         for name in names:
             scores = (result[k][name] for k in ("precision", "recall", "f1"))
             print(f"  {name:<{label}}" + "".join(f"  {v:>9.4f}" for v in scores))
-    print(f"\nwritten to {os.path.join(workdir, inference.EVAL_FILE)}")
+    print(f"\nwritten to {os.path.join(workdir, evaluation.EVAL_FILE)}")
 
 
 if __name__ == "__main__":

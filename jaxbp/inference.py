@@ -1,4 +1,4 @@
-"""Using a trained workdir: its test metrics again, and predictions for new rows.
+"""Using a trained workdir: its network loaded, and predictions for new rows.
 
 The contract, stated once: everything here starts from a workdir that
 `jaxbp.trainer.train_and_evaluate` wrote, and uses the parameters
@@ -10,52 +10,39 @@ so). They are standardised with the statistics the checkpoint stores, exactly as
 training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
 data's units: class names, or values ``ŷ · y_scale + y_mean``.
 
-* `evaluate_workdir`: the test metrics recomputed from the checkpoint and the data split
-  (nothing is trained), with the confusion matrix and per-class precision, recall and F1;
-  written to ``W/eval.json``.
-* `load_trained` and `predict_rows`: labels or values, and class probabilities, for new rows.
+* `load_trained`: the trained network, its parameters and preprocessing, as a `TrainedModel`.
+* `predict_rows`: labels or values, and class probabilities, for new rows.
 * `write_predictions`: those as a csv file.
 
 A member set's workdir (``repeats`` or ``sweep``) holds every member's params, stacked
-``(M, ...)``. Its evaluation reports each member's test metrics, their mean (as
-``summary.json``), and the *ensemble*'s: the members' outputs ŷ averaged (probabilities
-for classes, values for regression), diverged members left out; its predictions are the
-ensemble's, and `member_predictions` gives each member's.
+``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ averaged
+(probabilities for classes, values for regression), diverged members left out (`kept`);
+`member_predictions` gives each member's. `jaxbp.evaluation` builds on `load_trained` for a
+workdir's test metrics.
 
-Uses the ``experiments`` extra (orbax-checkpoint, scikit-learn).
+Uses the ``experiments`` extra (orbax-checkpoint).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import backprop, losses, recipe, train
+from jaxbp import backprop
 from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import Config
-from jaxbp.data import Dataset
 from jaxbp.mlp import MLP, Params
 from jaxbp.trained import restore_trained
-
-EVAL_FILE = "eval.json"
-_STATISTICS = ("x_mean", "x_scale", "y_mean", "y_scale")
-_STATISTICS_RTOL = 1e-12  # the same data give the same statistics; a changed row moves them more
 
 
 class NotTrainedError(FileNotFoundError):
     """The workdir does not exist, holds no run, or holds no checkpoint to use."""
-
-
-class DataChangedError(ValueError):
-    """The data loaded now are not the data the run was trained on."""
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -157,7 +144,7 @@ def load_trained(workdir: str) -> TrainedModel:
     )
 
 
-def _kept(trained: TrainedModel) -> np.ndarray:
+def kept(trained: TrainedModel) -> np.ndarray:
     """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
     return np.asarray([m["diverged_at_epoch"] is None for m in trained.members or ()])
 
@@ -173,112 +160,6 @@ def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
         if trained.members is not None:
             forward = jax.vmap(forward, in_axes=(0, None))
         return np.asarray(jax.jit(forward)(trained.params, x))
-
-
-def check_same_data(preprocessing: dict[str, Any], dataset: Dataset, workdir: str) -> None:
-    """Refuses data whose task, classes or standardisation differ from the stored ones.
-
-    The statistics come from the training split, so a change confined to validation or test
-    rows that leaves the classes as they were goes unnoticed.
-
-    Raises:
-      DataChangedError: naming what differs, stored against now.
-    """
-    now = recipe.Preprocessing.of(dataset)._asdict()
-    differ = [k for k in ("task", "class_names") if preprocessing.get(k) != now[k]]
-    differ += [k for k in _STATISTICS if not _same_numbers(preprocessing.get(k), now[k])]
-    if differ:
-        stored = {k: _brief(preprocessing.get(k)) for k in differ}
-        loaded = {k: _brief(now[k]) for k in differ}
-        raise DataChangedError(
-            f"the {dataset.name} data loaded now are not those the run in {workdir} was "
-            f"trained on: {', '.join(differ)} differ (checkpoint {stored}, now {loaded}). "
-            "Restore the data the run was trained on, or train a new run on these."
-        )
-
-
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
-    """The test metrics of a trained workdir, recomputed from its checkpoint; also ``W/eval.json``.
-
-    Loads the run's parameters (`load_trained`) and its data split (the same split as
-    training, by ``data_seed``), refuses data that differ from the training data
-    (`check_same_data`), and evaluates the test split with `jaxbp.train.evaluate`, as the
-    run's ``summary.json`` did. Nothing is trained. For classification the predicted class
-    is ``ŷ > 0.5`` for one output unit and ``argmax ŷ`` for several, as in the accuracy.
-
-    Args:
-      workdir: the workdir of a training run.
-
-    Returns:
-      ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2`` (regression), the
-      keys of ``summary.json`` (a member set: the means over its kept members, with
-      ``test_*_std``, ``members`` with each one's, and ``ensemble`` with the averaged
-      outputs' metrics; the class report is then the ensemble's); ``num_test_examples``;
-      ``best_epoch`` (None: the latest state's parameters, or a member set's); and for
-      classification ``class_names``, ``confusion_matrix`` (a list of rows: row i counts
-      the examples of true class i, column j those predicted as class j, both in
-      ``class_names`` order) and ``precision``, ``recall`` and ``f1`` (dicts keyed by
-      class name; 0 where a class is never predicted or never present).
-
-    Raises:
-      NotTrainedError, jaxbp.workdir.WorkdirError: see `load_trained`.
-      DataChangedError: when the data differ from those the run was trained on.
-      FileNotFoundError, ValueError: when the run's data can no longer be loaded.
-    """
-    trained = load_trained(workdir)
-    model, loss = trained.model, trained.loss
-    task, class_names = trained.preprocessing["task"], trained.preprocessing["class_names"]
-    with jax.enable_x64(trained.config.precision == "float64"):
-        dataset = recipe.load_data(trained.config)
-        check_same_data(trained.preprocessing, dataset, workdir)
-
-        def evaluate(params, x, y):  # one program: the confusion matrix sees the accuracy's ŷ
-            y_hat = backprop.apply(model, params, x, backward="autodiff")
-            return train.evaluate(model, loss, params, x, y, task), y_hat
-
-        if trained.members is not None:
-            evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
-        metrics, y_hat = jax.jit(evaluate)(trained.params, dataset.x_test, dataset.y_test)
-        metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
-        y_hat = np.asarray(y_hat)
-        if trained.members is None:
-            result: dict[str, Any] = {f"test_{k}": float(v) for k, v in metrics.items()}
-        else:
-            result = _member_set_result(trained, metrics, y_hat, dataset.y_test)
-            y_hat = y_hat[_kept(trained)].mean(axis=0)
-    result["num_test_examples"] = len(dataset.x_test)
-    result["best_epoch"] = trained.best_epoch
-    if task == "classification":
-        result.update(_class_report(dataset.y_test, y_hat, class_names))
-    workdir_lib.write_atomic(os.path.join(workdir, EVAL_FILE), json.dumps(result, indent=2))
-    return result
-
-
-def _member_set_result(
-    trained: TrainedModel, metrics: dict[str, np.ndarray], y_hat: np.ndarray, y: np.ndarray
-) -> dict[str, Any]:
-    """A member set's test metrics: the mean over members (and std), each member's, and the
-    ensemble's (the kept members' ŷ averaged); the class report is the ensemble's."""
-    kept = _kept(trained)
-    result: dict[str, Any] = {f"test_{k}": float(v[kept].mean()) for k, v in metrics.items()}
-    for k, v in metrics.items():
-        result[f"test_{k}_std"] = float(v[kept].std())
-    result["members"] = [
-        {**member, **{f"test_{k}": float(v[i]) for k, v in metrics.items()}}
-        for i, member in enumerate(trained.members or ())
-    ]
-    ensemble = y_hat[kept].mean(axis=0)
-    loss_fn = losses.get_loss(trained.loss)
-    with jax.enable_x64(trained.config.precision == "float64"):
-        ensemble_hat, targets = jnp.asarray(ensemble), jnp.asarray(y)
-        quality = train.output_metrics(ensemble_hat, targets, trained.preprocessing["task"])
-        value = loss_fn.value(ensemble_hat, targets)
-    result["ensemble"] = {
-        "num_members": int(kept.sum()),
-        "test_loss": float(value),
-        **{f"test_{k}": float(v) for k, v in quality.items()},
-    }
-    return result
 
 
 def predict_rows(
@@ -311,7 +192,7 @@ def predict_rows(
     if x_raw.ndim != 2 or x_raw.shape[1] != len(names):
         raise ValueError(
             f"x_raw has shape {x_raw.shape}, but the network takes raw rows (n, {len(names)}) "
-            f"with the features {_brief(names)}; read them with "
+            f"with the features {brief(names)}; read them with "
             "jaxbp.data_files.read_features(path, feature_names)."
         )
     if not np.issubdtype(x_raw.dtype, np.number) or not np.isfinite(x_raw).all():
@@ -326,11 +207,11 @@ def predict_rows(
     ).astype(dtype)
     y_hat = _outputs(trained, x)
     if trained.members is not None:  # the ensemble: the kept members' outputs averaged
-        y_hat = y_hat[_kept(trained)].mean(axis=0)
+        y_hat = y_hat[kept(trained)].mean(axis=0)
     if pre["task"] == "regression":
         values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
         return (values[:, 0] if values.shape[1] == 1 else values), None
-    labels = np.asarray(pre["class_names"])[_class_indices(y_hat)]
+    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
     probabilities = None
     if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
         probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
@@ -432,34 +313,11 @@ def write_predictions(
     workdir_lib.write_atomic(path, text.getvalue())
 
 
-def _class_indices(y: np.ndarray) -> np.ndarray:
+def class_indices(y: np.ndarray) -> np.ndarray:
     """Class indices of ``(n, 1)`` outputs or targets (``> 0.5``) or ``(n, C)`` ones (argmax)."""
     if y.shape[1] == 1:
         return (y[:, 0] > 0.5).astype(np.int64)
     return np.argmax(y, axis=1)
-
-
-def _class_report(y: np.ndarray, y_hat: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """Confusion matrix (rows true, columns predicted) and per-class P/R/F1 with scikit-learn."""
-    from sklearn import metrics  # experiments extra
-
-    true, predicted = _class_indices(y), _class_indices(y_hat)
-    labels = np.arange(len(class_names))
-    matrix = metrics.confusion_matrix(true, predicted, labels=labels)
-    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
-        true, predicted, labels=labels, average=None, zero_division=0
-    )
-
-    def by_class(values: np.ndarray) -> dict[str, float]:
-        return {str(c): float(v) for c, v in zip(class_names, values, strict=True)}
-
-    return {
-        "class_names": list(class_names),
-        "confusion_matrix": matrix.tolist(),
-        "precision": by_class(precision),
-        "recall": by_class(recall),
-        "f1": by_class(f1),
-    }
 
 
 def _checkpoint_epochs(folder: str) -> list[str]:
@@ -469,13 +327,7 @@ def _checkpoint_epochs(folder: str) -> list[str]:
     return [name for name in os.listdir(folder) if name.isdigit()]
 
 
-def _same_numbers(a: list[float] | None, b: list[float] | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return len(a) == len(b) and np.allclose(a, b, rtol=_STATISTICS_RTOL, atol=0.0)
-
-
-def _brief(value: Any, limit: int = 4) -> Any:
+def brief(value: Any, limit: int = 4) -> Any:
     """A list cut to its first ``limit`` items for an error message (floats to 6 digits)."""
     if not isinstance(value, (list, tuple)):
         return value

@@ -1,7 +1,7 @@
 """What a training run is built from: its data, network, optimizer and first state.
 
 The contract, stated once: every function here is a pure function of a `jaxbp.config.Config`
-(and the data set or network it gives), so `jaxbp.trainer`, `jaxbp.inference` and the
+(and the data set or network it gives), so `jaxbp.trainer`, `jaxbp.evaluation` and the
 experiment scripts build the same run from the same config:
 
 * `load_data`: the config's data set, split by ``data_seed``, in the config's precision,

@@ -6,7 +6,7 @@ Layout of ``W``::
     W/metrics.jsonl    one JSON line per evaluation
     W/summary.json     the final (or interrupted) figures
     W/curves.png       loss and accuracy (or R²) against epochs
-    W/eval.json        written by `jaxbp.inference.evaluate_workdir`
+    W/eval.json        written by `jaxbp.evaluation.evaluate_workdir`
     W/tensorboard/     TensorBoard events
     W/checkpoints/     the latest train states (orbax), one folder per epoch
     W/best/            the parameters of the best validation loss so far

@@ -7,6 +7,7 @@ same pytest process (and xdist worker), so the setting must come back as it was.
 
 import jax
 import pytest
+from trained_runs import train_on_first_use
 
 
 @pytest.fixture
@@ -14,3 +15,10 @@ def x64():
     """Runs one test with ``jax_enable_x64`` on, restoring the previous setting afterwards."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Trains each run of `trained_runs.RUNS` on first use, once per test module:
+    name -> (workdir, config, summary)."""
+    return train_on_first_use(tmp_path_factory.mktemp("runs"))

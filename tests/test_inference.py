@@ -1,64 +1,20 @@
-"""Tests of jaxbp.inference on tiny runs trained here (a few epochs each, once per module)."""
+"""Tests of jaxbp.inference on the tiny runs of trained_runs (trained once per module)."""
 
 import csv
-import json
 import os
 import shutil
 
 import numpy as np
 import pytest
+from trained_runs import true_indices
 
-from jaxbp import config as config_lib
-from jaxbp import data_files, inference, recipe, trainer
-
-RUNS = {  # name -> make_config arguments: three tasks and a float64 run
-    "iris": ("iris", {"epochs": 3}),  # three classes, softmax
-    "moons": ("moons", {"epochs": 3, "num_samples": 200}),  # two classes, one sigmoid unit
-    "diabetes": ("diabetes", {"epochs": 3}),  # regression, one target
-    "iris64": ("iris", {"epochs": 3, "precision": "float64"}),
-}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Trains each run on first use: name -> (workdir, config, summary)."""
-    root = tmp_path_factory.mktemp("runs")
-    done = {}
-
-    def get(name):
-        if name not in done:
-            dataset, overrides = RUNS[name]
-            config = config_lib.make_config(dataset, **overrides)
-            workdir = str(root / name)
-            summary = trainer.train_and_evaluate(config, workdir, log=lambda _: None)
-            done[name] = workdir, config, summary
-        return done[name]
-
-    return get
+from jaxbp import data_files, evaluation, inference, recipe
 
 
 def _raw_test_rows(config):
     """The test split in the data file's units, and the Dataset it comes from."""
     ds = recipe.load_data(config)
     return ds.x_test.astype(np.float64) * ds.x_scale + ds.x_mean, ds
-
-
-def _true_indices(y):
-    return (y[:, 0] > 0.5).astype(int) if y.shape[1] == 1 else np.argmax(y, axis=1)
-
-
-@pytest.mark.parametrize("name", ["iris", "moons", "diabetes", "iris64"])
-def test_evaluate_workdir_gives_the_summary_test_metrics(trained, name):
-    workdir, _, summary = trained(name)
-    result = inference.evaluate_workdir(workdir)
-    summary_keys = {k for k in summary if k.startswith("test_")}
-    assert summary_keys == {k for k in result if k.startswith("test_")}
-    assert len(summary_keys) == 2  # the loss and the accuracy or R²
-    for key in summary_keys:
-        assert result[key] == pytest.approx(summary[key], rel=1e-6), key
-    assert result["best_epoch"] == summary["best_epoch"]
-    with open(os.path.join(workdir, "eval.json")) as f:
-        assert json.load(f) == result
 
 
 def test_float64_run_is_evaluated_in_float64(trained):
@@ -70,35 +26,11 @@ def test_float64_run_is_evaluated_in_float64(trained):
 
 
 @pytest.mark.parametrize("name", ["iris", "moons"])
-def test_confusion_matrix_and_per_class_scores_count_the_test_split(trained, name):
-    workdir, config, summary = trained(name)
-    result = inference.evaluate_workdir(workdir)
-    ds = recipe.load_data(config)
-    matrix = np.array(result["confusion_matrix"])
-    num_classes = len(ds.class_names)
-    assert result["class_names"] == list(ds.class_names)
-    assert matrix.shape == (num_classes, num_classes)
-    assert matrix.sum() == len(ds.x_test) == result["num_test_examples"]
-    # Rows are the true classes.
-    true_counts = np.bincount(_true_indices(ds.y_test), minlength=num_classes)
-    np.testing.assert_array_equal(matrix.sum(axis=1), true_counts)
-    assert np.trace(matrix) / matrix.sum() == pytest.approx(summary["test_accuracy"], rel=1e-6)
-    for i, c in enumerate(ds.class_names):
-        predicted, present = matrix[:, i].sum(), matrix[i].sum()
-        precision = matrix[i, i] / predicted if predicted else 0.0
-        recall = matrix[i, i] / present if present else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        assert result["precision"][c] == pytest.approx(precision, abs=1e-12)
-        assert result["recall"][c] == pytest.approx(recall, abs=1e-12)
-        assert result["f1"][c] == pytest.approx(f1, abs=1e-12)
-
-
-@pytest.mark.parametrize("name", ["iris", "moons"])
 def test_predictions_on_raw_test_rows_have_the_test_accuracy(trained, name):
     workdir, config, summary = trained(name)
     x_raw, ds = _raw_test_rows(config)
     labels, probabilities = inference.predict_rows(workdir, x_raw)
-    truth = np.asarray(ds.class_names)[_true_indices(ds.y_test)]
+    truth = np.asarray(ds.class_names)[true_indices(ds.y_test)]
     assert labels.shape == (len(x_raw),)
     assert set(labels) <= set(ds.class_names)
     assert np.mean(labels == truth) == pytest.approx(summary["test_accuracy"], abs=1e-6)
@@ -158,9 +90,9 @@ def test_predict_rows_refuses_rows_it_cannot_read(trained):
 
 def test_a_folder_without_a_trained_run_is_refused(trained, tmp_path):
     with pytest.raises(inference.NotTrainedError, match="does not exist"):
-        inference.evaluate_workdir(str(tmp_path / "missing"))
+        evaluation.evaluate_workdir(str(tmp_path / "missing"))
     with pytest.raises(inference.NotTrainedError, match=r"holds no run \(run.json is missing\)"):
-        inference.evaluate_workdir(str(tmp_path))
+        evaluation.evaluate_workdir(str(tmp_path))
     workdir, _, _ = trained("iris")
     untrained = tmp_path / "untrained"
     untrained.mkdir()
@@ -177,21 +109,8 @@ def test_a_damaged_checkpoint_is_named_not_thrown_raw(trained, tmp_path):
     (epoch,) = os.listdir(copy / "best")
     (copy / "best" / epoch / "meta" / "metadata").write_text("{not json")
     with pytest.raises(inference.UnreadableCheckpointError, match="JSONDecodeError") as error:
-        inference.evaluate_workdir(str(copy))
+        evaluation.evaluate_workdir(str(copy))
     assert f"checkpoint in {copy} cannot be read" in str(error.value)
-
-
-def test_evaluation_refuses_data_that_changed_since_training(trained, monkeypatch):
-    workdir, _, _ = trained("iris")
-    load_data = recipe.load_data
-
-    def changed(config):
-        ds = load_data(config)
-        return ds._replace(x_scale=ds.x_scale * 1.001)
-
-    monkeypatch.setattr(recipe, "load_data", changed)
-    with pytest.raises(inference.DataChangedError, match="x_scale differ"):
-        inference.evaluate_workdir(workdir)
 
 
 def test_write_predictions_columns_and_values(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of member sets (repeats and sweeps) in the config, the trainer and inference."""
+"""Tests of member sets (repeats and sweeps) in the config, the trainer, evaluation and
+inference."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint, config_checks, inference, recipe, trainer
+from jaxbp import checkpoint, config_checks, evaluation, inference, recipe, trainer
 from jaxbp import config as config_lib
 from jaxbp import workdir as workdir_lib
 from jaxbp.config import ConfigError
@@ -247,7 +248,7 @@ def test_a_set_whose_every_member_diverges_stops(tmp_path):
 
 def test_evaluate_workdir_of_a_set_gives_members_mean_and_ensemble(member_set):
     workdir, summary, _ = member_set
-    result = inference.evaluate_workdir(str(workdir))
+    result = evaluation.evaluate_workdir(str(workdir))
     assert result["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     assert result["test_accuracy_std"] == pytest.approx(summary["test_accuracy_std"], rel=1e-6)
     for ours, stored in zip(result["members"], summary["members"], strict=True):
@@ -274,7 +275,7 @@ def test_the_ensemble_leaves_a_diverged_member_out(tmp_path):
     _train(tmp_path / "w", epochs=2, **DIVERGING)
     trained = inference.load_trained(str(tmp_path / "w"))
     assert [m["diverged_at_epoch"] for m in trained.members] == [None, 1]
-    result = inference.evaluate_workdir(str(tmp_path / "w"))
+    result = evaluation.evaluate_workdir(str(tmp_path / "w"))
     assert result["ensemble"]["num_members"] == 1
     assert result["ensemble"]["test_accuracy"] == pytest.approx(
         result["members"][0]["test_accuracy"]

@@ -1,0 +1,36 @@
+"""Tiny runs trained for the tests of jaxbp.inference and jaxbp.evaluation (a few epochs each),
+and the class indices of their targets. The ``trained`` fixture of conftest.py serves them."""
+
+import numpy as np
+
+from jaxbp import config as config_lib
+from jaxbp import trainer
+
+RUNS = {  # name -> make_config arguments: three tasks and a float64 run
+    "iris": ("iris", {"epochs": 3}),  # three classes, softmax
+    "moons": ("moons", {"epochs": 3, "num_samples": 200}),  # two classes, one sigmoid unit
+    "diabetes": ("diabetes", {"epochs": 3}),  # regression, one target
+    "iris64": ("iris", {"epochs": 3, "precision": "float64"}),
+}
+
+
+def train_on_first_use(root):
+    """``get(name) -> (workdir, config, summary)``, training the run of `RUNS` under ``root``
+    the first time it is asked for."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            dataset, overrides = RUNS[name]
+            config = config_lib.make_config(dataset, **overrides)
+            workdir = str(root / name)
+            summary = trainer.train_and_evaluate(config, workdir, log=lambda _: None)
+            done[name] = workdir, config, summary
+        return done[name]
+
+    return get
+
+
+def true_indices(y):
+    """Class indices of ``(n, 1)`` targets (``> 0.5``) or one-hot ``(n, C)`` ones (argmax)."""
+    return (y[:, 0] > 0.5).astype(int) if y.shape[1] == 1 else np.argmax(y, axis=1)
