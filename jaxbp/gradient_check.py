@@ -283,12 +283,16 @@ def gradcheck(
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, dtype)
 
-    value, hand = backprop.loss_and_grad(model, loss, params, x, y)
+    # The tolerances are the dtype's rounding: GPUs and TPUs by default multiply float32
+    # matrices with fewer mantissa bits (TF32, bfloat16 passes), ~1e-3 off, so the check
+    # pins every matmul to the dtype's full precision.
+    with jax.default_matmul_precision("highest"):
+        value, hand = backprop.loss_and_grad(model, loss, params, x, y)
+        oracle = jax.grad(backprop.loss_value, argnums=2)(model, loss, params, x, y)
+        through_vjp = jax.grad(
+            lambda p: backprop.loss_value(model, loss, p, x, y, backward="custom")
+        )(params)
     fd_scale = max(1.0, abs(float(value)))
-    oracle = jax.grad(backprop.loss_value, argnums=2)(model, loss, params, x, y)
-    through_vjp = jax.grad(lambda p: backprop.loss_value(model, loss, p, x, y, backward="custom"))(
-        params
-    )
 
     leaves_hand, _ = jax.tree_util.tree_flatten_with_path(hand)
     sizes = [leaf.size for _, leaf in leaves_hand]
