@@ -3,7 +3,8 @@
     ./launch.sh scaling                          # CPU: 1, 2 and 4 forced host devices
     ./launch.sh --platform=gpu scaling --devices=1,2,4,8 --noforce_host_devices
 
-Each device count is a child process (`experiments.bench.host.run_child`; on CPU with
+Each device count is a child process (`experiments.bench.host.run_child`; with
+``--force_host_devices``, the default, N CPU devices: ``JAX_PLATFORMS=cpu`` and
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) that times compiled epochs of the
 trainer's run (`experiments.bench.digits.trainer_training`) with the sharded step of
 `jaxbp.parallel`, after a warm-up epoch; the table reports the median.
@@ -28,7 +29,9 @@ _HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths (default: the t
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of every count).")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Timed epochs per count (after one warm-up).")
 _FORCE = flags.DEFINE_boolean(
-    "force_host_devices", True, "CPU: force each count with XLA_FLAGS (off on GPU/TPU)."
+    "force_host_devices",
+    True,
+    "Force each count of CPU devices with XLA_FLAGS (off: the machine's own devices, e.g. GPUs).",
 )
 
 
@@ -66,7 +69,11 @@ def main(argv: list[str]) -> int:
     }
     rows = []
     for count in map(int, _DEVICES.value):
-        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+        # Forced host devices are CPU devices, also on a machine with an accelerator.
+        env = {
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+            "JAX_PLATFORMS": "cpu",
+        }
         try:
             rows.append(
                 host.run_child(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from experiment_runs import ROOT, run_experiment
 
-from jaxbp import config, parallel, trainer
+from jaxbp import parallel
 
 _FOUR_DEVICES = textwrap.dedent(
     """
@@ -106,7 +106,8 @@ def four_devices(tmp_path_factory):
     result = _run_code(
         _FOUR_DEVICES,
         str(workdir),
-        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        # Four CPU devices, also on a machine with an accelerator.
+        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -166,12 +167,16 @@ def _free_port():
 
 
 def test_two_processes_agree_with_one(tmp_path):
-    reference = trainer.train_and_evaluate(
-        config.make_config("digits", epochs=2), str(tmp_path / "single"), log=lambda _: None
-    )
+    # One CPU device a process, the reference too: two processes cannot share one accelerator.
+    cpu = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    single = tmp_path / "single"
+    done = run_experiment("train", "--dataset=digits", "--epochs=2", f"--workdir={single}", env=cpu)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(single / "summary.json") as f:
+        reference = json.load(f)
     port = _free_port()
     workdir = tmp_path / "multi"
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+    env = {**os.environ, "PYTHONPATH": ROOT, **cpu}
     procs = [
         subprocess.Popen(
             [

@@ -89,7 +89,7 @@ def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
     assert phases["compile"] == stored["compile_seconds"]
     assert sum(phases.values()) <= wall  # each phase is timed once, none overlaps another
     assert stored["versions"]["jax"] == jax.__version__ and stored["cpu_count"] >= 1
-    assert stored["config"]["dataset"] == "iris" and stored["platform"] == "cpu"
+    assert stored["config"]["dataset"] == "iris" and stored["platform"] == jax.default_backend()
     best = min(records, key=lambda r: r["val_loss"])
     assert stored["best_epoch"] == best["epoch"]
     assert stored["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
