@@ -62,6 +62,11 @@ esac
 if [ "$platform" = cpu ]; then
   export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"  # no probing for accelerators, no TPU notice
 fi
+if [ "$platform" = gpu ] && [[ "${XLA_FLAGS:-}" != *xla_gpu_deterministic_ops* ]]; then
+  # XLA:GPU otherwise picks kernels by timing them in each process and sums with atomics:
+  # a resumed run could then differ from an uninterrupted one in the last bits.
+  export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_deterministic_ops=true"
+fi
 
 cmd="${1:-main}"
 case "$cmd" in
