@@ -123,8 +123,8 @@ def targets(rows: list[Row], digits: list[Row]) -> list[Target]:
     timed = [r for r in digits if not math.isnan(r["torch_eager_ms"])]
     for network in dict.fromkeys(r["network"] for r in timed):  # each framework at its fastest
         scan, eager = (
-            min((r for r in timed if r["network"] == network), key=operator.itemgetter(key))
-            for key in ("jax_scan_ms", "torch_eager_ms")
+            min((r for r in timed if r["network"] == network), key=operator.itemgetter(time))
+            for time in ("jax_scan_ms", "torch_eager_ms")
         )
         at = (
             f"scan {scan['jax_scan_ms']:.3g} ms on {scan['cores']} core(s), torch "
