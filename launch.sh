@@ -76,7 +76,7 @@ esac
 if [ "$platform" = cpu ] && { [ "$cmd" = main ] || [ "$cmd" = train ]; } \
     && [[ "${XLA_FLAGS:-}" != *xla_force_host_platform_device_count* ]]; then
   # One host device a core: a member set (--repeats, --sweep) trains each device's members
-  # on a core of its own; a single run still takes one device (jaxbp.parallel).
+  # on a core of its own; a single run still takes one device (jaxbp.training.parallel).
   export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$(nproc)"
 fi
 case "$cmd" in

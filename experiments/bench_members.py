@@ -3,11 +3,11 @@
     python -m experiments.bench_members
     python -m experiments.bench_members --members=1,8,32 --sklearn_fits=8 --output=m.json
 
-The digits network (64-128-10, tanh, softmax cross-entropy) with the trainer's recipe
-(adam 3e-3 on a cosine schedule, batch 32, 30 epochs, `jaxbp.recipe.build_optimizer`) is
-trained as a member set of N = 1, 8, 32, 128 (`jaxbp.members`, seeds 0..N-1): one compiled
-epoch per epoch for all N members, dispatched from Python as the trainer does, and placed
-as the trainer places them (`jaxbp.parallel.default_num_devices`): on a CPU with one
+The digits network (64-128-10, tanh, softmax cross-entropy) with the run's recipe
+(adam 3e-3 on a cosine schedule, batch 32, 30 epochs, `jaxbp.run.recipe.build_optimizer`) is
+trained as a member set of N = 1, 8, 32, 128 (`jaxbp.training.members`, seeds 0..N-1): one compiled
+epoch per epoch for all N members, dispatched from Python as the run does, and placed
+as the run places them (`jaxbp.training.parallel.default_num_devices`): on a CPU with one
 forced host device a core (``XLA_FLAGS=--xla_force_host_platform_device_count=2``, which
 ``./launch.sh train`` sets), each device trains its share of the members. Reported per
 N: the compile seconds, the training seconds of the 30 epochs (best of ``--trials``), the
@@ -44,11 +44,13 @@ import numpy as np
 from absl import app, flags
 
 from experiments import compilation_cache
-from jaxbp import config as config_lib
-from jaxbp import members, parallel, recipe, train
+from jaxbp import training
+from jaxbp.run import config as config_lib
+from jaxbp.run import recipe
+from jaxbp.training import members, parallel
 
 _MEMBERS = flags.DEFINE_list("members", ["1", "8", "32", "128"], "Member-set sizes N to time.")
-_EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs per member: the trainer's digits recipe.")
+_EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs per member: the run's digits recipe.")
 _SKLEARN_FITS = flags.DEFINE_integer(
     "sklearn_fits", 32, "MLPClassifier fits one after another (0: skip scikit-learn)."
 )
@@ -80,10 +82,10 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     started = time.perf_counter()
     model = recipe.build_model(config, data)
     _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
-    steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
+    steps = training.batches_per_epoch(len(data.x_train), config.batch_size)
     optimizer = recipe.build_optimizer(config, steps)
-    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
-    # The trainer's placement: members spread over the devices it would take
+    step = training.make_train_step(model, loss, optimizer, grad_norm=False)
+    # The run's placement: members spread over the devices it would take
     mesh = parallel.make_mesh(parallel.default_num_devices(num_members), num_members=num_members)
     axis = parallel.MEMBER_AXIS
     epoch_fn = jax.jit(
@@ -94,7 +96,7 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
     )
     evaluate = jax.jit(
         members.over_members(
-            lambda p, x, y: train.evaluate(model, loss, p, x, y, data.task),
+            lambda p, x, y: training.split_metrics(model, loss, p, x, y, data.task),
             num_members,
             (0, None, None),
             spmd_axis_name=axis,
@@ -114,7 +116,7 @@ def time_member_set(num_members: int, epochs: int, trials: int) -> dict[str, flo
 
     state = fresh_state()
     compile_started = time.perf_counter()
-    epoch_one = np.int32(1)  # a host scalar, as the trainer passes it
+    epoch_one = np.int32(1)  # a host scalar, as the run passes it
     compiled = epoch_fn.lower(
         state.params, state.opt_state, {}, x, y, state.key, epoch_one
     ).compile()
@@ -169,7 +171,7 @@ def member_epoch_flops(epochs: int) -> float:
     sizes = (data.x_train.shape[1], *config.hidden_sizes, data.num_outputs)
     pairs = zip(sizes[:-1], sizes[1:], strict=True)
     per_step = 6 * config.batch_size * sum(n_in * n_out for n_in, n_out in pairs)
-    return per_step * train.batches_per_epoch(len(data.x_train), config.batch_size) * epochs
+    return per_step * training.batches_per_epoch(len(data.x_train), config.batch_size) * epochs
 
 
 def time_sklearn(fits: int, epochs: int) -> dict[str, float]:
@@ -218,7 +220,7 @@ def time_torch_ensemble(num_members: int, epochs: int, threads: int) -> dict[str
     `torch.func.stack_module_state` stacks the copies' weights, ``vmap(grad(loss))`` of
     `torch.func.functional_call` gives every member's gradient in one call (eager), and adam
     is written out over the stacked tensors (β = 0.9, 0.999, ε = 1e-8, the rate of the
-    trainer's cosine schedule at each step). Each member draws its own example order, as the
+    run's cosine schedule at each step). Each member draws its own example order, as the
     JAX members do. Timed: the epochs alone, on ``threads`` threads.
     """
     try:
@@ -229,7 +231,7 @@ def time_torch_ensemble(num_members: int, epochs: int, threads: int) -> dict[str
     torch.set_num_threads(threads)
     config = _recipe(epochs)
     data = recipe.load_data(config)
-    steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
+    steps = training.batches_per_epoch(len(data.x_train), config.batch_size)
     schedule = recipe.build_schedule(config, steps)
     rates = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(epochs * steps)), np.float32)
     x = torch.from_numpy(np.asarray(data.x_train, np.float32))

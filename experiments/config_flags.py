@@ -1,4 +1,4 @@
-"""absl flags generated from `jaxbp.config.Config`: one declaration per hyperparameter.
+"""absl flags generated from `jaxbp.run.config.Config`: one declaration per hyperparameter.
 
 Each field of the config becomes a flag with the field's type, default, reason and
 choices, and the data sets whose defaults differ are listed in its help. Only flags given
@@ -16,8 +16,8 @@ from typing import Any
 
 from absl import flags
 
-from jaxbp import config as config_lib
-from jaxbp.config import Config, ConfigError
+from jaxbp.run import config as config_lib
+from jaxbp.run.config import Config, ConfigError
 
 
 def _base_type(name: str) -> tuple[Any, bool]:

@@ -18,9 +18,9 @@ from typing import Any
 from absl import app, flags, logging
 
 from experiments import cli
-from jaxbp import evaluation, inference
-from jaxbp import workdir as workdir_lib
-from jaxbp.config import SWEEPABLE as _SWEEPABLE
+from jaxbp.run import evaluation, inference
+from jaxbp.run import workdir as workdir_lib
+from jaxbp.run.config import SWEEPABLE as _SWEEPABLE
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."

@@ -1,10 +1,10 @@
-"""What the trainer's per-evaluation gradient flow costs, against one training epoch.
+"""What the run's per-evaluation gradient flow costs, against one training epoch.
 
-    python -m experiments.flow_cost            # digits, the trainer's default network
+    python -m experiments.flow_cost            # digits, the run's default network
 
 Times, on the training split of the data set, one compiled epoch, the evaluation the
 trainer runs without the gradient flow (loss, accuracy, ‖∇L‖) and with it
-(`jaxbp.gradient_flow` on `jaxbp.compiled_run.FLOW_ROWS` rows), as medians of interleaved calls.
+(`jaxbp.gradient_flow` on `jaxbp.run.programs.FLOW_ROWS` rows), as medians of interleaved calls.
 """
 
 import statistics
@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from jaxbp import compiled_run, gradient_flow, recipe, train
-from jaxbp import config as config_lib
+from jaxbp import gradient_flow, training
+from jaxbp.run import config as config_lib
+from jaxbp.run import programs, recipe
 
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set whose default run is timed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 50, "Interleaved timing rounds.")
@@ -29,18 +30,18 @@ def main(argv: list[str]) -> int:
     data = recipe.load_data(config)
     model = recipe.build_model(config, data)
     _, loss = config_lib.resolve_head(config, data.task, data.num_outputs)
-    steps = train.batches_per_epoch(len(data.x_train), config.batch_size)
+    steps = training.batches_per_epoch(len(data.x_train), config.batch_size)
     optimizer = recipe.build_optimizer(config, steps)
     state = recipe.initial_state(config, model, optimizer)
-    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
-    epoch = train.make_epoch(step, config.batch_size)
-    loss_and_grad = train.make_loss_and_grad(model, loss)
+    step = training.make_train_step(model, loss, optimizer, grad_norm=False)
+    epoch = training.make_epoch(step, config.batch_size)
+    loss_and_grad = training.make_loss_and_grad(model, loss)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    rows = min(len(x), compiled_run.FLOW_ROWS)
+    rows = min(len(x), programs.FLOW_ROWS)
 
     @jax.jit
     def plain(params):
-        metrics = train.evaluate(model, loss, params, x, y, data.task)
+        metrics = training.split_metrics(model, loss, params, x, y, data.task)
         metrics["grad_norm"] = optax.tree.norm(loss_and_grad(params, x, y)[1])
         return metrics
 

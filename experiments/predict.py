@@ -24,8 +24,9 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import cli
-from jaxbp import data_files, inference
-from jaxbp import workdir as workdir_lib
+from jaxbp.data import files
+from jaxbp.run import inference
+from jaxbp.run import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."
@@ -78,7 +79,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # a fault: a damaged checkpoint
         return fail(f"{type(e).__name__}: {e}", 1)
     try:
-        x_raw = data_files.read_features(data_path, trained.preprocessing["feature_names"])
+        x_raw = files.read_features(data_path, trained.preprocessing["feature_names"])
     except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
         return fail(str(e), 2)
     try:

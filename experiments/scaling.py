@@ -6,8 +6,8 @@
 Each device count is a child process (`experiments.bench.host.run_child`; with
 ``--force_host_devices``, the default, N CPU devices: ``JAX_PLATFORMS=cpu`` and
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) that times compiled epochs of the
-trainer's run (`experiments.bench.digits.trainer_training`) with the sharded step of
-`jaxbp.parallel`, after a warm-up epoch; the table reports the median.
+run's run (`experiments.bench.digits.run_training`) with the sharded step of
+`jaxbp.training.parallel`, after a warm-up epoch; the table reports the median.
 """
 
 import os
@@ -19,13 +19,14 @@ import numpy as np
 from absl import app, flags
 
 from experiments.bench import host
-from experiments.bench.digits import trainer_training
+from experiments.bench.digits import run_training
 from experiments.bench.host import time_interleaved
-from jaxbp import parallel, train
+from jaxbp import training
+from jaxbp.training import parallel
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts to compare.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "Data set to train on.")
-_HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths (default: the trainer's).")
+_HIDDEN = flags.DEFINE_list("hidden_sizes", None, "Hidden widths (default: the run's).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of every count).")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Timed epochs per count (after one warm-up).")
 _FORCE = flags.DEFINE_boolean(
@@ -36,14 +37,14 @@ _FORCE = flags.DEFINE_boolean(
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Times epochs of the trainer's sharded step on ``spec["devices"]`` devices."""
+    """Times epochs of the run's sharded step on ``spec["devices"]`` devices."""
     hidden = {"hidden_sizes": tuple(spec["hidden_sizes"])} if spec["hidden_sizes"] else {}
-    t = trainer_training(spec["dataset"], batch_size=spec["batch_size"], **hidden)
+    t = run_training(spec["dataset"], batch_size=spec["batch_size"], **hidden)
     batch_size, steps = t.config.batch_size, len(t.x) // t.config.batch_size
     mesh = parallel.make_mesh(spec["devices"])
     parallel.check_batch_size(batch_size, mesh)
-    step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
-    epoch = train.make_epoch(step, batch_size, shard_batch=parallel.shard_batch(mesh))
+    step = training.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
+    epoch = training.make_epoch(step, batch_size, shard_batch=parallel.shard_batch(mesh))
     state = parallel.replicate((t.params, t.optimizer.init(t.params)), mesh)
     x, y = parallel.put_training_data((np.asarray(t.x), np.asarray(t.y)), mesh)
     key = jax.random.key(0)
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
             "overhead, not a speed-up."
         )
     print(
-        f"\n{_DATASET.value} {rows[0]['network']}, the trainer's optimizer, global batch "
+        f"\n{_DATASET.value} {rows[0]['network']}, the run's optimizer, global batch "
         f"{_BATCH.value}, median of {_EPOCHS.value} epochs\n"
     )
     print("| devices | epoch ms | examples/s | vs 1st row |\n|---|---|---|---|")

@@ -7,7 +7,7 @@
     ./launch.sh train --dataset=digits --repeats=8                # 8 seeds in one program
     ./launch.sh train --sweep=learning_rate=1e-3,3e-3,1e-2 --repeats=4   # a 3 x 4 grid
 
-Every run flag is a field of `jaxbp.config.Config` (``--help`` shows each default and choice);
+Every run flag is a field of `jaxbp.run.config.Config` (``--help`` shows each default and choice);
 flags left unset take the data set's defaults, or, in a workdir that holds a run, that
 run's settings. Exit status: 0 done, 1 a fault during the run, 2 bad flags or a workdir
 that refuses them, 128 + signal after a clean stop (130 for Ctrl-C, 143 for SIGTERM).
@@ -23,9 +23,11 @@ import time
 from absl import app, flags, logging
 
 from experiments import cli, compilation_cache, config_flags
-from jaxbp import config as config_lib
-from jaxbp import config_checks, parallel, run_outputs, stop, trainer
-from jaxbp import workdir as workdir_lib
+from jaxbp.run import config as config_lib
+from jaxbp.run import config_checks, loop, stop
+from jaxbp.run import outputs as run_outputs
+from jaxbp.run import workdir as workdir_lib
+from jaxbp.training import parallel
 
 _CONFIG = config_flags.define_config_flags()
 _WORKDIR = flags.DEFINE_string(
@@ -118,7 +120,7 @@ def main(argv: list[str]) -> int:
     if parallel.is_primary():
         print(f"jaxbp train: workdir {workdir}", flush=True)
     try:
-        summary = trainer.train_and_evaluate(
+        summary = loop.train_and_evaluate(
             config, workdir, allow_changes=tuple(_ALLOW_CHANGES.value)
         )
     except config_lib.ConfigError as e:
@@ -140,7 +142,7 @@ def main(argv: list[str]) -> int:
             f"Resume with: ./launch.sh train --workdir={workdir}",
             130,
         )
-    except (ValueError, FileNotFoundError, OSError, trainer.NonFiniteError) as e:
+    except (ValueError, FileNotFoundError, OSError, loop.NonFiniteError) as e:
         return fail(config_flags.to_flag_words(str(e)), 1)
     if parallel.is_primary():
         print_summary(summary, workdir)

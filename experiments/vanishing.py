@@ -26,7 +26,8 @@ import numpy as np
 from absl import app, flags
 
 import jaxbp
-from jaxbp import activations, config, data, train
+from jaxbp import activations, data, training
+from jaxbp.run import config
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 
@@ -77,7 +78,7 @@ def _mean_g_prime(model, loss, params, x, y) -> np.ndarray:
 
 
 def run_one(ds, activation: str, depth: int, width: int, epochs: int, probe: int, seed: int):
-    """Trains one network with the digits defaults of `jaxbp.config` and measures it."""
+    """Trains one network with the digits defaults of `jaxbp.run.config` and measures it."""
     cfg = config.make_config(
         "digits", hidden_sizes=(width,) * (depth - 1), activation=activation, epochs=epochs
     )
@@ -89,16 +90,16 @@ def run_one(ds, activation: str, depth: int, width: int, epochs: int, probe: int
     params = jaxbp.init_params(k_init, model)  # Glorot for sigmoid and tanh, He for relu
     delta_init = _delta_norms(model, loss, params, x_probe, y_probe)
     g_prime_init = _mean_g_prime(model, loss, params, x_probe, y_probe)
-    steps = epochs * train.batches_per_epoch(len(x), cfg.batch_size)
-    schedule = train.make_schedule(cfg.learning_rate, cfg.schedule, total_steps=steps)
-    optimizer = train.make_optimizer(cfg.optimizer, schedule)
-    step = train.make_train_step(model, loss, optimizer, grad_norm=False)
-    epoch = train.make_epoch(step, cfg.batch_size)
+    steps = epochs * training.batches_per_epoch(len(x), cfg.batch_size)
+    schedule = training.make_schedule(cfg.learning_rate, cfg.schedule, total_steps=steps)
+    optimizer = training.make_optimizer(cfg.optimizer, schedule)
+    step = training.make_train_step(model, loss, optimizer, grad_norm=False)
+    epoch = training.make_epoch(step, cfg.batch_size)
     opt_state = optimizer.init(params)
     for e in range(epochs):
         params, opt_state, _ = epoch(params, opt_state, x, y, k_order, e)
     delta_trained = _delta_norms(model, loss, params, x_probe, y_probe)
-    metrics = train.evaluate(
+    metrics = training.split_metrics(
         model, loss, params, jnp.asarray(ds.x_test), jnp.asarray(ds.y_test), ds.task
     )
     accuracy = float(metrics["accuracy"])

@@ -26,9 +26,9 @@ from jaxbp.mlp import (
     MLP,
     Forward,
     Params,
-    forward_autodiff,
     forward_layers,
     forward_logits,
+    forward_outputs,
     init_params,
 )
 from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms, per_example_grads
@@ -50,7 +50,7 @@ __all__ = (
     "apply",
     "backward_from_output_delta",
     "clipped_loss_and_grad",
-    "forward_autodiff",
+    "forward_outputs",
     "forward_layers",
     "forward_logits",
     "forward_with_residuals",

@@ -176,7 +176,7 @@ def _with_custom_backward(
     return fn
 
 
-_apply_custom = _with_custom_backward(mlp_lib.forward_autodiff, of_logits=False)
+_apply_custom = _with_custom_backward(mlp_lib.forward_outputs, of_logits=False)
 # The fused losses take the logits: their δ^[L] reaches the recursion without passing through
 # f'(z^[L]), which a saturated sigmoid or softmax rounds to 0 against an infinite ∂L/∂ŷ.
 _logits_custom = _with_custom_backward(mlp_lib.forward_logits, of_logits=True)
@@ -240,7 +240,7 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     if single:
         x = x[None]
     if backward == "autodiff":
-        y_hat = mlp_lib.forward_autodiff(model, params, x)
+        y_hat = mlp_lib.forward_outputs(model, params, x)
     else:
         y_hat = _call_custom(_apply_custom, model, params, x)
     return y_hat[0] if single else y_hat

@@ -218,7 +218,7 @@ class Forward(NamedTuple):
 def forward_layers(model: MLP, params: Params, x: Array) -> Forward:
     """The forward pass layer by layer: ``z^[k] = a^[k-1] @ W^[k].T + b^[k]``, ``a^[k] = g(z^[k])``.
 
-    The one loop over the layers: `forward_logits`, `forward_autodiff` and
+    The one loop over the layers: `forward_logits`, `forward_outputs` and
     `jaxbp.forward_with_residuals` take what they need from it.
 
     Args:
@@ -247,6 +247,6 @@ def forward_logits(model: MLP, params: Params, x: Array) -> Array:
     return forward_layers(model, params, x).z[-1]
 
 
-def forward_autodiff(model: MLP, params: Params, x: Array) -> Array:
+def forward_outputs(model: MLP, params: Params, x: Array) -> Array:
     """The plain forward pass ``ŷ = f(z^[L])`` (eq. (4.1))."""
     return forward_layers(model, params, x).a[-1]

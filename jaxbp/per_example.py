@@ -169,7 +169,8 @@ def clipped_loss_and_grad(
 def make_clipped_grad_fn(
     model: MLP, loss: str, clip_norm: float
 ) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
-    """``(params, x, y) -> (loss, clipped grads)`` for `jaxbp.train.make_train_step`'s ``grad_fn``.
+    """``(params, x, y) -> (loss, clipped grads)`` for a train step's ``grad_fn``
+    (`jaxbp.training.make_train_step`).
 
     Any optax optimiser then takes the clipped gradient as it takes a plain one; chain
     ``optax.add_noise`` (or a DP accountant's noise) in front of it for DP-SGD proper.

@@ -4,7 +4,7 @@ import json
 
 from experiment_runs import run_experiment
 
-from jaxbp import trainer
+from jaxbp.run import loop
 
 
 def test_one_round_times_the_main_job_against_the_sklearn_script(tmp_path):
@@ -17,7 +17,7 @@ def test_one_round_times_the_main_job_against_the_sklearn_script(tmp_path):
     assert figures["warm_vs_sklearn"] == medians["warm"] / medians["sklearn"]
     assert figures["first_vs_sklearn"] == medians["first"] / medians["sklearn"]
     phases = figures["warm_phase_seconds"]
-    assert tuple(phases) == trainer.PHASES
+    assert tuple(phases) == loop.PHASES
     assert sum(phases.values()) < medians["warm"]  # the process also imports and starts
     assert "where the warm main job's time goes" in result.stdout
 

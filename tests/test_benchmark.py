@@ -20,8 +20,8 @@ from experiments.bench import alternatives, digits, report
 from experiments.bench.config import BenchConfig
 from experiments.bench.host import time_interleaved
 from experiments.bench.torch_side import import_torch
-from jaxbp import config as config_lib
-from jaxbp import recipe
+from jaxbp.run import config as config_lib
+from jaxbp.run import recipe
 
 SMALLEST = BenchConfig(
     depths=(1,),
@@ -34,7 +34,7 @@ SMALLEST = BenchConfig(
     epoch_steps=2,
     torch_compile=False,  # tens of seconds of compilation; the grid run covers it
     digits_budget=0.05,
-    digits_hidden=(),  # the trainer's network alone
+    digits_hidden=(),  # the run's network alone
     digits_cores=(1,),  # one child process, pinned to one CPU
     alternatives=False,  # compiles ten programs; test_alternatives_run covers them
 )
@@ -91,7 +91,7 @@ def test_digits_section_times_the_trainers_network(result):
     assert [d["network"] for d in result["digits"]] == ["-".join(map(str, sizes))]
     for d in result["digits"]:
         assert d["jax_scan_ms"] > 0 and d["jax_loop_ms"] > 0
-        assert d["steps"] == len(digits.trainer_training().x) // trainer_config.batch_size
+        assert d["steps"] == len(digits.run_training().x) // trainer_config.batch_size
         assert d["cores"] == 1  # the child ran on the one CPU it was given
         assert d["shuffle_sort_ms"] > 0 and d["shuffle_hashed_ms"] > 0
         if import_torch() is not None:
@@ -100,11 +100,11 @@ def test_digits_section_times_the_trainers_network(result):
 
 def test_digits_training_is_the_trainers():
     trainer_config = config_lib.make_config("digits")
-    t = digits.trainer_training()
+    t = digits.run_training()
     assert t.config == trainer_config and t.loss == "softmax_cross_entropy"
     assert t.model == recipe.build_model(trainer_config, recipe.load_data(trainer_config))
-    assert digits.trainer_training(hidden_sizes=(32,)).model.sizes == (64, 32, 10)
-    # The optimizer is the trainer's: its learning rate follows the config's schedule.
+    assert digits.run_training(hidden_sizes=(32,)).model.sizes == (64, 32, 10)
+    # The optimizer is the run's: its learning rate follows the config's schedule.
     state = t.optimizer.init(t.params)
     updates, _ = t.optimizer.update(jax.tree.map(jnp.ones_like, t.params), state, t.params)
     first_step = float(-updates[0]["b"][0])  # adam's first step is the learning rate

@@ -19,7 +19,9 @@ import jaxbp
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DERIVATIONS = ROOT / "docs" / "derivations.md"
-MODULES = sorted(m.name for m in pkgutil.iter_modules(jaxbp.__path__))
+MODULES = sorted(
+    m.name.removeprefix("jaxbp.") for m in pkgutil.walk_packages(jaxbp.__path__, "jaxbp.")
+)
 # Modules whose public functions carry an ``Examples:`` doctest: they must keep at least one.
 WITH_EXAMPLES = ("backprop", "gradient_flow", "per_example")
 
@@ -70,9 +72,9 @@ def test_every_equation_cited_in_code_and_docs_is_defined():
     defined = _defined_equations()
     assert {"1.1", "1.9", "2.7", "3.6", "3.7", "4.9", "0.3"} <= defined
     sources = [
-        *ROOT.glob("jaxbp/*.py"),
-        *ROOT.glob("experiments/*.py"),
-        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("jaxbp/**/*.py"),
+        *ROOT.glob("experiments/**/*.py"),
+        *ROOT.glob("tests/**/*.py"),
         README,
         DERIVATIONS,
     ]
@@ -86,8 +88,8 @@ def test_every_equation_cited_in_code_and_docs_is_defined():
 
 def test_every_test_named_in_the_docs_exists():
     defined = set()
-    for path in ROOT.glob("tests/test_*.py"):
-        defined.add(path.stem)  # a test module named as tests/test_x.py
+    for path in ROOT.glob("tests/**/test_*.py"):
+        defined.add(path.stem)  # a test module named as tests/[layer/]test_x.py
         defined |= set(re.findall(r"^\s*def (test_\w+)", path.read_text(), re.M))
     for doc in (DERIVATIONS, README):
         named = set(re.findall(r"\b(test_[a-z0-9_]+)\b", doc.read_text()))
@@ -96,7 +98,7 @@ def test_every_test_named_in_the_docs_exists():
 
 
 def test_the_docs_point_nowhere_outside_the_repository():
-    for doc in (DERIVATIONS, README, *ROOT.glob("jaxbp/*.py")):
+    for doc in (DERIVATIONS, README, *ROOT.glob("jaxbp/**/*.py")):
         text = doc.read_text()
         assert "../" not in text, doc
         assert not re.search(r"\b\d{3}_[0-9a-f]{16}\.txt\b", text), doc

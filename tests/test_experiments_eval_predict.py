@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from experiment_runs import run_experiment as _run
 
-from jaxbp import config as config_lib
-from jaxbp import inference, recipe, trainer
+from jaxbp.run import config as config_lib
+from jaxbp.run import inference, loop, recipe
 
 
 def _one_error_line(result, program, code, message):
@@ -29,7 +29,7 @@ def iris_run(tmp_path_factory):
     """A 3-epoch iris run: (workdir, summary, raw test rows, their true class names)."""
     config = config_lib.make_config("iris", epochs=3)
     workdir = str(tmp_path_factory.mktemp("runs") / "iris")
-    summary = trainer.train_and_evaluate(config, workdir, log=lambda _: None)
+    summary = loop.train_and_evaluate(config, workdir, log=lambda _: None)
     ds = recipe.load_data(config)
     x_raw = ds.x_test.astype(np.float64) * ds.x_scale + ds.x_mean
     truth = np.asarray(ds.class_names)[np.argmax(ds.y_test, axis=1)]

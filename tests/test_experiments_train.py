@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from experiment_runs import ROOT, run_experiment
 
-from jaxbp import recipe
-from jaxbp import workdir as workdir_lib
-from jaxbp.trained import restore_trained
+from jaxbp.run import recipe
+from jaxbp.run import workdir as workdir_lib
+from jaxbp.run.restore import restore_trained
 
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 ENV = {**os.environ, "PYTHONPATH": ROOT, **UNBUFFERED}

@@ -240,7 +240,7 @@ def test_forward_matches_numpy(x64, activation, output, use_bias):
     x = rng.normal(size=(7, 4))
     zs_ref, acts_ref = _numpy_forward(model, params, x)
     z = mlp.forward_logits(model, params, jnp.asarray(x))
-    y_hat = mlp.forward_autodiff(model, params, jnp.asarray(x))
+    y_hat = mlp.forward_outputs(model, params, jnp.asarray(x))
     chex.assert_shape((z, y_hat), (7, 3))
     chex.assert_trees_all_close(z, jnp.asarray(zs_ref[-1]), rtol=1e-12, atol=1e-14)
     chex.assert_trees_all_close(y_hat, jnp.asarray(acts_ref[-1]), rtol=1e-12, atol=1e-14)

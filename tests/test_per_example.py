@@ -16,7 +16,7 @@ import pytest
 from problems import assert_grads_close, make_problem
 
 import jaxbp
-from jaxbp import per_example, train
+from jaxbp import per_example, training
 
 BATCH = 7
 
@@ -232,7 +232,7 @@ def test_make_clipped_grad_fn_plugs_into_the_trainer(x64):
     model, loss, params, x, y = _problem(CASES[2], jnp.float64)
     grad_fn = per_example.make_clipped_grad_fn(model, loss, 0.3)
     optimizer = optax.sgd(0.1)
-    step = train.make_train_step(model, loss, optimizer, grad_fn=grad_fn)
+    step = training.make_train_step(model, loss, optimizer, grad_fn=grad_fn)
     new_params, _, metrics = jax.jit(step)(params, optimizer.init(params), (x, y))
     expected, _ = _clip_reference(model, loss, params, x, y, 0.3)
     chex.assert_trees_all_close(

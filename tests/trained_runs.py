@@ -1,10 +1,11 @@
-"""Tiny runs trained for the tests of jaxbp.inference and jaxbp.evaluation (a few epochs each),
-and the class indices of their targets. The ``trained`` fixture of conftest.py serves them."""
+"""Tiny runs trained for the tests of jaxbp.run.inference and jaxbp.run.evaluation (a few
+epochs each), and the class indices of their targets. The ``trained`` fixture of conftest.py
+serves them."""
 
 import numpy as np
 
-from jaxbp import config as config_lib
-from jaxbp import trainer
+from jaxbp.run import config as config_lib
+from jaxbp.run import loop
 
 RUNS = {  # name -> make_config arguments: three tasks and a float64 run
     "iris": ("iris", {"epochs": 3}),  # three classes, softmax
@@ -24,7 +25,7 @@ def train_on_first_use(root):
             dataset, overrides = RUNS[name]
             config = config_lib.make_config(dataset, **overrides)
             workdir = str(root / name)
-            summary = trainer.train_and_evaluate(config, workdir, log=lambda _: None)
+            summary = loop.train_and_evaluate(config, workdir, log=lambda _: None)
             done[name] = workdir, config, summary
         return done[name]
 

@@ -51,7 +51,7 @@ def gradients(width: int, batch: int, backward: str, patch: Callable) -> tuple[s
 
 def measure(config: BenchConfig) -> list[dict[str, Any]]:
     """One row per choice: both sides' ms, and the replaced side's time over the chosen's."""
-    training = digits.trainer_training()
+    training = digits.run_training()
     epoch = f"digits {'-'.join(map(str, training.model.sizes))} epoch"
     einsum = ("layer as einsum('...i,oi->...o')", "a_prev @ W.T")
     choices = [  # (choice, replaced code, what is timed, chosen thunk, replaced thunk)

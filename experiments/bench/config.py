@@ -16,7 +16,7 @@ class BenchConfig:
     depths: tuple[int, ...] = _field((1, 2, 4, 8), "Hidden layers of the grid's networks.")
     widths: tuple[int, ...] = _field((32, 256, 1024, 2048), "Widths: dispatch- to FLOP-bound.")
     batch_sizes: tuple[int, ...] = _field((1, 32, 256, 1024), "Rows a step (1: matrix-vector).")
-    activations: tuple[str, ...] = _field(("tanh",), "Hidden activations (the trainer's tanh).")
+    activations: tuple[str, ...] = _field(("tanh",), "Hidden activations (the run's tanh).")
     dtypes: tuple[str, ...] = _field(("float32",), "float32, float64 or bfloat16.")
     repeats: int = _field(5, "Fewest rounds of the gradient comparison.")
     point_budget: float = _field(8.0, "Seconds of rounds a point: cheap ones get more rounds.")
@@ -26,7 +26,7 @@ class BenchConfig:
     torch_compile: bool = _field(True, "Time torch.compile too (~15 s compiling a shape).")
     digits: bool = _field(True, "Time the digits epoch: lax.scan against PyTorch eager.")
     digits_budget: float = _field(20.0, "Seconds of rounds of each digits comparison.")
-    digits_hidden: tuple[int, ...] = _field((32,), "Hidden widths timed beside the trainer's.")
+    digits_hidden: tuple[int, ...] = _field((32,), "Hidden widths timed beside the run's.")
     # Training runs epochs back to back, so an epoch is timed after epochs of its own, not
     # right after the other framework's (whose code and data then fill the caches).
     digits_warmup_calls: int = _field(3, "Untimed epochs before each timed one (0: cold).")

@@ -1,6 +1,6 @@
-"""The digits epoch: the trainer's run as one `lax.scan` epoch against the same in PyTorch eager.
+"""The digits epoch: the run's run as one `lax.scan` epoch against the same in PyTorch eager.
 
-`trainer_training` builds a run as the trainer does (`experiments/scaling.py` uses it too). Each
+`run_training` builds a run as the run does (`experiments/scaling.py` uses it too). Each
 CPU count is measured in a child process (`host.run_child`), JAX and PyTorch interleaved in the
 same rounds, each epoch continuing from the state the last returned, as training does.
 """
@@ -21,9 +21,11 @@ from experiments.bench import host, torch_side
 from experiments.bench.config import BenchConfig
 from experiments.bench.host import Thunk
 from experiments.bench.jax_side import python_loop_epoch
-from jaxbp import config as config_lib
-from jaxbp import recipe, shuffle, train
+from jaxbp import training
 from jaxbp.mlp import MLP
+from jaxbp.run import config as config_lib
+from jaxbp.run import recipe
+from jaxbp.training import shuffle
 
 
 class Training(NamedTuple):
@@ -36,8 +38,8 @@ class Training(NamedTuple):
     y: jax.Array  # (examples, outputs)
 
 
-def trainer_training(dataset: str = "digits", **overrides: Any) -> Training:
-    """The trainer's run of ``make_config(dataset, **overrides)``: data, network, optimizer."""
+def run_training(dataset: str = "digits", **overrides: Any) -> Training:
+    """The run's run of ``make_config(dataset, **overrides)``: data, network, optimizer."""
     config = config_lib.make_config(dataset, **overrides)
     data = recipe.load_data(config)
     model = recipe.build_model(config, data)
@@ -49,9 +51,9 @@ def trainer_training(dataset: str = "digits", **overrides: Any) -> Training:
 
 
 def scan_epoch(t: Training, *, grad_norm: bool = False, donate: bool = True) -> Thunk:
-    """An epoch as the trainer runs it, each call continuing from the state of the last."""
-    step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=grad_norm)
-    epoch = train.make_epoch(step, t.config.batch_size, donate=donate)
+    """An epoch as the run runs it, each call continuing from the state of the last."""
+    step = training.make_train_step(t.model, t.loss, t.optimizer, grad_norm=grad_norm)
+    epoch = training.make_epoch(step, t.config.batch_size, donate=donate)
     state = [jax.tree.map(jnp.copy, t.params), t.optimizer.init(t.params)]
     key = jax.random.key(1)
 
@@ -91,8 +93,8 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     timed = functools.partial(  # each network gets digits_budget, the shuffles a quarter
         host.time_interleaved, min_rounds=config.repeats, warmup_calls=config.digits_warmup_calls
     )
-    networks = [trainer_training()]
-    networks += [trainer_training(hidden_sizes=(h,)) for h in config.digits_hidden]
+    networks = [run_training()]
+    networks += [run_training(hidden_sizes=(h,)) for h in config.digits_hidden]
     n, key = len(networks[0].x), jax.random.key(1)
     sort = jax.jit(lambda k: jax.random.permutation(k, n)).lower(key).compile()
     hashed = jax.jit(lambda k: shuffle.permutation(k, n)).lower(key).compile()
@@ -100,7 +102,7 @@ def measure(config: BenchConfig) -> list[dict[str, Any]]:
     shuffles = timed(thunks, budget=config.digits_budget / 4)
     rows = []
     for t in networks:
-        step = train.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
+        step = training.make_train_step(t.model, t.loss, t.optimizer, grad_norm=False)
         args = (t.params, t.optimizer.init(t.params), t.x, t.y, key, 0)
         thunks = {
             "jax_scan": scan_epoch(t),

@@ -11,7 +11,7 @@ import optax
 import jaxbp
 from experiments.bench.config import BenchConfig, Point
 from experiments.bench.host import Thunk
-from jaxbp import backprop, per_example, train
+from jaxbp import backprop, per_example, training
 from jaxbp.gradient_check import random_targets
 from jaxbp.mlp import MLP
 
@@ -60,10 +60,10 @@ def residual_bytes(f: Callable, params: Any, x: jax.Array, y: jax.Array) -> int:
 
 
 def python_loop_epoch(step_fn: Callable, batch_size: int, args: tuple) -> Thunk:
-    """`jaxbp.train.make_epoch`'s epoch on ``args = (params, opt_state, x, y, key,
+    """`jaxbp.training.make_epoch`'s epoch on ``args = (params, opt_state, x, y, key,
     epoch_index)`` as a Python loop, the same shuffle and steps, each step a jitted call."""
     num_examples = len(args[2])
-    permute = jax.jit(lambda key, e: train.epoch_order(key, e, num_examples, batch_size))
+    permute = jax.jit(lambda key, e: training.epoch_order(key, e, num_examples, batch_size))
     step_at = jax.jit(lambda p, s, x, y, order, i: step_fn(p, s, (x[order[i]], y[order[i]])))
     indices = [jnp.int32(i) for i in range(num_examples // batch_size)]
 
@@ -112,11 +112,11 @@ def jax_variants(point: Point, config: BenchConfig) -> tuple[dict, dict, dict]:
 
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
-    step_fn = train.make_train_step(model, LOSS, optimizer)
+    step_fn = training.make_train_step(model, LOSS, optimizer)
     thunks["train_step"], _ = compiled_thunk(step_fn, params, opt_state, (x, y))
     x_epoch, y_epoch = make_batch(model, config.epoch_steps * batch, dtype, key_epoch)
     epoch_args = (params, opt_state, x_epoch, y_epoch, key_epoch, 0)
-    epoch = train.make_epoch(step_fn, batch).lower(*epoch_args).compile()
+    epoch = training.make_epoch(step_fn, batch).lower(*epoch_args).compile()
     thunks["epoch_scan"] = lambda: epoch(*epoch_args)
     thunks["epoch_loop"] = python_loop_epoch(step_fn, batch, epoch_args)
     jax.block_until_ready(thunks["epoch_loop"]())  # compiles its two programs

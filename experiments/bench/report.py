@@ -40,13 +40,13 @@ DIGITS_COLUMNS = (
     ("network", "network", "", "layer sizes"),
     ("cores", "cores", "", "CPUs of the child process"),
     ("steps", "steps", "", "adam steps of an epoch"),
-    ("jax scan", "jax_scan_ms", "g", "one epoch as the trainer runs it (make_epoch)"),
+    ("jax scan", "jax_scan_ms", "g", "one epoch as the run runs it (make_epoch)"),
     ("jax loop", "jax_loop_ms", "g", "its steps, each a jitted call from Python"),
     ("torch eager", "torch_eager_ms", "g", "the same epoch in PyTorch eager"),
     ("torch/scan", "torch_over_scan", "g", "torch eager over jax scan"),
     ("loop/scan", "loop_over_scan", "g", "jax loop over jax scan"),
     ("sort shuffle", "shuffle_sort_ms", "g", "jax.random.permutation of the rows alone"),
-    ("hashed shuffle", "shuffle_hashed_ms", "g", "jaxbp.shuffle.permutation alone"),
+    ("hashed shuffle", "shuffle_hashed_ms", "g", "jaxbp.training.shuffle.permutation alone"),
 )
 ALTERNATIVE_COLUMNS = (
     ("jaxbp's choice", "choice", ""),

@@ -1,0 +1,279 @@
+"""Atomic, resumable checkpoints with orbax-checkpoint, and a run's two checkpoint folders.
+
+A checkpoint holds a pytree of arrays (the train state, or the best parameters) and a JSON
+``meta`` block that describes it: the network, the optimizer and the preprocessing that
+`jaxbp.run.inference` needs to use the parameters without the training data. Orbax writes each
+one to a temporary folder and renames it when complete, so a run killed mid-write leaves
+the previous checkpoint intact. A checkpoint that cannot be read (damaged by hand, an
+emptied folder, a full disk) is moved to ``<directory>-damaged/`` and the next older one
+is used, so one bad write never ends a run's ability to resume (`Checkpointer`).
+
+`RunCheckpoints` holds, in a workdir,
+
+* ``checkpoints/``: the `TrainState` after an epoch with the run's meta (network,
+  preprocessing, and for a member set the epoch each member diverged in);
+* ``best/`` (one kept): the best-validation params with a ``best`` record of the epoch and
+  val loss each member's best comes from (`jaxbp.run.progress.Progress.unsaved_best`).
+
+The run works on stacked trees, every leaf ``(M, ...)``; a single run's checkpoint keeps
+the unstacked layout, so the same folder reads back either way (`to_disk`, `from_disk`).
+A resume takes the newest readable checkpoint whose network matches the run's
+(`check_same_network`); the best is always saved just before the state, so a best newer
+than the state found is not the run's own and is redone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbp.mlp import Params
+from jaxbp.run.config import ConfigError
+from jaxbp.run.progress import Progress
+from jaxbp.run.recipe import TrainState
+from jaxbp.training import members
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint belongs to a different network."""
+
+
+class Checkpointer:
+    """Saves and restores ``(tree, meta)`` checkpoints numbered by epoch under ``directory``.
+
+    Args:
+      directory: where the numbered checkpoint folders go (created if missing).
+      max_to_keep: how many recent checkpoints to keep.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp  # experiments extra: not needed by `import jaxbp`
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def epochs(self) -> list[int]:
+        """The epochs of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_epoch(self) -> int | None:
+        """The epoch of the newest complete checkpoint, or None."""
+        epochs = self.epochs()
+        return epochs[-1] if epochs else None
+
+    def delete_after(self, epoch: int) -> None:
+        """Deletes the checkpoints of epochs after ``epoch`` (a resumed run redoes them)."""
+        for later in self.epochs():
+            if later > epoch:
+                self._manager.delete(later)
+
+    def save(self, epoch: int, tree: Any, meta: dict[str, Any]) -> None:
+        """Writes ``tree`` and ``meta`` for ``epoch`` atomically and waits until on disk."""
+        ocp = self._ocp
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def read_meta(self, epoch: int) -> dict[str, Any]:
+        """The JSON ``meta`` block of ``epoch``'s checkpoint."""
+        ocp = self._ocp
+        return self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
+
+    def restore(self, epoch: int, like: Any) -> Any:
+        """The tree of ``epoch``'s checkpoint, in the structure of ``like``."""
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self._manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )["state"]
+        # Orbax returns optax's NamedTuples as plain containers: rebuild the exact tree.
+        return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
+
+    def restore_newest_readable(
+        self,
+        like: Any,
+        check_meta: Callable[[dict[str, Any]], None] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """The newest checkpoint that reads back whole: ``(epoch, tree, meta)``, or None.
+
+        A checkpoint that fails to read is moved aside to ``<directory>-damaged/`` and
+        named in one line through ``log``; the next older one is tried.
+
+        Args:
+          like: a tree of the stored structure, shapes and dtypes.
+          check_meta: called on the meta first; its exception (e.g.
+            `CheckpointMismatchError`) propagates, since it is no damage but a refusal.
+          log: where the one-line notes go.
+        """
+        for epoch in reversed(self.epochs()):
+            try:
+                meta = self.read_meta(epoch)
+            except Exception as e:  # any failure to read is damage; the cause is named
+                self._set_aside(epoch, e, log)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                tree = self.restore(epoch, like)
+                if any(not _all_finite(leaf) for leaf in jax.tree.leaves(tree)):
+                    raise ValueError("it holds non-finite values")
+            except Exception as e:  # any failure to read is damage; the cause is named
+                self._set_aside(epoch, e, log)
+                continue
+            return epoch, tree, meta
+        return None
+
+    def _set_aside(self, epoch: int, error: Exception, log: Callable[[str], None]) -> None:
+        damaged = self.directory + "-damaged"
+        os.makedirs(damaged, exist_ok=True)
+        target = os.path.join(damaged, f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(os.path.join(self.directory, str(epoch)), target)
+        first_line = (str(error).strip().splitlines() or [""])[0][:160]
+        log(
+            f"checkpoint of epoch {epoch} is damaged ({type(error).__name__}: {first_line}); "
+            f"moved to {target}, trying the one before it."
+        )
+        self._manager.reload()
+
+    def close(self) -> None:
+        """Finishes pending writes."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _all_finite(leaf: Any) -> bool:
+    array = np.asarray(leaf)
+    return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
+
+
+def check_same_network(stored: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """Raises `CheckpointMismatchError` unless the stored network description is expected's."""
+    if stored != expected:
+        diff = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+        raise CheckpointMismatchError(
+            f"the checkpoint in {where} was written for a different network: "
+            f"(checkpoint, now) = {diff}. Use a new workdir, or the settings of the run "
+            "that wrote it."
+        )
+
+
+# One compiled program for a whole tree, where leaf-by-leaf indexing outside jit would
+# compile one per leaf shape.
+_unstack = jax.jit(lambda tree: members.take(tree, 0))
+_stack_one = jax.jit(lambda tree: members.stack([tree]))
+
+
+class RunCheckpoints:
+    """The latest and best checkpoints of a run in ``workdir`` (``latest``, ``best``).
+
+    Args:
+      workdir: the run's folder.
+      meta: what every checkpoint of the run stores: ``network`` and ``preprocessing``.
+      num_members: M, the members of the run (1: the unstacked layout on disk).
+      log: where the resume and set-aside lines go.
+    """
+
+    def __init__(
+        self, workdir: str, meta: dict[str, Any], num_members: int, log: Callable[[str], None]
+    ):
+        self.workdir, self.meta, self.num_members, self.log = workdir, meta, num_members, log
+        self.latest = Checkpointer(os.path.join(workdir, "checkpoints"))
+        self.best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        check_same_network(meta.get("network", {}), self.meta["network"], self.workdir)
+
+    def to_disk(self, tree: Any) -> Any:
+        """A stacked tree as the checkpoint holds it: a single run without the member axis."""
+        return _unstack(tree) if self.num_members == 1 else tree
+
+    def from_disk(self, tree: Any) -> Any:
+        """A tree read from a checkpoint, stacked (the inverse of `to_disk`)."""
+        return _stack_one(tree) if self.num_members == 1 else tree
+
+    def restore(self, initial: TrainState, epochs: int) -> tuple[TrainState, Progress]:
+        """The stacked state to start from and the members' progress (best so far, diverged).
+
+        Args:
+          initial: the stacked state before epoch 1, the one used when nothing is found.
+          epochs: the run's ``epochs``.
+
+        Raises:
+          ConfigError: when the checkpoint found has done more than ``epochs`` epochs.
+        """
+        state = initial
+        progress = Progress.new(self.num_members)
+        params, opt_state, key = self.to_disk((state.params, state.opt_state, state.key))
+        like = TrainState(params, opt_state, state.epoch, key)
+        found = self.latest.restore_newest_readable(like, self._check_meta, self.log)
+        if found is None:
+            return state, progress
+        epoch, stored, meta = found
+        params, opt_state, key = self.from_disk((stored.params, stored.opt_state, stored.key))
+        state = TrainState(params, opt_state, stored.epoch, key)
+        if epochs < epoch:
+            raise ConfigError(
+                "epochs",
+                epochs,
+                f"is below the {epoch} epochs the workdir's checkpoint has done; give "
+                f"epochs >= {epoch}, or a new workdir.",
+            )
+        self.log(f"resuming from the checkpoint of epoch {epoch} in {self.workdir}")
+        if "diverged" in meta:
+            progress.diverged_at[:] = meta["diverged"]
+        best_found = self.best.restore_newest_readable(
+            {"params": like.params}, self._check_meta, self.log
+        )
+        # The best is saved just before the state, so one newer than the state cannot be
+        # the run's own: it is redone.
+        if best_found is not None and best_found[0] <= epoch:
+            progress.resume_best(
+                best_found[0], best_found[2]["best"], self.from_disk(best_found[1]["params"])
+            )
+        return state, progress
+
+    def save(
+        self, epoch: int, params: Params, opt_state: Any, key: Any, progress: Progress
+    ) -> None:
+        """Writes the best params when they changed (`save_best`), then the state of ``epoch``."""
+        self.save_best(progress)
+        meta: dict[str, Any] = dict(self.meta)
+        if self.num_members > 1:
+            meta["diverged"] = list(progress.diverged_at)
+        params, opt_state, key = self.to_disk((params, opt_state, key))
+        self.latest.save(
+            epoch, TrainState(params, opt_state, np.asarray(epoch, np.int32), key), meta
+        )
+
+    def save_best(self, progress: Progress) -> None:
+        """Writes the best params to best/ when they changed since the last write.
+
+        The checkpoint is numbered by the newest improvement (`Progress.unsaved_best`).
+        """
+        unsaved = progress.unsaved_best()
+        if unsaved is None:
+            return
+        newest, record = unsaved
+        meta: dict[str, Any] = {**self.meta, "best": record}
+        if self.num_members > 1:
+            meta["diverged"] = list(progress.diverged_at)
+        self.best.save(newest, {"params": self.to_disk(progress.best_params)}, meta)
+        progress.saved_best = newest

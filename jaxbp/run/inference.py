@@ -1,0 +1,335 @@
+"""Using a trained workdir: its network loaded, and predictions for new rows.
+
+The contract, stated once: everything here starts from a workdir that
+`jaxbp.run.loop.train_and_evaluate` wrote, and uses the parameters
+`jaxbp.run.restore.restore_trained` reads (the best-validation ones, or the latest state's when
+no evaluation was made) in the run's precision. New rows are *raw*: ``x_raw: (n, d)`` in the
+units of the data file (for MNIST and Fashion-MNIST, pixels / 255, as `jaxbp.data` reads
+them), columns in the run's ``feature_names`` order (`jaxbp.data.files.read_features` reads them
+so). They are standardised with the statistics the checkpoint stores, exactly as the
+training data were, ``x = (x_raw − x_mean) / x_scale``, and the outputs come back in the
+data's units: class names, or values ``ŷ · y_scale + y_mean``.
+
+* `load_trained`: the trained network, its parameters and preprocessing, as a `TrainedModel`.
+* `predict_rows`: labels or values, and class probabilities, for new rows.
+* `write_predictions`: those as a csv file.
+
+A member set's workdir (``repeats`` or ``sweep``) holds every member's params, stacked
+``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ averaged
+(probabilities for classes, values for regression), diverged members left out (`kept`);
+`member_predictions` gives each member's. `jaxbp.run.evaluation` builds on `load_trained` for a
+workdir's test metrics.
+
+Uses the ``experiments`` extra (orbax-checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxbp import backprop
+from jaxbp.mlp import MLP, Params
+from jaxbp.run import config as config_lib
+from jaxbp.run import workdir as workdir_lib
+from jaxbp.run.config import Config
+from jaxbp.run.restore import restore_trained
+
+
+class NotTrainedError(FileNotFoundError):
+    """The workdir does not exist, holds no run, or holds no checkpoint to use."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """The workdir's checkpoint exists but cannot be read back (damaged, or not jaxbp's)."""
+
+
+class TrainedModel(NamedTuple):
+    """A trained network and what it needs to read raw rows, as `load_trained` reads it.
+
+    Attributes:
+      config: the run's settings (``W/run.json``).
+      model: the network of the checkpoint.
+      params: its parameters as numpy arrays in the run's precision, one
+        ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
+      loss: the loss it was trained with.
+      preprocessing: ``task``, ``feature_names``, ``class_names``, ``x_mean``, ``x_scale``,
+        ``y_mean``, ``y_scale`` (see `jaxbp.run.recipe.Preprocessing`).
+      best_epoch: the epoch whose parameters these are (best validation loss), or None when
+        they are the latest state's (or a member set's, each member with its own).
+      members: a member set's members, None for a single run: ``member``, ``seed``, the
+        swept values, ``best_epoch`` and ``diverged_at_epoch``; ``params`` are then stacked
+        ``(M, ...)``.
+    """
+
+    config: Config
+    model: MLP
+    params: Params
+    loss: str
+    preprocessing: dict[str, Any]
+    best_epoch: int | None
+    members: list[dict[str, Any]] | None = None
+
+
+def load_trained(workdir: str) -> TrainedModel:
+    """The trained network of ``workdir``, read from its checkpoint alone (no data loaded).
+
+    Raises:
+      NotTrainedError: when ``workdir`` does not exist, holds no run or no checkpoint.
+      UnreadableCheckpointError: when its checkpoint cannot be read back.
+      jaxbp.run.workdir.WorkdirError: when ``workdir`` is a file, or its run record is damaged.
+    """
+    if not os.path.lexists(workdir):
+        raise NotTrainedError(
+            f"workdir {workdir} does not exist; give the workdir of a training run."
+        )
+    workdir_lib.check_layout(workdir)
+    record = workdir_lib.read_run_record(workdir)
+    if record is None:
+        raise NotTrainedError(
+            f"{workdir} holds no run ({workdir_lib.RUN_RECORD} is missing); give the workdir "
+            "of a training run."
+        )
+    if not any(_checkpoint_epochs(os.path.join(workdir, f)) for f in ("best", "checkpoints")):
+        raise NotTrainedError(
+            f"{workdir} holds a run but no checkpoint (best/ and checkpoints/ hold no epoch); "
+            "train it until its first checkpoint."
+        )
+    precision = workdir_lib.config_from_record(record).precision
+    with jax.enable_x64(precision == "float64"):
+        try:
+            config, model, params, meta = restore_trained(workdir)
+            params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
+        except Exception as e:  # any failure to read is damage; the cause is named
+            cause = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UnreadableCheckpointError(
+                f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
+                "restore the workdir from a copy, or train the run again."
+            ) from e
+    if "preprocessing" not in meta:
+        raise UnreadableCheckpointError(
+            f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "
+            "read for it; train the run again with this version of jaxbp."
+        )
+    best = meta.get("best")
+    num_members = meta["network"].get("members", 1)
+    if num_members == 1:
+        return TrainedModel(
+            config,
+            model,
+            params,
+            meta["network"]["loss"],
+            meta["preprocessing"],
+            None if best is None else int(best["epoch"]),
+        )
+    bests = (best or {}).get("members") or [{"epoch": None}] * num_members
+    diverged = meta.get("diverged") or [None] * num_members
+    members = [
+        {
+            "member": m.index,
+            "seed": m.seed,
+            **m.values,
+            "best_epoch": b["epoch"],
+            "diverged_at_epoch": d,
+        }
+        for m, b, d in zip(config_lib.member_grid(config), bests, diverged, strict=True)
+    ]
+    return TrainedModel(
+        config, model, params, meta["network"]["loss"], meta["preprocessing"], None, members
+    )
+
+
+def kept(trained: TrainedModel) -> np.ndarray:
+    """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
+    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members or ()])
+
+
+def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
+    """ŷ of the network, ``(n, nL)``; for a member set ``(M, n, nL)``."""
+    model = trained.model
+    with jax.enable_x64(trained.config.precision == "float64"):
+
+        def forward(params, x):
+            return backprop.apply(model, params, x, backward="autodiff")
+
+        if trained.members is not None:
+            forward = jax.vmap(forward, in_axes=(0, None))
+        return np.asarray(jax.jit(forward)(trained.params, x))
+
+
+def predict_rows(
+    workdir: str | TrainedModel, x_raw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The trained network's predictions for raw rows, in the data's units.
+
+    Args:
+      workdir: the workdir of a training run, or its `load_trained` result (to read the
+        checkpoint once for several calls).
+      x_raw: ``(n, d)`` raw rows, columns in the run's ``feature_names`` order, e.g. from
+        ``jaxbp.data.files.read_features(path, trained.preprocessing["feature_names"])``.
+
+    Returns:
+      ``(predictions, probabilities)``. Classification: ``predictions`` ``(n,)`` class names
+      (``ŷ > 0.5`` for one output unit, else ``argmax ŷ``) and ``probabilities``
+      ``(n, num_classes)`` in ``class_names`` order: the softmax outputs, or ``[1 − p, p]``
+      for one sigmoid unit; None for an output that is no distribution (identity, several
+      sigmoids). Regression: ``predictions`` ``ŷ · y_scale + y_mean``, ``(n,)`` for one
+      target or ``(n, num_targets)``, and None.
+
+    Raises:
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+      NotTrainedError, jaxbp.run.workdir.WorkdirError: see `load_trained`.
+    """
+    trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    pre, model = trained.preprocessing, trained.model
+    x_raw = np.asarray(x_raw)
+    names = pre["feature_names"]
+    if x_raw.ndim != 2 or x_raw.shape[1] != len(names):
+        raise ValueError(
+            f"x_raw has shape {x_raw.shape}, but the network takes raw rows (n, {len(names)}) "
+            f"with the features {brief(names)}; read them with "
+            "jaxbp.data.files.read_features(path, feature_names)."
+        )
+    if not np.issubdtype(x_raw.dtype, np.number) or not np.isfinite(x_raw).all():
+        raise ValueError(
+            "x_raw holds values that are not finite numbers (NaN, inf or non-numeric); the "
+            "network predicts nothing sensible for them. Fill or drop those rows."
+        )
+    dtype = np.dtype(trained.config.precision)
+    # The data's own order of operations, so a training row meets the same input bits.
+    x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
+        pre["x_scale"]
+    ).astype(dtype)
+    y_hat = _outputs(trained, x)
+    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
+        y_hat = y_hat[kept(trained)].mean(axis=0)
+    if pre["task"] == "regression":
+        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
+        return (values[:, 0] if values.shape[1] == 1 else values), None
+    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
+    probabilities = None
+    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
+        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
+    elif model.output_activation == "softmax":
+        probabilities = y_hat
+    return labels, probabilities
+
+
+def member_predictions(
+    workdir: str | TrainedModel, x_raw: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each member's `predict_rows` for a member set's workdir, in member order.
+
+    Raises:
+      ValueError: when the workdir holds a single run (use `predict_rows`).
+    """
+    trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
+    if trained.members is None:
+        raise ValueError("the workdir holds a single run, not a member set; use predict_rows.")
+    return [
+        predict_rows(
+            trained._replace(
+                params=jax.tree.map(lambda leaf, k=k: leaf[k], trained.params), members=None
+            ),
+            x_raw,
+        )
+        for k in range(len(trained.members))
+    ]
+
+
+def write_predictions(
+    path: str,
+    predictions: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    member_predictions: list[np.ndarray] | None = None,
+) -> None:
+    """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
+
+    Columns: ``prediction`` (``prediction_0``, ``prediction_1``, ... for several regression
+    targets), then one ``probability_<class>`` per class when ``probabilities`` are given,
+    then ``member_0``, ``member_1``, ... with each member's prediction when
+    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's).
+    Numbers are written in full (shortest round-trip digits of their dtype).
+
+    Args:
+      path: the csv file; its folder must exist.
+      predictions: ``(n,)`` labels or values, or ``(n, k)`` values.
+      probabilities: ``(n, num_classes)``, or None.
+      class_names: the ``num_classes`` names that head the probability columns.
+
+    Raises:
+      FileNotFoundError: when the folder of ``path`` does not exist.
+      ValueError: when ``path`` is a folder, or the arrays do not fit together.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"the folder {folder} of {path} does not exist; create it or write elsewhere."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give the path of the csv file to write.")
+    predictions = np.asarray(predictions)
+    if predictions.ndim not in (1, 2):
+        raise ValueError(
+            f"predictions have shape {predictions.shape}; expected (n,) or (n, num_targets)."
+        )
+    n = len(predictions)
+    columns = [predictions] if predictions.ndim == 1 else list(predictions.T)
+    header = (
+        ["prediction"]
+        if predictions.ndim == 1
+        else [f"prediction_{i}" for i in range(predictions.shape[1])]
+    )
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities)
+        if class_names is None or probabilities.shape != (n, len(class_names)):
+            given = None if class_names is None else len(class_names)
+            raise ValueError(
+                f"probabilities have shape {probabilities.shape}, but {n} predictions and "
+                f"{given} class names need ({n}, {given}); pass the class_names of the "
+                "probability columns."
+            )
+        columns += list(probabilities.T)
+        header += [f"probability_{c}" for c in class_names]
+    for k, member in enumerate(member_predictions or ()):
+        member = np.asarray(member)
+        if member.shape != predictions.shape or member.ndim != 1:
+            raise ValueError(
+                f"member {k}'s predictions have shape {member.shape}; expected ({n},), one "
+                "label or value per row like the ensemble's."
+            )
+        columns.append(member)
+        header.append(f"member_{k}")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(zip(*(map(str, column) for column in columns), strict=True))
+    workdir_lib.write_atomic(path, text.getvalue())
+
+
+def class_indices(y: np.ndarray) -> np.ndarray:
+    """Class indices of ``(n, 1)`` outputs or targets (``> 0.5``) or ``(n, C)`` ones (argmax)."""
+    if y.shape[1] == 1:
+        return (y[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(y, axis=1)
+
+
+def _checkpoint_epochs(folder: str) -> list[str]:
+    """The epoch folders (numeric names) of a checkpoint folder; orbax's temporaries are not."""
+    if not os.path.isdir(folder):
+        return []
+    return [name for name in os.listdir(folder) if name.isdigit()]
+
+
+def brief(value: Any, limit: int = 4) -> Any:
+    """A list cut to its first ``limit`` items for an error message (floats to 6 digits)."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    items = [float(f"{v:.6g}") if isinstance(v, float) else v for v in value[:limit]]
+    return items + ["..."] if len(value) > limit else items

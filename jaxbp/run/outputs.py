@@ -1,0 +1,275 @@
+"""What a training run leaves in its workdir (matplotlib and tensorboardX, imported lazily).
+
+* ``metrics.jsonl``: one JSON line per evaluation (per member and evaluation for a member
+  set, each line with its ``member`` index); a resumed run first drops the lines written
+  after the checkpoint it starts from (and a last line cut short by a kill), so the file
+  ends as a straight run's would;
+* ``tensorboard/``: the same scalars as TensorBoard events (a set: one run per member,
+  ``tensorboard/member_000/``, ...);
+* ``curves.png``: loss and accuracy (or R²) against epochs (a set: the mean over members
+  with a ±1 std band, one colour per swept value);
+* ``summary.json``: the final figures and the config;
+* ``sweep.md`` (a set only): test metrics by swept value, mean ± std over the members.
+
+`environment` gives the versions, platform and git commit the summary records, and
+`tensorboard_hparams` the config as TensorBoard hparams.
+
+Every write goes through `jaxbp.run.workdir`: whole files are replaced atomically and the
+jsonl is appended without following symlinks.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbp.run import config as config_lib
+from jaxbp.run import workdir as workdir_lib
+from jaxbp.run.config import Config
+
+
+class RunOutputs:
+    """metrics.jsonl, TensorBoard events, curves.png, summary.json (and sweep.md) in a workdir.
+
+    Args:
+      workdir: the run's folder.
+      task: ``"classification"`` (accuracy curves) or ``"regression"`` (R²).
+      num_members: members of the run (1: a single run, the records carry no ``member``).
+    """
+
+    def __init__(self, workdir: str, task: str, num_members: int = 1):
+        self.workdir = workdir
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.task = task
+        self.num_members = num_members
+        self._writers: dict[int | None, Any] = {}
+        if num_members == 1:
+            self._tensorboard(None)  # the folder exists from the start, as before any write
+
+    def _tensorboard(self, member: int | None):
+        from tensorboardX import SummaryWriter
+
+        if member not in self._writers:
+            folder = "tensorboard" if member is None else f"tensorboard/member_{member:03d}"
+            self._writers[member] = SummaryWriter(os.path.join(self.workdir, folder))
+        return self._writers[member]
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drops lines written after the checkpoint a resumed run starts from."""
+        records = [r for r in self.records() if r["epoch"] <= epoch]
+        self._write_lines(records)
+
+    def records(self) -> list[dict[str, float]]:
+        """The whole lines of metrics.jsonl so far (a line cut short by a kill is dropped)."""
+        if not os.path.exists(self.metrics_path):
+            return []
+        records = []
+        with open(self.metrics_path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a partial last line: the truncation on resume drops it
+        return records
+
+    def write(self, record: dict[str, float]) -> None:
+        """Appends one evaluation (with ``epoch`` and ``step``) to the jsonl and TensorBoard."""
+        workdir_lib.append_line(self.metrics_path, json.dumps(record))
+        member = record.get("member")
+        tensorboard = self._tensorboard(None if member is None else int(member))
+        for name, value in record.items():
+            if name not in ("epoch", "step", "member") and value is not None:
+                tensorboard.add_scalar(name, value, record["step"])
+        tensorboard.flush()
+
+    def _write_lines(self, records: list[dict[str, float]]) -> None:
+        workdir_lib.write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def finish(self, summary: dict[str, Any], hparams: dict[str, Any] | None = None) -> None:
+        """Closes TensorBoard (with the hparams), draws curves.png, writes summary.json.
+
+        The seconds this takes are added to the summary's ``phase_seconds["outputs"]``
+        where it has one, before summary.json is written.
+
+        A member set also gets ``sweep.md`` (`sweep_table`), and each member's TensorBoard
+        run its own hparams: its seed, swept values and test metrics.
+        """
+        started = time.perf_counter()
+        members = summary.get("members")
+        if hparams is not None and members is None:
+            metrics = {
+                f"hparam/{k}": v
+                for k, v in summary.items()
+                if k.startswith(("test_", "val_")) and isinstance(v, float) and math.isfinite(v)
+            }
+            self._tensorboard(None).add_hparams(hparams, metrics, name="hparams")
+        for member in members or ():
+            values = {k: v for k, v in member.items() if not k.startswith(("test_", "val_"))}
+            values = {k: -1 if v is None else v for k, v in values.items()}
+            metrics = {
+                f"hparam/{k}": v
+                for k, v in member.items()
+                if k.startswith(("test_", "val_")) and isinstance(v, float) and math.isfinite(v)
+            }
+            self._tensorboard(member["member"]).add_hparams(
+                {**(hparams or {}), **values}, metrics, name="hparams"
+            )
+        for writer in self._writers.values():
+            writer.close()
+        labels = None
+        if members is not None:
+            labels = {m["member"]: swept_label(m, summary) for m in members}
+        plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"), labels)
+        if members is not None:
+            workdir_lib.write_atomic(os.path.join(self.workdir, "sweep.md"), sweep_table(summary))
+        if "phase_seconds" in summary:
+            summary["phase_seconds"]["outputs"] += time.perf_counter() - started
+        workdir_lib.write_atomic(
+            os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2)
+        )
+
+
+def environment() -> dict[str, Any]:
+    """Versions, platform, device kind, CPU count and git commit, for the summary."""
+    import importlib.metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if result.returncode == 0 and result.stdout.strip():
+            commit = result.stdout.strip()
+    return {
+        "versions": {n: version(n) for n in ("jaxbp", "jax", "jaxlib", "optax", "numpy")},
+        "python": platform.python_version(),
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+    }
+
+
+def tensorboard_hparams(config: Config) -> dict[str, Any]:
+    """The config as TensorBoard hparams (scalars and strings only)."""
+    out = {}
+    for k, v in dataclasses.asdict(config).items():
+        if isinstance(v, (tuple, list)):
+            v = config_lib.format_value(tuple(v))
+        out[k] = "" if v is None else v
+    return out
+
+
+def swept_names(summary: dict[str, Any]) -> list[str]:
+    """The names a member set's summary sweeps over, in the config's order."""
+    return [name for name, _ in summary["config"].get("sweep", ())]
+
+
+def swept_label(member: dict[str, Any], summary: dict[str, Any]) -> str:
+    """A member's swept values as ``learning_rate=0.01``; ``all members`` without a sweep."""
+    names = swept_names(summary)
+    return ", ".join(f"{n}={member[n]:g}" for n in names) or "all members"
+
+
+def sweep_table(summary: dict[str, Any]) -> str:
+    """A member set's test metrics by swept value, mean ± std over the members, as Markdown.
+
+    Diverged members (``diverged_at_epoch`` set) are counted but left out of the figures.
+    """
+    quality = "accuracy" if "test_accuracy" in summary else "r2"
+    groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for member in summary["members"]:
+        groups[swept_label(member, summary)].append(member)
+
+    def spread(members: list[dict[str, Any]], name: str, scale: float = 1.0) -> str:
+        values = np.asarray([m[name] for m in members]) * scale
+        if not values.size:
+            return "-"
+        return f"{values.mean():.4g} ± {values.std():.2g}"
+
+    scale = 100.0 if quality == "accuracy" else 1.0
+    unit = " (%)" if quality == "accuracy" else ""
+    lines = [
+        f"| swept | members | diverged | test {quality}{unit} | test loss | best epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, members in groups.items():
+        kept = [m for m in members if m["diverged_at_epoch"] is None]
+        lines.append(
+            f"| {label} | {len(members)} | {len(members) - len(kept)} | "
+            f"{spread(kept, f'test_{quality}', scale)} | {spread(kept, 'test_loss')} | "
+            f"{spread(kept, 'best_epoch')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(
+    records: list[dict[str, float]],
+    task: str,
+    path: str,
+    labels: dict[int, str] | None = None,
+) -> None:
+    """Loss (log scale) and accuracy or R² per epoch, train and validation, as a PNG.
+
+    With ``labels`` (member index -> its swept values) the records are a member set's: each
+    label gets one colour, its mean over members drawn with a ±1 std band (validation
+    solid, train dashed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = "accuracy" if task == "classification" else "r2"
+    fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(10, 4))
+    if labels is None:
+        epochs = [r["epoch"] for r in records]
+        for split in ("train", "val"):
+            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=split)
+            ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
+    else:
+        for colour, label in enumerate(dict.fromkeys(labels.values())):
+            group = [r for r in records if labels.get(int(r.get("member", -1))) == label]
+            epochs = sorted({r["epoch"] for r in group})
+            for split, style in (("val", "-"), ("train", "--")):
+                for ax, name in ((ax_loss, f"{split}_loss"), (ax_quality, f"{split}_{quality}")):
+                    by_epoch = [
+                        np.asarray([r[name] for r in group if r["epoch"] == e]) for e in epochs
+                    ]
+                    mean = np.asarray([v.mean() for v in by_epoch])
+                    std = np.asarray([v.std() for v in by_epoch])
+                    ax.plot(epochs, mean, style, color=f"C{colour}", label=f"{split} {label}")
+                    if split == "val":
+                        ax.fill_between(
+                            epochs, mean - std, mean + std, color=f"C{colour}", alpha=0.2
+                        )
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_quality.set(xlabel="epoch", ylabel=quality, title=quality)
+    for ax in (ax_loss, ax_quality):
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    workdir_lib.write_atomic(path, buffer.getvalue())

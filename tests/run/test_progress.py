@@ -1,0 +1,84 @@
+"""Tests of jaxbp.run.progress: each member's best, divergence and the progress line."""
+
+import math
+
+import numpy as np
+
+from jaxbp.run.config import Member
+from jaxbp.run.progress import Progress, member_label, progress_line
+
+
+def test_a_new_progress_has_no_best_and_every_member_training():
+    progress = Progress.new(3)
+    assert progress.best_epoch == [None] * 3 and progress.diverged_at == [None] * 3
+    assert np.all(np.isinf(progress.best_val)) and progress.active().all()
+    assert progress.unsaved_best() is None
+
+
+def test_bests_are_noted_and_recorded_once():
+    progress = Progress.new(2)
+    improved = progress.improved(np.array([0.5, 0.7]))
+    progress.note_best(improved, np.array([0.5, 0.7]), epoch=1)
+    assert progress.best_epoch == [1, 1] and list(progress.best_val) == [0.5, 0.7]
+    assert list(progress.improved(np.array([0.6, 0.6]))) == [False, True]
+    epoch, record = progress.unsaved_best()
+    assert epoch == 1 and record["members"] == [
+        {"epoch": 1, "val_loss": 0.5},
+        {"epoch": 1, "val_loss": 0.7},
+    ]
+    progress.saved_best = 1
+    assert progress.unsaved_best() is None
+
+
+def test_a_single_run_records_its_best_without_members():
+    progress = Progress.new(1)
+    progress.note_best(np.array([True]), np.array([0.25]), epoch=4)
+    assert progress.unsaved_best() == (4, {"epoch": 4, "val_loss": 0.25})
+
+
+def test_resume_best_takes_up_the_stored_record():
+    progress = Progress.new(2)
+    record = {"epoch": 3, "members": [{"epoch": 3, "val_loss": 0.4}, {"epoch": None}]}
+    progress.resume_best(3, record, params="params")
+    assert progress.best_epoch == [3, None] and progress.best_val[0] == 0.4
+    assert math.isinf(progress.best_val[1])
+    assert progress.best_params == "params" and progress.saved_best == 3
+
+
+def test_a_diverged_member_is_frozen_and_left_out_of_the_patience():
+    members = [Member(0, 0, {"learning_rate": 0.1}), Member(1, 1, {"learning_rate": 10.0})]
+    progress = Progress.new(2)
+    progress.note_best(np.array([True, False]), np.array([0.5, 0.0]), epoch=1)
+    lines = progress.mark_diverged(
+        np.array([False, True]), np.array([[0.1, 0.2], [0.3, np.nan]]), 2, members
+    )
+    assert progress.diverged_at == [None, 2] and list(progress.active()) == [True, False]
+    assert lines == [
+        "member 1 (seed 1, learning_rate=10) diverged in epoch 2 (loss nan); it keeps its "
+        "params of epoch 1 and is left out of the means."
+    ]
+    assert progress.patience_out(3, patience=2) and not progress.patience_out(2, patience=2)
+    assert progress.best_epochs(5) == [1, None]
+
+
+def test_member_label_names_the_seed_and_the_swept_values():
+    assert member_label(Member(0, 7, {})) == "seed 7"
+    assert member_label(Member(0, 7, {"momentum": 0.9})) == "seed 7, momentum=0.9"
+
+
+def test_the_progress_line_is_the_mean_over_the_live_members():
+    records = [
+        {
+            "epoch": 2,
+            "epoch_loss": loss,
+            "train_accuracy": acc,
+            "val_accuracy": acc,
+            "steps_per_second": 1000.0,
+        }
+        for loss, acc in ((0.5, 0.9), (0.7, 0.7), (9.0, 0.1))
+    ]
+    line = progress_line(records, 10, 4.2, np.array([True, True, False]))
+    assert line.startswith("epoch  2/10  loss 0.6000 ± 0.1000  train accuracy 80.00% ± 10.00%")
+    assert "3 members (1 diverged, left out)" in line and line.endswith("ETA 5s")
+    single = progress_line(records[:1], 10, 0.0, np.array([True]))
+    assert "±" not in single and "members" not in single

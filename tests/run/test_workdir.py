@@ -1,0 +1,131 @@
+"""Tests of jaxbp.run.workdir: layout checks, the lock, symlink-safe writes, resume rules."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxbp.run import config as config_lib
+from jaxbp.run import workdir as workdir_lib
+
+
+def test_a_symlink_or_a_file_in_the_way_is_refused(tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_text("keep me")
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(outside, work / "curves.png")
+    with pytest.raises(workdir_lib.WorkdirError, match="curves.png is a symlink"):
+        workdir_lib.check_layout(str(work))
+    os.unlink(work / "curves.png")
+    (work / "checkpoints").write_text("not a folder")
+    with pytest.raises(workdir_lib.WorkdirError, match="checkpoints is a file"):
+        workdir_lib.check_layout(str(work))
+    with pytest.raises(workdir_lib.WorkdirError, match="is a file, not a folder"):
+        workdir_lib.check_layout(str(outside))
+
+
+def test_write_atomic_replaces_a_symlink_instead_of_following_it(tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep me")
+    link = tmp_path / "summary.json"
+    os.symlink(outside, link)
+    workdir_lib.write_atomic(str(link), "new")
+    assert outside.read_text() == "keep me"
+    assert not os.path.islink(link) and link.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["outside.json", "summary.json"]  # no temp left
+
+
+def test_append_line_refuses_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_text("keep me\n")
+    os.symlink(outside, tmp_path / "metrics.jsonl")
+    with pytest.raises(OSError):
+        workdir_lib.append_line(str(tmp_path / "metrics.jsonl"), "{}")
+    assert outside.read_text() == "keep me\n"
+
+
+_HOLD_LOCK = """
+import sys, time
+from jaxbp.run import workdir
+with workdir.locked(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_lock_refuses_a_second_run_and_does_not_outlive_a_killed_one(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with (
+            pytest.raises(workdir_lib.WorkdirError, match=f"in use by a live run .*{holder.pid}"),
+            workdir_lib.locked(str(tmp_path)),
+        ):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the OS drops the lock of a killed process
+        try:
+            with workdir_lib.locked(str(tmp_path)):
+                break
+        except workdir_lib.WorkdirError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def _config(**overrides):
+    return config_lib.make_config("moons", **overrides)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(dataset="spirals"),
+        dict(loss="mse"),
+        dict(seed=1),
+        dict(data_seed=1),
+        dict(batch_size=16),
+        dict(hidden_sizes=(8,)),
+        dict(precision="float64"),
+    ],
+)
+def test_a_fixed_setting_never_changes_on_resume(change):
+    stored = _config()
+    new = config_lib.make_config(change["dataset"]) if "dataset" in change else _config(**change)
+    name = next(iter(change))
+    with pytest.raises(workdir_lib.ResumeConflictError, match=f"{name} .* -> ") as info:
+        workdir_lib.check_resume(stored, new, allow_changes=(name,))
+    assert "Use a new workdir" in str(info.value)
+
+
+def test_an_optimisation_setting_changes_only_when_allowed():
+    stored, new = _config(), _config(learning_rate=0.1, weight_decay=1e-4)
+    with pytest.raises(workdir_lib.ResumeConflictError, match="learning_rate 0.003 -> 0.1") as e:
+        workdir_lib.check_resume(stored, new)
+    assert "allow_changes=learning_rate,weight_decay" in str(e.value)
+    changes = workdir_lib.check_resume(stored, new, allow_changes=("learning_rate", "weight_decay"))
+    assert changes == {"learning_rate": (0.003, 0.1), "weight_decay": (0.0, 1e-4)}
+
+
+def test_epochs_and_intervals_change_freely():
+    changes = workdir_lib.check_resume(_config(), _config(epochs=80, eval_interval=2))
+    assert changes == {"epochs": (40, 80), "eval_interval": (1, 2)}
+
+
+def test_a_damaged_run_record_is_named(tmp_path):
+    (tmp_path / "run.json").write_text('{"config": {"dataset": "iris", "bogus": 1}}')
+    with pytest.raises(workdir_lib.WorkdirError, match="run.json is damaged"):
+        workdir_lib.read_run_record(str(tmp_path))
