@@ -158,7 +158,7 @@ def _wait_for(process, text, timeout=120):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_ends_cleanly_and_the_resumed_run_is_bit_identical(tmp_path, signum, code):
-    flags = ["--dataset=digits", "--epochs=12", "--checkpoint_interval=5"]
+    flags = ["--dataset=digits", "--epochs=12", "--checkpoint_interval=5", "--checkpoint_seconds=0"]
     straight = _train(*flags, f"--workdir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-2000:]
     workdir = tmp_path / "stopped"
@@ -179,7 +179,7 @@ def test_a_stop_signal_ends_cleanly_and_the_resumed_run_is_bit_identical(tmp_pat
 
 
 def test_a_run_killed_at_random_points_still_ends_bit_identical(tmp_path):
-    flags = ["--dataset=digits", "--epochs=25", "--checkpoint_interval=1"]
+    flags = ["--dataset=digits", "--epochs=25", "--checkpoint_interval=1", "--checkpoint_seconds=0"]
     straight = _train(*flags, f"--workdir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-2000:]
     workdir = tmp_path / "killed"
@@ -205,6 +205,7 @@ def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
         "--dataset=digits",
         "--epochs=12",
         "--checkpoint_interval=5",
+        "--checkpoint_seconds=0",
         "--repeats=2",
         "--sweep=learning_rate=1e-3,3e-3",
         f"--compilation_cache_dir={cache}",

@@ -188,6 +188,12 @@ class Config:
     )
     # Bookkeeping.
     checkpoint_interval: int = _field(5, "Epochs between checkpoints (and at the end).", "free")
+    checkpoint_seconds: float = _field(
+        10.0,
+        "Seconds at least between two interval checkpoints: a kill loses at most about this "
+        "much training, and a short run saves once, at the end. 0: every interval.",
+        "free",
+    )
     eval_interval: int = _field(1, "Epochs between evaluations (and at the end).", "free")
     early_stopping_patience: int = _field(
         0, "Stop after this many epochs without a better val loss; 0: never.", "free"

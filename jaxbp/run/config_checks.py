@@ -75,6 +75,7 @@ def validate(config: Config) -> None:
     _check_float(config, "learning_rate", 0.0, low_open=True, why=": the step size η")
     _check_float(config, "momentum", 0.0, low_open=False, high=1.0, high_open=True)
     _check_float(config, "weight_decay", 0.0, low_open=False)
+    _check_float(config, "checkpoint_seconds", 0.0, low_open=False)
     if config.clip_per_example is not None:
         _check_float(
             config,

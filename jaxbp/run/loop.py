@@ -142,6 +142,7 @@ def _train(run: _Run) -> dict[str, Any]:
     if progress.best_params is not None:
         progress.best_params = parallel.place_members(progress.best_params, run.mesh)
     status, epoch, train_seconds = "completed", start, 0.0
+    saved_at = time.monotonic()  # an interval checkpoint waits checkpoint_seconds after this
     with stop_signals() as stop:
         for epoch in range(start + 1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -161,9 +162,12 @@ def _train(run: _Run) -> dict[str, Any]:
             patience = config.early_stopping_patience
             early = bool(patience and evaluated and progress.patience_out(epoch, patience))
             stopping = early or stop.signum is not None
-            if epoch % config.checkpoint_interval == 0 or epoch == config.epochs or stopping:
+            due = time.monotonic() - saved_at >= config.checkpoint_seconds
+            interval = epoch % config.checkpoint_interval == 0 and due
+            if interval or epoch == config.epochs or stopping:
                 with phase("checkpoints"):
                     checkpoints.save(epoch, params, opt_state, key, progress)
+                saved_at = time.monotonic()
             if early:
                 status = "early_stopped"
                 since = progress.best_epoch[0] if run.num_members == 1 else "each member's best"
@@ -343,8 +347,7 @@ class _Run:
             )
         if writer:
             with self.phase("outputs"):
-                for record in records:
-                    writer.write(record)
+                writer.write(*records)
         eta = (self.config.epochs - epoch) * seconds
         self.log(progress_line(records, self.config.epochs, eta, progress.active()))
         val_loss = np.asarray([r["val_loss"] for r in records])

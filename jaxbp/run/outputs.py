@@ -4,8 +4,9 @@
   set, each line with its ``member`` index); a resumed run first drops the lines written
   after the checkpoint it starts from (and a last line cut short by a kill), so the file
   ends as a straight run's would;
-* ``tensorboard/``: the same scalars as TensorBoard events (a set: one run per member,
-  ``tensorboard/member_000/``, ...);
+* ``tensorboard/``: the same scalars as TensorBoard events, one writer for the run (a
+  set: each member's scalars tagged ``NAME/member_000``, ...), and the hparams with the
+  final metrics (a set: their means over the members);
 * ``curves.png``: loss and accuracy (or R²) against epochs (a set: the mean over members
   with a ±1 std band, one colour per swept value);
 * ``summary.json``: the final figures and the config;
@@ -52,17 +53,10 @@ class RunOutputs:
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.task = task
         self.num_members = num_members
-        self._writers: dict[int | None, Any] = {}
-        if num_members == 1:
-            self._tensorboard(None)  # the folder exists from the start, as before any write
-
-    def _tensorboard(self, member: int | None):
         from tensorboardX import SummaryWriter
 
-        if member not in self._writers:
-            folder = "tensorboard" if member is None else f"tensorboard/member_{member:03d}"
-            self._writers[member] = SummaryWriter(os.path.join(self.workdir, folder))
-        return self._writers[member]
+        # One writer for every member: 32 writers cost a short run more than its training.
+        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def truncate_after(self, epoch: int) -> None:
         """Drops lines written after the checkpoint a resumed run starts from."""
@@ -82,15 +76,17 @@ class RunOutputs:
                     continue  # a partial last line: the truncation on resume drops it
         return records
 
-    def write(self, record: dict[str, float]) -> None:
-        """Appends one evaluation (with ``epoch`` and ``step``) to the jsonl and TensorBoard."""
-        workdir_lib.append_line(self.metrics_path, json.dumps(record))
-        member = record.get("member")
-        tensorboard = self._tensorboard(None if member is None else int(member))
-        for name, value in record.items():
-            if name not in ("epoch", "step", "member") and value is not None:
-                tensorboard.add_scalar(name, value, record["step"])
-        tensorboard.flush()
+    def write(self, *records: dict[str, Any]) -> None:
+        """Appends evaluations (each with ``epoch`` and ``step``, and ``member`` in a set) to
+        the jsonl and TensorBoard, and flushes once."""
+        for record in records:
+            workdir_lib.append_line(self.metrics_path, json.dumps(record))
+            member = record.get("member")
+            suffix = "" if member is None else f"/member_{int(member):03d}"
+            for name, value in record.items():
+                if name not in ("epoch", "step", "member") and value is not None:
+                    self._tensorboard.add_scalar(name + suffix, value, record["step"])
+        self._tensorboard.flush()
 
     def _write_lines(self, records: list[dict[str, float]]) -> None:
         workdir_lib.write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
@@ -101,37 +97,29 @@ class RunOutputs:
         The seconds this takes are added to the summary's ``phase_seconds["outputs"]``
         where it has one, before summary.json is written.
 
-        A member set also gets ``sweep.md`` (`sweep_table`), and each member's TensorBoard
-        run its own hparams: its seed, swept values and test metrics.
+        A member set also gets ``sweep.md`` (`sweep_table`), also as TensorBoard text; its
+        hparams carry the means over the members (each member's figures are in the
+        summary's ``members`` and in sweep.md).
         """
         started = time.perf_counter()
         members = summary.get("members")
-        if hparams is not None and members is None:
+        if hparams is not None:
             metrics = {
                 f"hparam/{k}": v
                 for k, v in summary.items()
                 if k.startswith(("test_", "val_")) and isinstance(v, float) and math.isfinite(v)
             }
-            self._tensorboard(None).add_hparams(hparams, metrics, name="hparams")
-        for member in members or ():
-            values = {k: v for k, v in member.items() if not k.startswith(("test_", "val_"))}
-            values = {k: -1 if v is None else v for k, v in values.items()}
-            metrics = {
-                f"hparam/{k}": v
-                for k, v in member.items()
-                if k.startswith(("test_", "val_")) and isinstance(v, float) and math.isfinite(v)
-            }
-            self._tensorboard(member["member"]).add_hparams(
-                {**(hparams or {}), **values}, metrics, name="hparams"
-            )
-        for writer in self._writers.values():
-            writer.close()
+            self._tensorboard.add_hparams(hparams, metrics, name="hparams")
+        table = None if members is None else sweep_table(summary)
+        if table is not None:
+            self._tensorboard.add_text("sweep", table)
+        self._tensorboard.close()
         labels = None
         if members is not None:
             labels = {m["member"]: swept_label(m, summary) for m in members}
         plot_curves(self.records(), self.task, os.path.join(self.workdir, "curves.png"), labels)
-        if members is not None:
-            workdir_lib.write_atomic(os.path.join(self.workdir, "sweep.md"), sweep_table(summary))
+        if table is not None:
+            workdir_lib.write_atomic(os.path.join(self.workdir, "sweep.md"), table)
         if "phase_seconds" in summary:
             summary["phase_seconds"]["outputs"] += time.perf_counter() - started
         workdir_lib.write_atomic(

@@ -18,7 +18,7 @@ from jaxbp.run.restore import restore_trained
 
 
 def _train(workdir, dataset="iris", log=None, allow_changes=(), **overrides):
-    fields = dict(epochs=3, checkpoint_interval=1)
+    fields = dict(epochs=3, checkpoint_interval=1, checkpoint_seconds=0.0)
     fields.update(overrides)
     config = config_lib.make_config(dataset, **fields)
     lines = [] if log is None else log
@@ -302,3 +302,15 @@ def test_per_example_clipping_trains_and_changes_the_run(tmp_path):
     clipped = _train(tmp_path / "clipped", epochs=2, clip_per_example=0.05)
     assert clipped["config"]["clip_per_example"] == 0.05
     assert np.isfinite(clipped["test_loss"]) and clipped["test_loss"] != plain["test_loss"]
+
+
+def test_a_short_run_checkpoints_once_at_the_end_unless_told_otherwise(tmp_path):
+    config = config_lib.make_config("iris", epochs=4, checkpoint_interval=1)
+    assert config.checkpoint_seconds > 0  # the default: interval saves wait for it
+    loop.train_and_evaluate(config, str(tmp_path / "default"), log=lambda _: None)
+    _train(tmp_path / "every", epochs=4)  # checkpoint_seconds=0: every interval
+    kept = {
+        name: sorted(int(e) for e in os.listdir(tmp_path / name / "checkpoints") if e.isdigit())
+        for name in ("default", "every")
+    }
+    assert kept == {"default": [4], "every": [2, 3, 4]}  # orbax keeps the newest 3

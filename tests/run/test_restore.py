@@ -9,7 +9,9 @@ from jaxbp.run.restore import restore_trained
 
 
 def _train(workdir, **overrides):
-    config = config_lib.make_config("iris", checkpoint_interval=1, **overrides)
+    config = config_lib.make_config(
+        "iris", checkpoint_interval=1, checkpoint_seconds=0.0, **overrides
+    )
     return loop.train_and_evaluate(config, str(workdir), log=lambda _: None)
 
 
