@@ -1,11 +1,16 @@
 """Data: the data sets a run trains on, read, checked, split and standardised.
 
-* `datasets`: `load_dataset(name, ...)`, the `Dataset` it returns and the names it knows;
+* `sources`: the one registry of data sets (`SOURCES`): each one's loader, the arguments
+  it takes and needs, and the training recipe that suits it;
+* `datasets`: `load_dataset(name, ...)` and the `Dataset` it returns: checked, split and
+  standardised;
 * `files`: the user's npz and csv files, and new examples' features for prediction;
 * `idx`: MNIST's IDX files;
 * `checks`: the checks every reader shares (finite, numeric, what kind of file).
 """
 
-from jaxbp.data.datasets import DATASETS, Dataset, load_dataset
+from jaxbp.data import sources
+from jaxbp.data.datasets import Dataset, load_dataset
+from jaxbp.data.sources import DATASETS, SOURCES
 
-__all__ = ("DATASETS", "Dataset", "load_dataset")
+__all__ = ("DATASETS", "SOURCES", "Dataset", "load_dataset", "sources")

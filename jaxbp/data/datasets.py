@@ -24,16 +24,18 @@ task, splits and standardises.
 
 from __future__ import annotations
 
-import importlib.util
-import math
-import os
 from typing import NamedTuple
 
 import numpy as np
 
 from jaxbp.data.checks import check_features, check_finite, flat
-from jaxbp.data.files import read_csv_data, read_npz_data
-from jaxbp.data.idx import read_mnist_files
+from jaxbp.data.sources import DATASETS, DEFAULT_NUM_SAMPLES, SOURCES, Raw, Request, users_of
+
+_NEEDED = {  # a needed argument that is missing -> the fix the error names
+    "path": "pass the {name} file to load.",
+    "target_column": "pass the name of the column to predict.",
+    "data_dir": "pass the directory of its IDX files.",
+}
 
 
 class Dataset(NamedTuple):
@@ -69,41 +71,6 @@ class Dataset(NamedTuple):
         return self.y_train.shape[1]
 
 
-class _Raw(NamedTuple):
-    """A loader's output before splitting: labels are ints 0..C-1 for classification."""
-
-    x: np.ndarray  # (n, ...) features; flattened to (n, num_features) later
-    y: np.ndarray  # (n,) int labels, or (n,) / (n, k) float regression targets
-    task: str
-    class_names: tuple[str, ...] | None = None
-    # The source's own (x_test, y_test), if it has one (MNIST, some npz files).
-    test: tuple[np.ndarray, np.ndarray] | None = None
-    feature_names: tuple[str, ...] | None = None  # None: x0, x1, ... over the flattened x
-
-
-_SKLEARN = {  # name -> (sklearn.datasets loader, task); all ship with scikit-learn
-    "digits": ("load_digits", "classification"),
-    "breast_cancer": ("load_breast_cancer", "classification"),
-    "iris": ("load_iris", "classification"),
-    "wine": ("load_wine", "classification"),
-    "diabetes": ("load_diabetes", "regression"),
-}
-_GENERATED = ("moons", "spirals", "teacher")  # the sets that take num_samples
-_FASHION_NAMES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
-_FASHION_NAMES += ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-DATASETS: tuple[str, ...] = (*_SKLEARN, "xor", *_GENERATED, "npz", "csv", "mnist", "fashion_mnist")
-_USED_BY = {  # load_dataset argument -> the data sets it applies to; the rest refuse it
-    "path": ("npz", "csv"),
-    "target_column": ("csv",),
-    "data_dir": ("mnist", "fashion_mnist"),
-}
-
-_DEFAULT_NUM_SAMPLES = 1000  # enough to see a decision boundary; trains in seconds on a CPU
-_MOONS_NOISE = 0.2  # the moons overlap a little, so 100% accuracy means overfitting
-_SPIRAL_NOISE = 0.3  # arms lie pi apart radially, so this keeps them separable but not trivially
-_TEACHER_SIZES = (8, 16)  # teacher input width and tanh hidden width
-_TEACHER_NOISE = 0.1  # target noise std; sets the best achievable test loss
-_MAX_CLASSES = 20  # an integer target with at most this many values is read as class labels
 _MIN_STD = 1e-8  # a feature with a smaller std is treated as constant and gets scale 1
 
 
@@ -158,15 +125,21 @@ def load_dataset(
       >>> ds.x_train.shape, ds.y_train.shape, ds.task, ds.feature_names
       ((4, 2), (4, 1), 'classification', ('x0', 'x1'))
     """
-    if name not in DATASETS:
+    source = SOURCES.get(name)
+    if source is None:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     given = {"path": path, "target_column": target_column, "data_dir": data_dir}
-    for arg, users in _USED_BY.items():
-        if given[arg] is not None and name not in users:
+    for arg, given_value in given.items():
+        if given_value is not None and arg not in source.takes:
+            users = users_of(arg)
             raise ValueError(
-                f"{arg}={given[arg]!r} was given for {name!r}, but only {' and '.join(users)} "
+                f"{arg}={given_value!r} was given for {name!r}, but only {' and '.join(users)} "
                 f"use {arg}; drop it for {name!r}."
             )
+    for arg in source.needs:
+        if given[arg] is None:
+            fix = _NEEDED[arg].format(name=name)
+            raise ValueError(f"Dataset {name!r} needs {arg}=...; {fix}")
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{arg} must be in (0, 1), got {value}; pass e.g. 0.1.")
@@ -177,128 +150,22 @@ def load_dataset(
         )
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise ValueError(f"dtype must be a float dtype, got {dtype}; pass e.g. np.float32.")
-    if num_samples is not None and (name not in _GENERATED or num_samples < 1):
+    generated = "num_samples" in source.takes
+    if num_samples is not None and (not generated or num_samples < 1):
         raise ValueError(
             f"num_samples={num_samples} was given for {name!r}; it sets the size of the generated "
-            f"sets {_GENERATED} and must be >= 1. Drop it for other datasets."
+            f"sets {users_of('num_samples')} and must be >= 1. Drop it for other datasets."
         )
     gen_ss, split_ss = np.random.SeedSequence(seed).spawn(2)
-    raw = _load_raw(name, np.random.default_rng(gen_ss), num_samples, data_dir, path, target_column)
-    source = repr(path) if path is not None else f"dataset {name!r}"
-    _check_raw(raw, source, fix="use num_samples >= 2" if name in _GENERATED else None)
+    n = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
+    rng = np.random.default_rng(gen_ss)
+    raw = source.load(Request(name, rng, n, data_dir, path, target_column))
+    where = repr(path) if path is not None else f"dataset {name!r}"
+    _check_raw(raw, where, fix="use num_samples >= 2" if generated else None)
     return _assemble(name, raw, np.random.default_rng(split_ss), val_fraction, test_fraction, dtype)
 
 
-def _load_raw(name, rng, num_samples, data_dir, path, target_column) -> _Raw:
-    """Dispatches to the loader for `name`."""
-    n = _DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
-    if name == "digits" and (shipped := _read_shipped_digits()) is not None:
-        return shipped
-    if name in _SKLEARN:
-        bunch = getattr(_sklearn_datasets(), _SKLEARN[name][0])()
-        task = _SKLEARN[name][1]
-        names = tuple(str(c) for c in bunch.target_names) if task == "classification" else None
-        features = tuple(str(c) for c in bunch.feature_names) if "feature_names" in bunch else None
-        return _Raw(bunch.data, bunch.target, task, names, feature_names=features)
-    if name == "xor":
-        x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-        return _Raw(x, np.array([0, 1, 1, 0]), "classification", ("0", "1"))
-    if name == "moons":
-        seed = int(rng.integers(2**31))
-        x, y = _sklearn_datasets().make_moons(n, noise=_MOONS_NOISE, random_state=seed)
-        return _Raw(x, y, "classification", ("0", "1"))
-    if name == "spirals":
-        return _make_spirals(n, rng)
-    if name == "teacher":
-        return _make_teacher(n, rng)
-    if name in ("mnist", "fashion_mnist"):
-        return _load_mnist(name, data_dir)
-    if path is None:
-        raise ValueError(f"Dataset {name!r} needs path=...; pass the {name} file to load.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name} file {path!r} does not exist; check the path.")
-    return _load_npz(path) if name == "npz" else _load_csv(path, target_column)
-
-
-def _read_shipped_digits() -> _Raw | None:
-    """scikit-learn's digits, read from the file it ships without importing scikit-learn.
-
-    ``load_digits`` reads this same file (``sklearn/datasets/data/digits.csv.gz``: 1797 rows
-    of 64 pixel counts and the label) into the same arrays and names; importing the package
-    to call it takes longer than training the default network on it. None when the file is
-    not where it should be or not what it should be: then ``load_digits`` is called.
-    """
-    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = next(iter(spec.submodule_search_locations))
-    try:
-        table = np.loadtxt(os.path.join(folder, "datasets", "data", "digits.csv.gz"), delimiter=",")
-    except (OSError, ValueError):
-        return None
-    if table.shape != (1797, 65):
-        return None
-    pixels = tuple(f"pixel_{row}_{col}" for row in range(8) for col in range(8))
-    labels = tuple(str(k) for k in range(10))
-    target = table[:, -1].astype(int)
-    return _Raw(table[:, :-1], target, "classification", labels, feature_names=pixels)
-
-
-def _sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as e:
-        raise ImportError(
-            "This dataset needs scikit-learn; install it with `pip install scikit-learn`."
-        ) from e
-    return datasets
-
-
-def _make_spirals(n: int, rng: np.random.Generator) -> _Raw:
-    """Two interleaved 1.5-turn spirals; arm 1 is arm 0 rotated by pi."""
-    y = np.arange(n) % 2
-    t = np.sqrt(rng.uniform(size=n)) * 3 * np.pi  # sqrt: points evenly spaced along the arm
-    angle = t + np.pi * y
-    x = t[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return _Raw(x + _SPIRAL_NOISE * rng.standard_normal((n, 2)), y, "classification", ("0", "1"))
-
-
-def _make_teacher(n: int, rng: np.random.Generator) -> _Raw:
-    """y = tanh(x W1 + b1) W2 + b2 + noise, with the teacher drawn before the data."""
-    n_in, n_hidden = _TEACHER_SIZES
-    W1 = rng.standard_normal((n_in, n_hidden)) / np.sqrt(n_in)
-    b1 = 0.1 * rng.standard_normal(n_hidden)
-    W2 = rng.standard_normal((n_hidden, 1)) / np.sqrt(n_hidden)
-    b2 = 0.1 * rng.standard_normal(1)
-    x = rng.standard_normal((n, n_in))
-    y = np.tanh(x @ W1 + b1) @ W2 + b2 + _TEACHER_NOISE * rng.standard_normal((n, 1))
-    return _Raw(x, y, "regression")
-
-
-def _load_mnist(name: str, data_dir: str | None) -> _Raw:
-    x_train, y_train, x_test, y_test = read_mnist_files(name, data_dir)
-    names = _FASHION_NAMES if name == "fashion_mnist" else tuple(str(i) for i in range(10))
-    pixels = tuple(f"pixel{i}" for i in range(math.prod(x_train.shape[1:])))
-    scale = np.float32(1 / 255)  # float32 keeps 60000 x 784 pixels at 188 MB
-    test = (x_test * scale, y_test.astype(np.int64))
-    return _Raw(x_train * scale, y_train.astype(np.int64), "classification", names, test, pixels)
-
-
-def _load_npz(path: str) -> _Raw:
-    arrays = read_npz_data(path)
-    if len(arrays) == 2:
-        return _Raw(arrays["x"], *_infer_task(arrays["y"]))
-    x_train, y_train, x_test, y_test = arrays.values()
-    y, task, names = _infer_task(np.concatenate([y_train, y_test]))  # one label set
-    return _Raw(x_train, y[: len(y_train)], task, names, (x_test, y[len(y_train) :]))
-
-
-def _load_csv(path: str, target_column: str | None) -> _Raw:
-    x, y, features = read_csv_data(path, target_column)
-    return _Raw(x, *_infer_task(y), feature_names=features)
-
-
-def _check_raw(raw: _Raw, source: str, fix: str | None) -> None:
+def _check_raw(raw: Raw, source: str, fix: str | None) -> None:
     """Refuses a loader's output that cannot be trained on faithfully, whatever its source."""
     pairs = [("x", "y", raw.x, raw.y)]
     pairs += [] if raw.test is None else [("x_test", "y_test", *raw.test)]
@@ -319,25 +186,6 @@ def _check_raw(raw: _Raw, source: str, fix: str | None) -> None:
             f"{source}: all {len(raw.y)} training examples have label {label!r}; classification "
             f"needs at least two classes. {fix or 'Check the target, or add other classes'}."
         )
-
-
-def _infer_task(y: np.ndarray) -> tuple[np.ndarray, str, tuple[str, ...] | None]:
-    """Returns (labels or targets, task, class_names); see load_dataset's `target_column`."""
-    if y.ndim == 2 and y.shape[1] > 1:
-        if np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():  # one-hot
-            return y.argmax(axis=1), "classification", tuple(str(c) for c in range(y.shape[1]))
-        return y.astype(np.float64), "regression", None
-    y = y.reshape(len(y))
-    try:
-        values = y.astype(np.float64)
-    except ValueError:  # non-numeric: class names
-        classes, labels = np.unique(y.astype(str), return_inverse=True)
-        return labels, "classification", tuple(str(c) for c in classes)
-    classes, labels = np.unique(values, return_inverse=True)
-    few_integers = np.all(classes == np.round(classes)) and len(classes) <= _MAX_CLASSES
-    if y.dtype.kind in "biu" or few_integers:
-        return labels, "classification", tuple(str(int(c)) for c in classes)
-    return values, "regression", None
 
 
 def _split(
@@ -378,13 +226,14 @@ def _standardiser(x: np.ndarray, per_feature: bool) -> tuple[np.ndarray, np.ndar
 
 
 def _assemble(
-    name: str, raw: _Raw, rng: np.random.Generator, val_fraction: float, test_fraction: float, dtype
+    name: str, raw: Raw, rng: np.random.Generator, val_fraction: float, test_fraction: float, dtype
 ) -> Dataset:
+    source = SOURCES[name]
     """Splits `raw`, standardises x (and regression y) with train statistics, encodes targets."""
     x = flat(raw.x).astype(dtype, copy=False)
     labels = raw.y if raw.task == "classification" else None
     splits: list[tuple[np.ndarray, np.ndarray]]
-    if name == "xor":  # 4 points cannot be split: the truth table is every split
+    if not source.split:  # too few points to split (xor's 4): the whole set is every split
         splits = [(x, raw.y)] * 3
     elif raw.test is None:
         splits = [
@@ -401,7 +250,7 @@ def _assemble(
                 f"{val_fraction}, test_fraction={test_fraction}); use more data or larger "
                 "fractions."
             )
-    x_mean, x_scale = _standardiser(splits[0][0], per_feature=not name.endswith("mnist"))
+    x_mean, x_scale = _standardiser(splits[0][0], per_feature=source.per_feature_scale)
     y_mean = y_scale = num_classes = None
     if raw.task == "classification":
         assert raw.class_names is not None  # every classification loader names its classes

@@ -262,54 +262,10 @@ def field_choices(name: str) -> tuple[str, ...] | None:
     return FIELDS[name].metadata["choices"]
 
 
-# What differs per data set: `--dataset=NAME` alone gives a good run.
+# What differs per data set, so that `--dataset=NAME` alone gives a good run: each data
+# set's recipe, declared with it in `jaxbp.data.sources.SOURCES`.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {},
-    # The network of eqs. (1.1)-(1.9): one sigmoid unit on the 30 features, MSE, plain SGD.
-    "breast_cancer": dict(
-        hidden_sizes=(),
-        output_activation="sigmoid",
-        loss="mse",
-        learning_rate=0.05,
-        schedule="constant",
-        epochs=20,
-        optimizer="sgd",
-    ),
-    "iris": dict(hidden_sizes=(16,), batch_size=8, epochs=60, learning_rate=1e-2),
-    "wine": dict(hidden_sizes=(16,), batch_size=8, epochs=40, learning_rate=1e-2),
-    "diabetes": dict(hidden_sizes=(32,), activation="relu", epochs=60),
-    # The classic 2-2-1 sigmoid network on the 4 points of the truth table, full-batch SGD.
-    # About 70% of random inits solve it; the rest stall on the known plateau at 50-75%
-    # accuracy: seed 0 solves it.
-    "xor": dict(
-        hidden_sizes=(2,),
-        activation="sigmoid",
-        optimizer="sgd",
-        learning_rate=2.0,
-        batch_size=4,
-        epochs=2000,
-        schedule="constant",
-        checkpoint_interval=500,
-        eval_interval=100,
-    ),
-    "moons": dict(hidden_sizes=(16,), epochs=40),
-    "spirals": dict(
-        hidden_sizes=(64, 64),
-        activation="relu",
-        epochs=100,
-        checkpoint_interval=20,
-        eval_interval=5,
-    ),
-    "teacher": dict(hidden_sizes=(32,), learning_rate=1e-2),
-    "mnist": dict(
-        hidden_sizes=(256,), activation="relu", batch_size=128, epochs=10, learning_rate=1e-3
-    ),
-    "fashion_mnist": dict(
-        hidden_sizes=(256,), activation="relu", batch_size=128, epochs=10, learning_rate=1e-3
-    ),
-    # A user's table is often a few hundred rows: 30 epochs of them are too few steps.
-    "npz": dict(epochs=100),
-    "csv": dict(epochs=100),
+    name: source.recipe for name, source in data_lib.sources.SOURCES.items()
 }
 
 
@@ -336,7 +292,7 @@ def make_config(dataset: str = "digits", **overrides: Any) -> Config:
     return Config(**fields)
 
 
-DATASETS = tuple(DATASET_DEFAULTS)
+DATASETS = data_lib.DATASETS
 
 
 def resolve_head(config: Config, task: str, num_outputs: int) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from jaxbp import losses
+from jaxbp.data import sources
 from jaxbp.run.config import (
     AUTO,
     FIELDS,
@@ -159,19 +160,18 @@ def _check_members(config: Config) -> None:
         )
 
 
-_APPLIES = {  # data field -> the data sets it is for
-    "data_path": ("npz", "csv"),
-    "target_column": ("csv",),
-    "data_dir": ("mnist", "fashion_mnist"),
-    "num_samples": ("moons", "spirals", "teacher"),
-}
-_NEEDS = {"npz": ("data_path",), "csv": ("data_path", "target_column")}
-_NEEDS.update({name: ("data_dir",) for name in ("mnist", "fashion_mnist")})
+_FIELD = {"path": "data_path"}  # a load_dataset argument -> its Config field, where they differ
+
+
+def _field_names(arguments: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_FIELD.get(a, a) for a in arguments)
 
 
 def _check_data_fields(config: Config) -> None:
     """A data field that does not apply to the data set is an error, never ignored."""
-    for name, datasets in _APPLIES.items():
+    source = sources.SOURCES[config.dataset]
+    for argument in ("path", "target_column", "data_dir", "num_samples"):
+        name, datasets = _FIELD.get(argument, argument), sources.users_of(argument)
         value = getattr(config, name)
         if value is not None and config.dataset not in datasets:
             raise ConfigError(
@@ -180,7 +180,7 @@ def _check_data_fields(config: Config) -> None:
                 f"does not apply to dataset={config.dataset}; it is for "
                 f"{' and '.join(datasets)} only. Drop it.",
             )
-    for name in _NEEDS.get(config.dataset, ()):
+    for name in _field_names(source.needs):
         if getattr(config, name) is None:
             raise ConfigError(name, None, f"is needed by dataset={config.dataset}; give it.")
     if config.num_samples is not None:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from data_writers import id_npz, unstandardise, write_columns_csv, write_idx
 
-from jaxbp.data import DATASETS, load_dataset
-from jaxbp.data import datasets as data
+from jaxbp.data import DATASETS, load_dataset, sources
 
 # name -> (total examples, num_features, num_outputs, task, num_classes)
 BUILTIN = {
@@ -86,7 +85,7 @@ def test_import_does_not_need_sklearn():
 def test_digits_read_from_the_shipped_file_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    raw = data._read_shipped_digits()
+    raw = sources.read_shipped_digits()
     bunch = load_digits()
     assert raw is not None
     np.testing.assert_array_equal(raw.x, bunch.data)
@@ -306,4 +305,4 @@ def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
 
 
 def test_module_constants_are_consistent():
-    assert len(data._FASHION_NAMES) == 10 and len(set(DATASETS)) == len(DATASETS)
+    assert len(sources.FASHION_NAMES) == 10 and len(set(DATASETS)) == len(DATASETS)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from data_writers import write_idx, write_npz, write_text
 
-from jaxbp.data import datasets as data
-from jaxbp.data import load_dataset
+from jaxbp.data import load_dataset, sources
 
 
 def _write_mnist(directory, train_labels=None, train_images=None, n_test=20):
@@ -346,12 +345,14 @@ def test_npz_train_and_test_widths_must_match(tmp_path):
 
 @pytest.mark.parametrize("field", ["x", "y"])
 def test_non_finite_generated_data_is_refused(monkeypatch, field):
-    def broken_teacher(n, rng):
-        raw = data._Raw(np.ones((n, 3)), np.ones((n, 1)), "regression")
+    def broken_teacher(request):
+        n = request.num_samples
+        raw = sources.Raw(np.ones((n, 3)), np.ones((n, 1)), "regression")
         getattr(raw, field)[2, 0] = np.inf
         return raw
 
-    monkeypatch.setattr(data, "_make_teacher", broken_teacher)
+    teacher = sources.SOURCES["teacher"]._replace(load=broken_teacher)
+    monkeypatch.setitem(sources.SOURCES, "teacher", teacher)
     with pytest.raises(ValueError, match=f"dataset 'teacher': {field} has 1 NaN .* row 2 "):
         load_dataset("teacher", num_samples=50)
 
