@@ -25,8 +25,8 @@ frozen:** when its loss or params stop being finite in an epoch, that epoch is t
 for it alone, it keeps the params of the epoch before (finite, so every checkpoint stays
 loadable), is marked ``diverged_at_epoch`` in ``summary.json`` and left out of the means,
 the std, the sweep table's figures and the ensemble; the others train on unaffected. Only
-when every member has diverged does the run stop with `NonFiniteError`. A single run keeps
-the stop-at-the-first-NaN rule.
+when every member has diverged does the run stop with `NonFiniteError` (a single run: at
+its first NaN).
 
 The loop is `_train`, one screen: restore, then per epoch one compiled program
 (`jaxbp.run.programs.train_epoch`), evaluate (`jaxbp.run.programs.member_metrics`), keep
@@ -34,8 +34,6 @@ the best, checkpoint (`jaxbp.run.checkpoints`), stop. What a run is built from i
 `jaxbp.run.recipe`'s, where each member stands is `jaxbp.run.progress`'s, what it reports is
 `jaxbp.run.summary`'s and the files it leaves are `jaxbp.run.outputs`'s;
 `jaxbp.run.restore.restore_trained` reads a trained run back.
-
-Uses the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib, scikit-learn).
 """
 
 from __future__ import annotations
