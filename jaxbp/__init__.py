@@ -21,6 +21,7 @@ from jaxbp.backprop import (
 )
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.gradient_flow import gradient_flow
+from jaxbp.input_checks import check_inputs
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import (
     MLP,
@@ -49,6 +50,7 @@ __all__ = (
     "Residuals",
     "apply",
     "backward_from_output_delta",
+    "check_inputs",
     "clipped_loss_and_grad",
     "forward_autodiff",
     "forward_layers",

@@ -20,6 +20,9 @@ batch gradient for the mean losses). The ‖g_i‖ come from the rank-one identi
 ‖δ_i a_iᵀ‖ = ‖δ_i‖ ‖a_i‖ (`jaxbp.per_example_grad_norms`): no per-example gradient is formed.
 The estimate of tr(Σ) is unbiased; the ratio is not, and on one batch it is noisy. B_simple
 is roughly the batch size beyond which a larger batch stops cutting the number of steps.
+Where the mean gradient is zero (an exact fit, or any stationary point) it is ``inf``: no
+batch is large enough to see a direction the examples agree on. That is the value the
+ratio x/0 takes, also when tr(Σ) is 0 too, so that 0/0 never gives NaN.
 
 References:
   McCandlish, Kaplan, Amodei et al., "An Empirical Model of Large-Batch Training",
@@ -40,6 +43,9 @@ def gradient_flow(model: MLP, loss: str, params: Params, x: Array, y: Array) -> 
 
     One forward pass and one δ recursion from the per-example output errors; jittable with
     ``model`` and ``loss`` static.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
 
     Args:
       model: the network.
@@ -86,5 +92,8 @@ def gradient_flow(model: MLP, loss: str, params: Params, x: Array, y: Array) -> 
         flow[f"grad_norm/{k}"] = to_batch * jnp.linalg.norm(grads["W"])
     mean_sq_norm = sum(jnp.sum(g * g) for g in jax.tree.leaves(mean_grads))
     trace_sigma = (jnp.mean(norms * norms) - mean_sq_norm) * batch / (batch - 1)
-    flow["noise_scale"] = trace_sigma / mean_sq_norm
+    # At an exact fit or a stationary point G = 0 and the ratio is x/0: inf, documented.
+    flow["noise_scale"] = jnp.where(
+        mean_sq_norm > 0, trace_sigma / jnp.where(mean_sq_norm > 0, mean_sq_norm, 1), jnp.inf
+    )
     return flow

@@ -48,6 +48,28 @@ def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
     return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
+def check_clip_norm(clip_norm: float | Array) -> None:
+    """Raises ValueError unless a concrete ``clip_norm`` is a positive number (or inf).
+
+    Python and NumPy scalars and concrete 0-d arrays are read; a traced value (under jit)
+    cannot be, and passes unchecked.
+    """
+    try:
+        value = float(clip_norm)
+    except jax.errors.ConcretizationTypeError:
+        return
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"clip_norm must be a positive scalar, got {clip_norm!r}: it is the largest "
+            "per-example gradient norm kept (use float('inf') for no clipping)."
+        ) from None
+    if not value > 0:
+        raise ValueError(
+            f"clip_norm must be positive, got {value:g}: it is the largest per-example "
+            "gradient norm kept (use float('inf') for no clipping)."
+        )
+
+
 def forward_and_example_deltas(
     model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
 ) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
@@ -73,6 +95,9 @@ def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array)
     leading axis equals the batch gradient (for a ``"sum"`` loss such as ``"sse"``, the sum).
     It forms all B gradients: `per_example_grad_norms` and `clipped_loss_and_grad` need none.
 
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
+
     Args:
       model: the network.
       loss: a name from `jaxbp.LOSSES`.
@@ -97,6 +122,9 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
     ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
     `per_example_grads` (the gradient of the loss on example i alone) without forming
     them; the cost is one forward and one backward pass without the weight-gradient matmuls.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
 
     Args:
       model: the network.
@@ -131,6 +159,9 @@ def clipped_loss_and_grad(
     ``C = inf`` this is `jaxbp.loss_and_grad`. No per-example gradient is formed: the rows of
     each δ are scaled by ``w c_i`` before the weight-gradient matmuls (module docstring).
 
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
+
     Args:
       model: the network.
       loss: a name from `jaxbp.LOSSES`.
@@ -152,11 +183,7 @@ def clipped_loss_and_grad(
       >>> grads[0]["W"].shape
       (4, 3)
     """
-    if isinstance(clip_norm, (int, float)) and not clip_norm > 0:
-        raise ValueError(
-            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
-            "gradient norm kept (use float('inf') for no clipping)."
-        )
+    check_clip_norm(clip_norm)
     loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
     value, residuals, deltas, norms = forward_and_example_deltas(model, loss_fn, params, x, y)
     # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
@@ -174,11 +201,7 @@ def make_clipped_grad_fn(
     Any optax optimiser then takes the clipped gradient as it takes a plain one; chain
     ``optax.add_noise`` (or a DP accountant's noise) in front of it for DP-SGD proper.
     """
-    if not clip_norm > 0:
-        raise ValueError(
-            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
-            "gradient norm kept."
-        )
+    check_clip_norm(clip_norm)
 
     def grad_fn(params: Params, x: Array, y: Array) -> tuple[Array, Params]:
         return clipped_loss_and_grad(model, loss, params, x, y, clip_norm)

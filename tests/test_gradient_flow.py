@@ -88,3 +88,13 @@ def test_a_batch_of_one_is_refused():
     params = jaxbp.init_params(jax.random.key(0), model)
     with pytest.raises(ValueError, match="at least 2 examples"):
         jaxbp.gradient_flow(model, "mse", params, jnp.ones((1, 3)), jnp.zeros((1, 1)))
+
+
+@pytest.mark.usefixtures("x64")
+def test_noise_scale_is_inf_at_an_exact_fit():
+    """G = 0 and tr(Σ) = 0: the documented value is inf, never the NaN of 0/0."""
+    model = jaxbp.MLP((3, 4, 2), "tanh")
+    params, x, _ = make_problem(model, "mse", batch=6, seed=6)
+    y = jaxbp.apply(model, params, x)  # the targets are the outputs: every gradient is 0
+    flow = jaxbp.gradient_flow(model, "mse", params, x, y)
+    assert flow["noise_scale"] == np.inf
