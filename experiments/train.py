@@ -114,7 +114,13 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except RuntimeError as e:  # the coordinator never answered
         return fail(str(e), 1)
-    compilation_cache.use(_COMPILATION_CACHE_DIR.value)
+    try:
+        compilation_cache.use(_COMPILATION_CACHE_DIR.value)
+    except ValueError as e:
+        if flags.FLAGS["compilation_cache_dir"].present:
+            return fail(f"--compilation_cache_dir={_COMPILATION_CACHE_DIR.value}: {e}", 2)
+        # The default folder is a convenience: without it the run compiles, as it would cold.
+        print(f"{PROGRAM}: compilation cache off: {e}", file=sys.stderr)
     if parallel.is_primary():
         print(f"jaxbp train: workdir {workdir}", flush=True)
     try:
