@@ -15,7 +15,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   predict     label new rows: predict --workdir=W --data_path=F --output=P
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
-  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits: vanishing --outdir=D
+  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits (--outdir=D, else runs/)
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
   test        ruff (lint and format), mypy over jaxbp/ and the test suite

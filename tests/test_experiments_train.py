@@ -101,6 +101,11 @@ def test_flagfile_run_prints_the_result_and_writes_the_summary(tmp_path):
         ),
         (["--sweep=learning_rate=1e-3,-1"], "learning_rate=-1: must be a finite number > 0"),
         (["--repeats=0"], "--repeats=0: must be an integer in [1, 4096]"),
+        (["--sweep=learning_rate"], "numbers, e.g. --sweep=learning_rate=1e-3,3e-3."),
+        (
+            ["--learning_rate=0.5", "--sweep=learning_rate=1e-3,3e-3"],
+            "--learning_rate=0.5: given together with --sweep=learning_rate=0.001,0.003",
+        ),
     ],
 )
 def test_bad_flags_stop_with_one_clear_line(tmp_path, flags, message):
