@@ -18,10 +18,9 @@ an output folder that does not exist), 1 a fault (a damaged checkpoint, a failed
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli
 from jaxbp import data_files, inference
@@ -52,6 +51,12 @@ def check_output(output: str, data_path: str) -> str | None:
         return f"--output={output} is a folder; give the path of the csv file to write."
     if os.path.exists(output) and os.path.exists(data_path) and os.path.samefile(output, data_path):
         return f"--output={output} is the --data_path file; write the predictions elsewhere."
+    entry = workdir_lib.run_entry_at(output)
+    if entry is not None:
+        return (
+            f"--output={output} would overwrite {entry}, which a training run keeps; write the "
+            "predictions elsewhere (another name in the workdir is fine, e.g. predictions.csv)."
+        )
     return None
 
 
@@ -125,4 +130,4 @@ def print_report(
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

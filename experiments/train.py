@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli, compilation_cache, config_flags
 from jaxbp import config as config_lib
@@ -28,6 +28,7 @@ from jaxbp import config_checks, parallel, run_outputs, stop, trainer
 from jaxbp import workdir as workdir_lib
 
 _CONFIG = config_flags.define_config_flags()
+flags.adopt_module_key_flags(config_flags)  # --help lists the run settings too
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Outputs; a workdir that holds a run resumes it. Unset: runs/DATASET-TIME."
 )
@@ -191,4 +192,4 @@ def print_summary(summary: dict, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -182,7 +182,8 @@ def predict_rows(
       target or ``(n, num_targets)``, and None.
 
     Raises:
-      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite (also
+        once standardised in the run's dtype), or when an output comes out non-finite.
       NotTrainedError, jaxbp.workdir.WorkdirError: see `load_trained`.
     """
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
@@ -202,12 +203,26 @@ def predict_rows(
         )
     dtype = np.dtype(trained.config.precision)
     # The data's own order of operations, so a training row meets the same input bits.
-    x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
-        pre["x_scale"]
-    ).astype(dtype)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
+            pre["x_scale"]
+        ).astype(dtype)
+    if not np.isfinite(x).all():  # finite in float64, beyond the range of the run's dtype
+        row, column = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(
+            f"x_raw row {row}, feature {names[column]!r} is beyond the range of {dtype} once "
+            "standardised; the network predicts nothing sensible for it. Fix or drop that row."
+        )
     y_hat = _outputs(trained, x)
     if trained.members is not None:  # the ensemble: the kept members' outputs averaged
         y_hat = y_hat[kept(trained)].mean(axis=0)
+    bad = ~np.isfinite(y_hat).all(axis=1)
+    if bad.any():  # never hand out NaN predictions as if they were results
+        raise ValueError(
+            f"{bad.sum()} of {len(bad)} rows give NaN or infinite outputs (first: row "
+            f"{np.flatnonzero(bad)[0]}, counting from 0): the run's parameters or those rows' "
+            "features are out of range."
+        )
     if pre["task"] == "regression":
         values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
         return (values[:, 0] if values.shape[1] == 1 else values), None

@@ -43,6 +43,24 @@ _FILES = (
 )
 
 
+def run_entry_at(path: str) -> str | None:
+    """The run record or checkpoint folder that writing ``path`` would overwrite, or None.
+
+    ``path`` (links resolved) is refused when it is one of a workdir's own entries (run.json,
+    summary.json, metrics.jsonl, checkpoints/, ...) or lies inside one, for any folder that
+    holds a run (a ``run.json``): another file in a workdir, such as predictions.csv, is fine.
+    """
+    path = os.path.realpath(path)
+    folder, entry = os.path.dirname(path), os.path.basename(path)
+    while True:
+        if entry in (*_DIRECTORIES, *_FILES) and os.path.isfile(os.path.join(folder, RUN_RECORD)):
+            return os.path.join(folder, entry)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder, entry = parent, os.path.basename(folder)
+
+
 class WorkdirError(RuntimeError):
     """The workdir cannot be used as it is (busy, a file in the way, a symlink)."""
 

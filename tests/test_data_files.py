@@ -99,6 +99,10 @@ def test_read_features_csv_missing_columns_are_named(tmp_path):
         ("a,b\n1,2\n3,x\n", r"feature column 'b' is not numeric \('x' on line 3\)"),
         ("a,b\n1,2\n,4\n", "feature column 'a' has empty cells on line 3"),
         ("a,b\n1,nan\n3,inf\n", "feature column 'b' has 2 NaN or infinite values, on lines 2, 3"),
+        (
+            "a,b\n1,2\n3,1e39\n",
+            r"feature column 'b' has 1 values beyond float32's range \(±3.4e\+38\), on line 3",
+        ),
         ("a,b,y\n", "has a header but no rows"),
         ("a,b,b\n1,2,3\n", r"names \['b'\] more than once"),
         ("a,b\n1,2\n3\n", "line 3 do not have 2 cells"),
@@ -121,6 +125,10 @@ def test_read_features_csv_bad_cells(tmp_path, text, match):
         ({"x": np.zeros((0, 2))}, r"x has shape \(0, 2\); expected \(n, 2\) with n >= 1"),
         ({"features": np.zeros((4, 2))}, r"holds arrays \['features'\]; expected an array 'x'"),
         ({"x": np.array([[1.0, np.nan]])}, "x has 1 NaN or infinite values, in row 0 "),
+        (
+            {"x": np.array([[1.0, 2.0], [3.0, -1e39]])},
+            r"x has 1 values beyond float32's range .*, first in row 1, column 1",
+        ),
         ({"x": np.ones((3, 2)) * 1j}, "x is complex"),
         ({"x": np.array([["1", "2"]])}, "x has dtype <U1; expected numbers"),
     ],

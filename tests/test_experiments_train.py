@@ -134,6 +134,30 @@ def test_help_shows_defaults_choices_and_data_set_defaults():
     assert "--[no]use_bias" in text and "--no_bias" not in text
 
 
+def test_help_lists_the_run_settings_and_exits_0():
+    result = _train("--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "--dataset: " in text and "--learning_rate: Peak learning rate" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\xff\xfe binary", "is not a text file of flags (one --name=value per line)"),
+        (None, "does not exist"),
+    ],
+    ids=["binary", "missing"],
+)
+def test_a_flagfile_that_is_not_text_is_one_line(tmp_path, content, message):
+    path = tmp_path / "run.flags"
+    if content is not None:
+        path.write_bytes(content)
+    result = _train(f"--flagfile={path}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"train.py: --flagfile={path} {message}; check the path."
+
+
 def test_resume_needs_only_the_workdir_and_refuses_other_settings(tmp_path):
     workdir = tmp_path / "w"
     first = _train("--dataset=iris", "--epochs=2", f"--workdir={workdir}")

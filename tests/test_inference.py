@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 
 import numpy as np
@@ -86,6 +87,21 @@ def test_predict_rows_refuses_rows_it_cannot_read(trained):
     rows[1, 2] = np.nan
     with pytest.raises(ValueError, match="not finite"):
         inference.predict_rows(loaded, rows)
+
+
+def test_predict_rows_refuses_a_row_beyond_float32_and_never_returns_nan(trained):
+    workdir, _, _ = trained("iris")
+    loaded = inference.load_trained(workdir)
+    names = loaded.preprocessing["feature_names"]
+    rows = np.ones((3, 4))
+    rows[2, 1] = 1e39  # finite in float64, inf once standardised in the run's float32
+    with pytest.raises(ValueError, match=re.escape(f"row 2, feature {names[1]!r} is beyond")):
+        inference.predict_rows(loaded, rows)
+    blown_up = loaded._replace(
+        params=[{k: v * np.nan for k, v in layer.items()} for layer in loaded.params]
+    )
+    with pytest.raises(ValueError, match="3 of 3 rows give NaN or infinite outputs"):
+        inference.predict_rows(blown_up, np.ones((3, 4)))
 
 
 def test_a_folder_without_a_trained_run_is_refused(trained, tmp_path):
