@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -76,8 +77,16 @@ class TrainedModel(NamedTuple):
     members: list[dict[str, Any]] | None = None
 
 
+# A live run may replace its newest checkpoint between listing and reading it.
+_READ_ATTEMPTS = 3
+_READ_RETRY_SECONDS = 0.5
+
+
 def load_trained(workdir: str) -> TrainedModel:
     """The trained network of ``workdir``, read from its checkpoint alone (no data loaded).
+
+    A workdir whose run is still training can be read: its newest complete checkpoint is
+    used, and a checkpoint the run replaces while it is read is listed and read again.
 
     Raises:
       NotTrainedError: when ``workdir`` does not exist, holds no run or no checkpoint.
@@ -102,15 +111,27 @@ def load_trained(workdir: str) -> TrainedModel:
         )
     precision = workdir_lib.config_from_record(record).precision
     with jax.enable_x64(precision == "float64"):
-        try:
-            config, model, params, meta = restore_trained(workdir)
-            params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
-        except Exception as e:  # any failure to read is damage; the cause is named
-            cause = (str(e).strip().splitlines() or [""])[0][:200]
-            raise UnreadableCheckpointError(
-                f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
-                "restore the workdir from a copy, or train the run again."
-            ) from e
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                config, model, params, meta = restore_trained(workdir)
+                params = jax.tree.map(np.asarray, params)  # float64 outside the x64 context
+                break
+            except Exception as e:  # a failure to read: a race with a live run, or damage
+                holder = workdir_lib.live_run(workdir)
+                if holder is not None and attempt + 1 < _READ_ATTEMPTS:
+                    time.sleep(_READ_RETRY_SECONDS)  # it replaced the checkpoint: list again
+                    continue
+                cause = (str(e).strip().splitlines() or [""])[0][:200]
+                if holder is not None:
+                    raise UnreadableCheckpointError(
+                        f"the run in {workdir} is still training (process {holder}) and was "
+                        f"writing its checkpoint ({type(e).__name__}: {cause}); try again "
+                        "in a moment, or when it has ended."
+                    ) from e
+                raise UnreadableCheckpointError(
+                    f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
+                    "restore the workdir from a copy, or train the run again."
+                ) from e
     if "preprocessing" not in meta:
         raise UnreadableCheckpointError(
             f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "

@@ -123,6 +123,24 @@ def locked(workdir: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def live_run(workdir: str) -> str | None:
+    """The process id of a live run holding ``workdir`` (`locked`), or None; writes nothing."""
+    try:
+        fd = os.open(os.path.join(workdir, ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: no run has started here
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str, content: str | bytes) -> None:
     """Writes ``content`` to a new temporary file beside ``path``, then renames it over.
 

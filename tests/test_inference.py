@@ -10,6 +10,7 @@ import pytest
 from trained_runs import true_indices
 
 from jaxbp import data_files, evaluation, inference, recipe
+from jaxbp import workdir as workdir_lib
 
 
 def _raw_test_rows(config):
@@ -127,6 +128,32 @@ def test_a_damaged_checkpoint_is_named_not_thrown_raw(trained, tmp_path):
     with pytest.raises(inference.UnreadableCheckpointError, match="JSONDecodeError") as error:
         evaluation.evaluate_workdir(str(copy))
     assert f"checkpoint in {copy} cannot be read" in str(error.value)
+
+
+def test_a_run_still_training_is_read_again_or_said_to_be_writing(trained, tmp_path, monkeypatch):
+    """While a live run holds the workdir, a failed read is retried (the run may have just
+    replaced its newest checkpoint), and the error, if it stays, names the live run."""
+    workdir, _, _ = trained("iris")
+    copy = shutil.copytree(workdir, tmp_path / "copy")
+    real_restore, calls = inference.restore_trained, []
+
+    def replaced_once(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError("the checkpoint went away while it was read")
+        return real_restore(path)
+
+    monkeypatch.setattr(inference, "_READ_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(inference, "restore_trained", replaced_once)
+    with workdir_lib.locked(str(copy)):
+        assert workdir_lib.live_run(str(copy)) == str(os.getpid())
+        loaded = inference.load_trained(str(copy))
+        assert len(calls) == 2 and loaded.best_epoch is not None
+        (epoch,) = os.listdir(copy / "best")
+        (copy / "best" / epoch / "meta" / "metadata").write_text("{not json")
+        with pytest.raises(inference.UnreadableCheckpointError, match="is still training"):
+            inference.load_trained(str(copy))
+    assert workdir_lib.live_run(str(copy)) is None
 
 
 def test_write_predictions_columns_and_values(tmp_path):
