@@ -106,16 +106,12 @@ def locked(workdir: str) -> Iterator[None]:
     path = os.path.join(workdir, ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = _lock_holder(fd, fcntl.LOCK_EX)
+        if holder is not None:
             raise WorkdirError(
                 f"workdir {workdir} is in use by a live run (process {holder}); wait for it "
                 "to end or choose another workdir."
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -130,15 +126,20 @@ def live_run(workdir: str) -> str | None:
     except OSError:  # no lock file: no run has started here
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        return None
+        return _lock_holder(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd: int, mode: int) -> str | None:
+    """Takes the lock on ``fd`` in ``mode`` without waiting; the holder's pid if it is taken."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return None
 
 
 def write_atomic(path: str, content: str | bytes) -> None:
