@@ -7,12 +7,14 @@
 every feature of the run (in any order; other columns, such as the target, are ignored), or
 an .npz with an array ``x``. ``--output`` gets a csv with a ``prediction`` column (the class
 name, or the value in the target's units; ``prediction_0``, ... for several targets) and, for
-classification, one ``probability_<class>`` column per class. For a member set (a run with
-``--repeats`` or ``--sweep``) ``prediction`` and the probabilities are the ensemble's (the
-members' outputs averaged) and ``member_0``, ``member_1``, ... hold each member's
-prediction (single-target runs). Exit status: 0 done, 2 a bad
-flag (a workdir without a trained run, a data file that is missing or does not fit the run,
-an output folder that does not exist), 1 a fault (a damaged checkpoint, a failed write).
+classification, one ``probability_<class>`` column per class; ``--id_column=NAME`` puts
+the data file's column NAME first, so each prediction keeps its row's identifier. For a
+member set (a run with ``--repeats`` or ``--sweep``) ``prediction`` and the probabilities
+are the ensemble's (the members' outputs averaged) and ``member_0``, ``member_1``, ... hold
+each member's prediction (single-target runs). Exit status: 0 done, 2 a bad flag (a workdir
+without a trained run, a data file that is missing or does not fit the run, an output
+folder that does not exist, an output that would overwrite a run's records), 1 a fault (a
+damaged checkpoint, a failed write, outputs that are not finite).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ _DATA_PATH = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "The csv file to write (required; its folder must exist)."
+)
+
+_ID_COLUMN = flags.DEFINE_string(
+    "id_column",
+    None,
+    "A column of --data_path (an array of an .npz) copied as the output's first column, so "
+    "each prediction keeps its row's identifier.",
 )
 
 PROGRAM = "predict.py"
@@ -84,6 +93,9 @@ def main(argv: list[str]) -> int:
         return fail(f"{type(e).__name__}: {e}", 1)
     try:
         x_raw = data_files.read_features(data_path, trained.preprocessing["feature_names"])
+        ids = None
+        if _ID_COLUMN.value:
+            ids = (_ID_COLUMN.value, data_files.read_column(data_path, _ID_COLUMN.value))
     except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
         return fail(str(e), 2)
     try:
@@ -92,7 +104,12 @@ def main(argv: list[str]) -> int:
         if trained.members is not None and predictions.ndim == 1:
             members = [p for p, _ in inference.member_predictions(trained, x_raw)]
         inference.write_predictions(
-            output, predictions, probabilities, trained.preprocessing["class_names"], members
+            output,
+            predictions,
+            probabilities,
+            trained.preprocessing["class_names"],
+            members,
+            ids,
         )
     except KeyboardInterrupt:
         return fail(f"interrupted; {output} was not written.", 130)

@@ -284,6 +284,7 @@ def write_predictions(
     probabilities: np.ndarray | None = None,
     class_names: list[str] | None = None,
     member_predictions: list[np.ndarray] | None = None,
+    ids: tuple[str, np.ndarray] | None = None,
 ) -> None:
     """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
 
@@ -291,6 +292,7 @@ def write_predictions(
     targets), then one ``probability_<class>`` per class when ``probabilities`` are given,
     then ``member_0``, ``member_1``, ... with each member's prediction when
     ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's).
+    With ``ids = (name, values)`` a first column ``name`` carries each row's identifier.
     Numbers are written in full (shortest round-trip digits of their dtype).
 
     Args:
@@ -342,6 +344,14 @@ def write_predictions(
             )
         columns.append(member)
         header.append(f"member_{k}")
+    if ids is not None:
+        name, values = ids[0], np.asarray(ids[1])
+        if values.shape != (n,):
+            raise ValueError(
+                f"the identifiers {name!r} have shape {values.shape}; expected ({n},), one per row."
+            )
+        columns.insert(0, values)
+        header.insert(0, name)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from data_writers import id_npz, unstandardise, write_columns_csv, write_npz, write_text
 
+from jaxbp import data_files
 from jaxbp.data import load_dataset
 from jaxbp.data_files import read_features
 
@@ -137,3 +138,12 @@ def test_read_features_npz_errors(tmp_path, arrays, match):
     path = write_npz(tmp_path / "f.npz", **arrays)
     with pytest.raises(ValueError, match=f"f.npz'.*{match}"):
         read_features(path, ["a", "b"])
+
+
+def test_read_column_keeps_the_cells_text(tmp_path):
+    path = write_text(tmp_path / "f.csv", "id,a\n007,1\nx-2,2\n")
+    np.testing.assert_array_equal(data_files.read_column(path, "id"), ["007", "x-2"])
+    with pytest.raises(ValueError, match=r"no single column 'b' \(its header has"):
+        data_files.read_column(path, "b")
+    npz = write_npz(tmp_path / "f.npz", x=np.zeros((2, 1)), id=np.array([3, 4]))
+    np.testing.assert_array_equal(data_files.read_column(npz, "id"), ["3", "4"])
