@@ -105,10 +105,11 @@ def poisson_batch(
 
     Example i is in the sample when its uniform 32-bit draw ``u_i < ⌊q 2³²⌋`` (probability
     ``⌊q 2³²⌋ / 2³²``, at most q and within 2.4e-10 of it), independently of the others. The
-    ``batch_max`` rows are the sampled examples of smallest ``u_i``, then padding rows (mask
-    False) holding unsampled indices; so when more than ``batch_max`` are sampled, which
-    happens with probability below `OVERFLOW_PROBABILITY` for `batch_max`'s size, the batch
-    is a uniformly random ``batch_max`` of them (their ``u_i`` are i.i.d. given the sample).
+    rows are the sampled examples in index order, then padding rows (mask False, index 0).
+    When more than ``batch_max`` are sampled, which happens with probability below
+    `OVERFLOW_PROBABILITY` for `batch_max`'s size, the rows are the ``batch_max`` sampled
+    examples of smallest ``u_i``: a uniformly random subset, since the sampled ``u_i`` are
+    i.i.d. (truncated Poisson sampling).
 
     Args:
       key: the step's sampling key.
@@ -120,20 +121,42 @@ def poisson_batch(
       ``(rows, mask)``: ``(batch_max,)`` int32 indices into ``[0, N)`` and ``(batch_max,)``
       bool, True for the rows in the sample.
     """
+    rows, mask = poisson_batches(key[None], num_examples, sampling_rate, batch_max)
+    return rows[0], mask[0]
+
+
+def poisson_batches(
+    keys: Array, num_examples: int, sampling_rate: float, batch_max: int
+) -> tuple[Array, Array]:
+    """`poisson_batch` for each of ``keys: (steps,)``: rows and mask ``(steps, batch_max)``.
+
+    The overflow's random subset (a `lax.top_k`, several times the cost of the rest) is
+    computed only when some step overflows (a `lax.cond`; under `vmap` both branches run).
+    """
     _check_sampling(num_examples, sampling_rate)
     if not 1 <= batch_max <= num_examples:
         raise ValueError(
             f"batch_max must be in [1, {num_examples}], got {batch_max}: use "
             "dp_sgd.batch_max(num_examples, sampling_rate)."
         )
-    bits = jax.random.bits(key, (num_examples,), jnp.uint32)
+    bits = jax.vmap(lambda k: jax.random.bits(k, (num_examples,), jnp.uint32))(keys)
     if sampling_rate == 1:
-        sampled = jnp.ones(num_examples, bool)
+        sampled = jnp.ones(bits.shape, bool)
     else:
         sampled = bits < jnp.uint32(math.floor(sampling_rate * 2**32))
-    # The largest ~u among the sampled (all > 0 when q < 1) are their smallest u.
-    _, rows = jax.lax.top_k(jnp.where(sampled, ~bits, jnp.uint32(0)), batch_max)
-    return rows, sampled[rows]
+    counts = jnp.sum(sampled, axis=1)
+
+    def in_order() -> Array:
+        first = jax.vmap(lambda s: jnp.nonzero(s, size=batch_max, fill_value=0)[0])(sampled)
+        return first.astype(jnp.int32)
+
+    def smallest_draws() -> Array:
+        # The largest ~u among the sampled (all > 0 when q < 1) are their smallest u.
+        priority = jnp.where(sampled, ~bits, jnp.uint32(0))
+        return jax.lax.top_k(priority, batch_max)[1]
+
+    rows = jax.lax.cond(jnp.any(counts > batch_max), smallest_draws, in_order)
+    return rows, jnp.arange(batch_max) < counts[:, None]
 
 
 def step_keys(key: Array, epoch_index: int | Array, steps: int) -> tuple[Array, Array]:
@@ -195,10 +218,9 @@ def epoch_batches(
 ) -> tuple[Array, Array, Array]:
     """An epoch's Poisson batches: rows and mask ``(steps, batch_max)``, noise keys ``(steps,)``."""
     sample_keys, noise_keys = step_keys(key, epoch_index, sampler.steps_per_epoch)
-    sample = jax.vmap(
-        lambda k: poisson_batch(k, sampler.num_examples, sampler.sampling_rate, sampler.batch_max)
+    rows, mask = poisson_batches(
+        sample_keys, sampler.num_examples, sampler.sampling_rate, sampler.batch_max
     )
-    rows, mask = sample(sample_keys)
     return rows, mask, noise_keys
 
 

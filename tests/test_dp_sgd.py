@@ -165,7 +165,7 @@ def test_poisson_inclusion_frequency_and_independence():
     rows, mask = np.asarray(rows), np.asarray(mask)
     counts = np.zeros(n)
     for r, m in zip(rows, mask, strict=True):
-        assert len(set(r.tolist())) == b  # distinct rows, padding included
+        assert len(set(r[m].tolist())) == m.sum()  # distinct sampled rows
         np.add.at(counts, r[m], 1)
     freq = counts.sum() / (steps * n)
     assert abs(freq - q) < 4 * np.sqrt(q * (1 - q) / (steps * n))
@@ -182,11 +182,33 @@ def test_overflow_keeps_a_random_subset_of_batch_max():
     # examples, and over many steps every example is kept about equally often.
     n, b, steps = 40, 6, 3000
     keys = jax.random.split(jax.random.key(2), steps)
-    rows, mask = jax.vmap(lambda k: dp_sgd.poisson_batch(k, n, 0.5, b))(keys)
+    rows, mask = jax.jit(jax.vmap(lambda k: dp_sgd.poisson_batch(k, n, 0.5, b)))(keys)
     assert bool(jnp.all(mask))
     counts = np.bincount(np.asarray(rows).ravel(), minlength=n)
     expected = steps * b / n
     assert np.sum((counts - expected) ** 2 / expected) < stats.chi2.isf(1e-6, n - 1)
+
+
+def test_the_rows_are_the_sampled_examples_with_or_without_overflow():
+    # Inclusion is u_i < ⌊q 2³²⌋ for the 32-bit draws of the step's key. Steps of 30 examples
+    # at q = 0.3 into 12 rows: some overflow. Together (some step overflows: the top_k branch)
+    # and alone (a step that does not: the nonzero branch), a step that fits has exactly its
+    # sampled examples under the mask, and one that overflows 12 of them.
+    n, q, b = 30, 0.3, 12
+    keys = jax.random.split(jax.random.key(8), 40)
+    bits = np.asarray(jax.vmap(lambda k: jax.random.bits(k, (n,)))(keys))
+    sampled = [set(np.flatnonzero(u < np.floor(q * 2**32)).tolist()) for u in bits]
+    assert any(len(s) > b for s in sampled) and any(len(s) <= b for s in sampled)
+    rows, mask = (np.asarray(a) for a in dp_sgd.poisson_batches(keys, n, q, b))
+    alone = jax.jit(lambda k: dp_sgd.poisson_batch(k, n, q, b))
+    for step, expected in enumerate(sampled):
+        chosen = set(rows[step][mask[step]].tolist())
+        if len(expected) <= b:
+            assert chosen == expected
+            alone_rows, alone_mask = (np.asarray(a) for a in alone(keys[step]))
+            assert set(alone_rows[alone_mask].tolist()) == expected
+        else:
+            assert len(chosen) == b and chosen <= expected
 
 
 @pytest.mark.parametrize(
