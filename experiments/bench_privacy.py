@@ -10,7 +10,10 @@ with donated state, timed call by call in interleaved rounds (`experiments.bench
 * ``plain``: `jaxbp.train.make_epoch` of the plain step (`jaxbp.loss_and_grad`, 64 rows);
 * ``clipped``: the same with per-example clipping (`jaxbp.per_example.make_clipped_grad_fn`);
 * ``private``: `jaxbp.dp_sgd.make_private_epoch`: Poisson sampling at q = 64/N into
-  ``B_max`` rows, clipping, noise on the sum (`jaxbp.dp_sgd.make_private_grad_fn`).
+  ``B_max`` rows, clipping, noise on the sum (`jaxbp.dp_sgd.make_private_grad_fn`);
+
+and two parts of the private epoch alone: ``sampling`` (`jaxbp.dp_sgd.epoch_batches`) and
+``noise`` (the epoch's noise draws, `jaxbp.dp_sgd.noise_like` once per step).
 
 Prints one JSON object: the best (minimum) and median milliseconds of an epoch and of a step,
 and the private and clipped epochs over the plain one (the median of the per-round ratios,
@@ -59,6 +62,13 @@ def epochs(batch_size: int) -> tuple[dict[str, host.Thunk], dp_sgd.PoissonSample
         else:
             epoch = train.make_epoch(step, batch_size, donate=True)
         thunks[name] = _continuing(epoch, t)
+    # Two parts of the private epoch alone: its sampling, and its noise (one draw per step).
+    key = jax.random.key(1)
+    sampling = jax.jit(lambda k: dp_sgd.epoch_batches(sampler, k, 0))
+    noise_keys = dp_sgd.step_keys(key, 0, sampler.steps_per_epoch)[1]
+    noise = jax.jit(lambda ks: jax.lax.map(lambda k: dp_sgd.noise_like(k, t.params, 1.0), ks))
+    thunks["sampling"] = lambda: sampling(key)
+    thunks["noise"] = lambda: noise(noise_keys)
     return thunks, sampler
 
 

@@ -31,7 +31,12 @@ from jaxbp.mlp import (
     forward_logits,
     init_params,
 )
-from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms, per_example_grads
+from jaxbp.per_example import (
+    clipped_grad_sum,
+    clipped_loss_and_grad,
+    per_example_grad_norms,
+    per_example_grads,
+)
 
 __all__ = (
     "ACTIVATIONS",
@@ -49,6 +54,7 @@ __all__ = (
     "Residuals",
     "apply",
     "backward_from_output_delta",
+    "clipped_grad_sum",
     "clipped_loss_and_grad",
     "forward_autodiff",
     "forward_layers",

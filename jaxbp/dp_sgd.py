@@ -266,14 +266,18 @@ def private_loss_and_grad(
         weight, value = 1.0, total
     else:
         weight, value = 1.0 / expected_batch_size, total / jnp.maximum(count, 1)
-    leaves, treedef = jax.tree.flatten(grad_sum)
+    noise = noise_like(key, grad_sum, noise_multiplier * clip_norm)
+    return value, jax.tree.map(lambda g, z: weight * (g + z), grad_sum, noise)
+
+
+def noise_like(key: Array, tree: Params, std: float | Array) -> Params:
+    """``N(0, std²)`` noise shaped like ``tree``, leaf j drawn from ``split(key, leaves)[j]``."""
+    leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
-    std = noise_multiplier * clip_norm
-    noisy = [
-        weight * (g + std * jax.random.normal(k, g.shape, g.dtype))
-        for g, k in zip(leaves, keys, strict=True)
+    noise = [
+        std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys, strict=True)
     ]
-    return value, jax.tree.unflatten(treedef, noisy)
+    return jax.tree.unflatten(treedef, noise)
 
 
 def _check_private(clip_norm: float, noise_multiplier: float, expected_batch_size: float) -> None:
