@@ -281,13 +281,14 @@ def noise_like(key: Array, tree: Params, std: float | Array) -> Params:
 
 
 def _check_private(clip_norm: float, noise_multiplier: float, expected_batch_size: float) -> None:
+    """Refuses Python numbers out of range; traced ones (a member's swept σ) are the caller's."""
     per_example.check_clip_norm(clip_norm)
     if isinstance(noise_multiplier, int | float) and not 0 < noise_multiplier < math.inf:
         raise ValueError(
             f"noise_multiplier must be positive and finite, got {noise_multiplier}: with no "
             "noise the step is not private (use jaxbp.per_example.make_clipped_grad_fn)."
         )
-    if not expected_batch_size > 0:
+    if isinstance(expected_batch_size, int | float) and not expected_batch_size > 0:
         raise ValueError(
             f"expected_batch_size must be positive, got {expected_batch_size}: it is qN, "
             "the sampling rate times the training examples."

@@ -286,3 +286,22 @@ def test_bad_input_is_refused_by_name():
         dp_sgd.poisson_sampler(100, 200)
     with pytest.raises(ValueError, match="tail must be in"):
         dp_sgd.batch_max(100, 0.1, tail=0.0)
+
+
+def test_a_traced_noise_multiplier_scales_the_noise(x64):
+    # A sweep vmaps members over σ: a traced σ passes the checks, and with one key the
+    # empty batch's noise is linear in σ.
+    del x64
+    model, loss, params, x, y = _problem(CASES[0])
+
+    def noise(sigma):
+        return dp_sgd.private_loss_and_grad(
+            model, loss, params, x, y, jnp.zeros(ROWS), jax.random.key(1),
+            clip_norm=0.5, noise_multiplier=sigma, expected_batch_size=3.0,
+        )[1]  # fmt: skip
+
+    both = jax.jit(jax.vmap(noise))(jnp.array([1.0, 2.5]))
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a: a[1], both), jax.tree.map(lambda a: 2.5 * a[0], both), rtol=1e-12
+    )
+    assert all(np.all(np.asarray(a[0]) != 0) for a in jax.tree.leaves(both))
