@@ -244,8 +244,9 @@ def make_clipped_grad_fn(
 ) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
     """``(params, x, y) -> (loss, clipped grads)`` for `jaxbp.train.make_train_step`'s ``grad_fn``.
 
-    Any optax optimiser then takes the clipped gradient as it takes a plain one; chain
-    ``optax.add_noise`` (or a DP accountant's noise) in front of it for DP-SGD proper.
+    Any optax optimiser then takes the clipped gradient as it takes a plain one. This is not
+    DP-SGD: noise added to this mean (``optax.add_noise``) is not calibrated to the sum the
+    privacy analysis assumes, and the batches are not Poisson samples; `jaxbp.dp_sgd` is.
     """
     check_clip_norm(clip_norm)
 
