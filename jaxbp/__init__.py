@@ -32,7 +32,12 @@ from jaxbp.mlp import (
     forward_logits,
     init_params,
 )
-from jaxbp.per_example import clipped_loss_and_grad, per_example_grad_norms, per_example_grads
+from jaxbp.per_example import (
+    clipped_grad_sum,
+    clipped_loss_and_grad,
+    per_example_grad_norms,
+    per_example_grads,
+)
 
 __all__ = (
     "ACTIVATIONS",
@@ -51,6 +56,7 @@ __all__ = (
     "apply",
     "backward_from_output_delta",
     "check_inputs",
+    "clipped_grad_sum",
     "clipped_loss_and_grad",
     "forward_autodiff",
     "forward_layers",

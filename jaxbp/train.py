@@ -20,7 +20,8 @@ from jaxbp import backprop, shuffle
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
-Batch = tuple[Array, Array]
+# (x, y), or (x, y, *extra) for a grad_fn that takes more (jaxbp.dp_sgd's mask and key).
+Batch = tuple[Array, ...]
 StepFn = Callable[[Params, optax.OptState, Batch], tuple[Params, optax.OptState, dict]]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
@@ -128,7 +129,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     backward: str = "custom",
-    grad_fn: Callable[[Params, Array, Array], tuple[Array, Params]] | None = None,
+    grad_fn: Callable[..., tuple[Array, Params]] | None = None,
     grad_norm: bool = True,
 ) -> StepFn:
     """A pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
@@ -141,7 +142,9 @@ def make_train_step(
       loss: a loss name.
       optimizer: an optax transformation.
       backward: ``"custom"`` or ``"autodiff"`` (ignored when ``grad_fn`` is given).
-      grad_fn: overrides the gradient, ``(params, x, y) -> (loss, grads)``.
+      grad_fn: overrides the gradient, ``(params, x, y) -> (loss, grads)``; a batch with
+        entries after ``(x, y)`` passes them on, ``grad_fn(params, x, y, *extra)`` (the mask
+        and noise key of `jaxbp.dp_sgd.make_private_grad_fn`).
       grad_norm: whether the metrics carry ``‖∇L‖₂``; a small network's step spends about
         5% of its time on it, so a caller that does not read it can leave it out.
 
@@ -152,8 +155,8 @@ def make_train_step(
     grad_fn = grad_fn or make_loss_and_grad(model, loss, backward)
 
     def step(params: Params, opt_state: optax.OptState, batch: Batch):
-        x, y = batch
-        value, grads = grad_fn(params, x, y)
+        x, y, *extra = batch  # e.g. a private step's mask and noise key (jaxbp.dp_sgd)
+        value, grads = grad_fn(params, x, y, *extra)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": value}
@@ -252,15 +255,42 @@ def run_epoch(
     """
     n = x.shape[0] if num_examples is None else num_examples
     order = epoch_order(key, epoch_index, n, batch_size)
+    return scan_steps(step, params, opt_state, x, y, (order,), shard_batch=shard_batch)
 
-    def body(carry, idx):
-        batch = (x[idx], y[idx])
+
+def scan_steps(
+    step: StepFn,
+    params: Params,
+    opt_state: optax.OptState,
+    x: Array,
+    y: Array,
+    batches: tuple,
+    *,
+    shard_batch: Callable[[Batch], Batch] | None = None,
+) -> tuple[Params, optax.OptState, dict]:
+    """``step`` scanned over an epoch's minibatches (`jax.lax.scan`), not jitted.
+
+    Args:
+      step: from `make_train_step`.
+      params, opt_state: the state the epoch starts from.
+      x, y: the training split.
+      batches: ``(rows, *extra)``, each with a leading ``steps`` axis: step t takes the batch
+        ``(x[rows[t]], y[rows[t]], *extra[t])`` (extra: e.g. `jaxbp.dp_sgd`'s mask and key).
+      shard_batch: optional ``batch -> batch`` applied to each ``(x[rows[t]], y[rows[t]])``.
+
+    Returns:
+      ``(params, opt_state, metrics)``, the metrics stacked ``(steps,)`` each.
+    """
+
+    def body(carry, per_step):
+        rows, *extra = per_step
+        batch = (x[rows], y[rows])
         if shard_batch is not None:
             batch = shard_batch(batch)
-        params, opt_state, metrics = step(*carry, batch)
+        params, opt_state, metrics = step(*carry, (*batch, *extra))
         return (params, opt_state), metrics
 
-    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
+    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), batches)
     return params, opt_state, metrics
 
 
