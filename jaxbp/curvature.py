@@ -207,10 +207,10 @@ def variance(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Param
     """The per-example gradients' variance ``(1/B) Σ_i (∇ℓ_i − ḡ)²``, element-wise (5.3).
 
     Unscaled: ∇ℓ_i is the gradient of example i's own loss, whatever the reduction, and the
-    divisor is B (not B − 1, and not the loss's reduction as in BackPACK's Variance, which
-    differs from this by w² B). Computed as ``(1/B) Σ_i (∇ℓ_i)² − ḡ²`` from two matmuls per
-    layer; rounding can leave an entry of zero variance slightly off zero, so entries are
-    clipped at 0.
+    divisor is B (not B − 1). BackPACK's Variance is that of the reduced gradients w ∇ℓ_i,
+    w² times this (1/B² of it for a mean loss). Computed as ``(1/B) Σ_i (∇ℓ_i)² − ḡ²`` from
+    two matmuls per layer; rounding can leave an entry of zero variance slightly off zero,
+    so entries are clipped at 0.
 
     Returns:
       A pytree shaped like ``params``.
