@@ -15,6 +15,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   predict     label new rows: predict --workdir=W --data_path=F --output=P
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
+  curvature   a 2-layer net's diagonal GGN and Hessian from the δ recursion beside jax.hessian's
   vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits (--outdir=D, else runs/)
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
@@ -86,6 +87,7 @@ case "$cmd" in
   predict) exec "$python" -m experiments.predict "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
+  curvature) exec "$python" -m experiments.curvature "$@" ;;
   vanishing) exec "$python" -m experiments.vanishing "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed
