@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbp import backprop, curvature, loss_hessians
 from jaxbp import laplace_predictive as predictive_lib
@@ -229,6 +230,14 @@ class Posterior:
         )
 
 
+# A pytree: jitted functions take a posterior whole; its description is static.
+jax.tree_util.register_dataclass(
+    Posterior,
+    data_fields=["params", "factors", "data_fit", "prior_precision", "sigma_noise"],
+    meta_fields=["model", "loss", "structure", "subset", "num_data"],
+)
+
+
 def flatten(model: MLP, params: Params, layers: tuple[int, ...]) -> Array:
     """The parameters of ``layers`` as one vector: each layer's ``[W | b]`` row by row."""
     parts = []
@@ -322,16 +331,16 @@ def fit(
         )
     sums: Any = None
     data_fit = jnp.zeros((), x.dtype)
+    x_host, y_host = np.asarray(x), np.asarray(y)
     # Every batch padded to one shape (the padding weighs 0): one compilation per fit.
-    batch_size = min(batch_size, x.shape[0])
-    num_pad = -x.shape[0] % batch_size
-    weights = jnp.concatenate([jnp.ones(x.shape[0], x.dtype), jnp.zeros(num_pad, x.dtype)])
-    x, y = (jnp.concatenate([v, jnp.zeros((num_pad, v.shape[1]), v.dtype)]) for v in (x, y))
-    if loss == "softmax_cross_entropy":  # a padded row's target must still be a distribution
-        y = y.at[len(y) - num_pad :, 0].set(1)
-    for rows in predictive_lib.batches(x.shape[0], batch_size):
+    for (x_rows, num_real), (y_rows, _) in zip(
+        predictive_lib.padded_batches(x_host, batch_size),
+        predictive_lib.padded_batches(y_host, batch_size),
+        strict=True,
+    ):
+        weights = (np.arange(len(x_rows)) < num_real).astype(x_host.dtype)
         batch_sums, batch_fit = _curvature_sums(
-            model, loss, structure, posterior.layers, params, x[rows], y[rows], weights[rows]
+            model, loss, structure, posterior.layers, params, x_rows, y_rows, weights
         )
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
         data_fit = data_fit + batch_fit

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import backprop, curvature
-from jaxbp.mlp import MLP, Params
+from jaxbp.mlp import MLP
 
 if TYPE_CHECKING:
     from jaxbp.laplace import Posterior
@@ -77,36 +78,19 @@ def top_is_identity(model: MLP, gaussian: bool) -> bool:
     return not gaussian or model.output_activation == "identity"
 
 
-def project(posterior: Posterior, x: Array | np.ndarray) -> tuple[Array, tuple[Any, ...]]:
-    """``(f(x; θ*), projection)``: what Σ_f needs of ``x`` that λ and σ leave alone.
+@jax.jit
+def project(posterior: Posterior, x: Array) -> tuple[Array, tuple[Any, ...]]:
+    """``(f(x; θ*), projection)``: what Σ_f needs of ``x: (batch, n0)`` that λ and σ leave
+    alone.
 
     The projection holds the Jacobian in the posterior's eigenbasis: ``J U: (batch, V, P)``
     for ``"full"``; per layer ``(D, ā²)`` for ``"diag"`` and ``(D Q_G, (ā Q_A)²)`` for
     ``"kron"`` (eq. (7.8)); for the last layer's ``"kron"`` with ``∂f/∂z^[L] = I`` the
     rows of ``Q_G`` themselves, shared by every example (eq. (7.9)).
     """
-    return _project(
-        posterior.model,
-        posterior.gaussian,
-        posterior.structure,
-        posterior.layers,
-        posterior.params,
-        posterior.factors,
-        jnp.asarray(x, posterior.dtype),
-    )
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _project(
-    model: MLP,
-    gaussian: bool,
-    structure: str,
-    layers: tuple[int, ...],
-    params: Params,
-    factors: tuple[Any, ...],
-    x: Array,
-) -> tuple[Array, tuple[Any, ...]]:
-    z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
+    model, gaussian, structure = posterior.model, posterior.gaussian, posterior.structure
+    layers, factors = posterior.layers, posterior.factors
+    z_out, y_hat, residuals = backprop.forward_with_residuals(model, posterior.params, x)
     f = y_hat if gaussian else z_out
     inputs = curvature.layer_inputs(model, residuals)
     a_bar = [inputs[k] for k in layers]
@@ -191,14 +175,37 @@ def monte_carlo(f: Array, cov: Array, bernoulli: bool, key: Array, num_samples: 
     return jnp.mean(probs, axis=0)
 
 
-def batches(num: int, batch_size: int) -> list[slice]:
-    """The row slices of ``num`` rows taken ``batch_size`` at a time."""
-    return [slice(i, min(i + batch_size, num)) for i in range(0, num, batch_size)]
+def padded_batches(x: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """``(rows, num_real)``: ``x`` taken ``min(batch_size, n)`` rows at a time, the last batch
+    padded with zero rows, so that every batch has one shape (one compilation)."""
+    size = min(batch_size, len(x))
+    for start in range(0, len(x), size):
+        rows = x[start : start + size]
+        num_real = len(rows)
+        if num_real < size:
+            rows = np.concatenate([rows, np.zeros((size - num_real, *rows.shape[1:]), rows.dtype)])
+        yield rows, num_real
+
+
+@functools.partial(jax.jit, static_argnames=("method", "num_samples"))
+def _predict_batch(
+    posterior: Posterior, x: Array, key: Array, method: str, num_samples: int
+) -> Array | tuple[Array, Array]:
+    f, projection = project(posterior, x)
+    inverse = posterior.inverse_eigenvalues()
+    bernoulli = posterior.likelihood == "bernoulli"
+    diagonal = posterior.gaussian or method == "probit"
+    cov = function_covariance(posterior.structure, projection, inverse, diagonal=diagonal)
+    if posterior.gaussian:
+        return f, cov + posterior.sigma_noise**2
+    if method == "probit":
+        return probit(f, cov, bernoulli)
+    return monte_carlo(f, cov, bernoulli, key, num_samples)
 
 
 def predictive(
     posterior: Posterior,
-    x: Array,
+    x: Array | np.ndarray,
     *,
     method: str = "probit",
     num_samples: int = 1000,
@@ -217,27 +224,18 @@ def predictive(
         raise ValueError(
             f"batch_size={batch_size} and num_samples={num_samples} must both be positive."
         )
-    rows_in = np.asarray(x)
-    if rows_in.ndim != 2 or rows_in.shape[1] != posterior.model.sizes[0]:
+    rows_in = np.asarray(x, posterior.dtype)
+    if rows_in.ndim != 2 or rows_in.shape[1] != posterior.model.sizes[0] or not len(rows_in):
         raise ValueError(
             f"x has shape {rows_in.shape}, but the posterior's network takes (n, "
-            f"{posterior.model.sizes[0]}); for one example use x[None]."
+            f"{posterior.model.sizes[0]}) with n > 0; for one example use x[None]."
         )
-    inverse = posterior.inverse_eigenvalues()
-    bernoulli = posterior.likelihood == "bernoulli"
-    out: list[Any] = []
-    for i, rows in enumerate(batches(len(rows_in), batch_size)):
-        f, projection = project(posterior, rows_in[rows])
-        if posterior.gaussian:
-            variance = function_covariance(posterior.structure, projection, inverse, diagonal=True)
-            out.append((f, variance + posterior.sigma_noise**2))
-        elif method == "probit":
-            variance = function_covariance(posterior.structure, projection, inverse, diagonal=True)
-            out.append(probit(f, variance, bernoulli))
-        else:
-            cov = function_covariance(posterior.structure, projection, inverse, diagonal=False)
-            assert key is not None
-            out.append(monte_carlo(f, cov, bernoulli, jax.random.fold_in(key, i), num_samples))
-    if posterior.gaussian:
-        return jnp.concatenate([m for m, _ in out]), jnp.concatenate([v for _, v in out])
-    return jnp.concatenate(out)
+    key = jax.random.key(0) if key is None else key  # probit and regression draw nothing
+    out = [
+        jax.tree.map(
+            lambda v, n=num_real: v[:n],
+            _predict_batch(posterior, rows, jax.random.fold_in(key, i), method, num_samples),
+        )
+        for i, (rows, num_real) in enumerate(padded_batches(rows_in, batch_size))
+    ]
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *out)

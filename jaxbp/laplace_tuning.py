@@ -17,6 +17,7 @@ no such assumption; prefer it for such a run.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -73,7 +74,7 @@ def optimize_prior(
         raise ValueError("tune_sigma=True needs a Gaussian likelihood (a regression loss).")
     if method == "val_nll" and (x_val is None or y_val is None):
         raise ValueError("method='val_nll' needs the validation split: pass x_val and y_val.")
-    lams = jnp.asarray(prior_grid, posterior.dtype)
+    lams = jnp.sort(jnp.asarray(prior_grid, posterior.dtype))
     sigmas = jnp.asarray([posterior.sigma_noise], posterior.dtype)
     if tune_sigma:
         rms = jnp.sqrt(posterior.data_fit / (posterior.num_data * posterior.model.sizes[-1]))
@@ -88,44 +89,61 @@ def optimize_prior(
         )
     evidence = jax.vmap(posterior.log_marginal_likelihood)(lam_grid, sigma_grid)
     best = int(jnp.argmax(evidence))
-    lam, sigma = _ascend(
-        posterior,
-        float(lam_grid[best]),
-        float(sigma_grid[best]),
-        tune_sigma,
-        (float(jnp.log(lams[0])), float(jnp.log(lams[-1]))),
-    )
+    start = jnp.log(jnp.stack([lam_grid[best], sigma_grid[best]]))
+    log_range = jnp.log(jnp.stack([lams[0], lams[-1]]))
+    values, negative = _ascend(posterior, start, log_range, tune_sigma)
+    if not negative <= -evidence[best]:  # the grid point was already the best
+        values = start
+    lam, sigma = (float(v) for v in jnp.exp(values))
     return posterior.replace(prior_precision=lam, sigma_noise=sigma)
 
 
+_OPTIMIZER = optax.adam(MARGLIK_LEARNING_RATE)
+
+
+@functools.partial(jax.jit, static_argnames=("tune_sigma",))
 def _ascend(
-    posterior: Posterior,
-    lam: float,
-    sigma: float,
-    tune_sigma: bool,
-    log_lam_range: tuple[float, float],
-) -> tuple[float, float]:
-    """Gradient ascent on the log marginal likelihood in ``(log λ, log σ)`` from a grid point."""
+    posterior: Posterior, start: Array, log_lam_range: Array, tune_sigma: bool
+) -> tuple[Array, Array]:
+    """Gradient ascent on the log marginal likelihood in ``(log λ, log σ)`` from ``start``
+    (``log λ`` kept in ``log_lam_range``); returns the end point and its negative value."""
 
     def negative(log_values: Array) -> Array:
-        log_sigma = log_values[1] if tune_sigma else jnp.log(sigma)
+        log_sigma = log_values[1] if tune_sigma else start[1]
         return -posterior.log_marginal_likelihood(jnp.exp(log_values[0]), jnp.exp(log_sigma))
 
-    optimizer = optax.adam(MARGLIK_LEARNING_RATE)
-
-    @jax.jit
-    def step(carry: tuple[Array, Any], _: None) -> tuple[tuple[Array, Any], Array]:
+    def step(carry: tuple[Array, Any], _: None) -> tuple[tuple[Array, Any], None]:
         values, state = carry
-        value, grad = jax.value_and_grad(negative)(values)
-        updates, state = optimizer.update(grad, state)
+        updates, state = _OPTIMIZER.update(jax.grad(negative)(values), state)
         values = optax.apply_updates(values, updates)
-        return (values.at[0].set(jnp.clip(values[0], *log_lam_range)), state), value
+        return (values.at[0].set(jnp.clip(values[0], *log_lam_range)), state), None
 
-    start = jnp.log(jnp.asarray([lam, sigma], posterior.dtype))
-    (values, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), None, MARGLIK_STEPS)
-    if not negative(values) <= negative(start):  # the grid point was already the best
-        values = start
-    return float(jnp.exp(values[0])), float(jnp.exp(values[1])) if tune_sigma else sigma
+    (values, _), _ = jax.lax.scan(step, (start, _OPTIMIZER.init(start)), None, MARGLIK_STEPS)
+    return values, negative(values)
+
+
+@jax.jit
+def _batch_nll(
+    posterior: Posterior, x: Array, y: Array, weights: Array, lams: Array, sigmas: Array
+) -> Array:
+    """The summed NLL of one padded batch at every ``(λ, σ)`` pair: ``(num_pairs,)``."""
+    f, projection = predictive_lib.project(posterior, x)
+
+    def nll(pair: tuple[Array, Array]) -> Array:
+        lam, sigma = pair
+        inverse = posterior.inverse_eigenvalues(lam, sigma)
+        var = predictive_lib.function_covariance(
+            posterior.structure, projection, inverse, diagonal=True
+        )
+        if posterior.gaussian:
+            var = var + sigma**2
+            rows = jnp.sum(0.5 * jnp.log(2 * jnp.pi * var) + (y - f) ** 2 / (2 * var), axis=-1)
+        else:
+            logits = predictive_lib.probit_logits(f, var)
+            rows = negative_log_probability(logits, y, posterior.likelihood)
+        return jnp.sum(weights * rows)
+
+    return jax.lax.map(nll, (lams, sigmas), batch_size=16)
 
 
 def validation_nll(
@@ -140,32 +158,26 @@ def validation_nll(
     """The mean validation NLL of the predictive at each ``(λ, σ)`` pair: ``(num_pairs,)``.
 
     The probit predictive for classes (eq. (7.10)), the Gaussian ``N(f, diag Σ_f + σ²)`` for
-    regression; the Jacobian's projection is computed once and each pair costs a contraction.
+    regression; the Jacobian's projection is computed once per batch and each pair costs a
+    contraction.
     """
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = np.asarray(x, posterior.dtype), np.asarray(y, posterior.dtype)
     y = y[:, None] if y.ndim == 1 else y
-    if x.ndim != 2 or y.shape != (len(x), posterior.model.sizes[-1]):
+    if x.ndim != 2 or y.shape != (len(x), posterior.model.sizes[-1]) or not len(x):
         raise ValueError(
             f"x_val of shape {x.shape} and y_val of shape {y.shape} do not fit the network "
-            f"(n, {posterior.model.sizes[0]}) -> (n, {posterior.model.sizes[-1]})."
+            f"(n, {posterior.model.sizes[0]}) -> (n, {posterior.model.sizes[-1]}), n > 0."
         )
-    total = jnp.zeros(prior_precisions.shape, posterior.dtype)
-    for rows in predictive_lib.batches(len(x), batch_size):
-        f, projection = predictive_lib.project(posterior, x[rows])
-        y_rows = jnp.asarray(y[rows], posterior.dtype)
-
-        def nll(lam: Array, sigma: Array, f=f, projection=projection, y_rows=y_rows) -> Array:
-            inverse = posterior.inverse_eigenvalues(lam, sigma)
-            var = predictive_lib.function_covariance(
-                posterior.structure, projection, inverse, diagonal=True
-            )
-            if posterior.gaussian:
-                var = var + sigma**2
-                return jnp.sum(0.5 * jnp.log(2 * jnp.pi * var) + (y_rows - f) ** 2 / (2 * var))
-            logits = predictive_lib.probit_logits(f, var)
-            return jnp.sum(negative_log_probability(logits, y_rows, posterior.likelihood))
-
-        total = total + jax.lax.map(lambda pair, nll=nll: nll(*pair), (prior_precisions, sigmas))
+    lams = jnp.asarray(prior_precisions, posterior.dtype)
+    sigmas = jnp.asarray(sigmas, posterior.dtype)
+    total = jnp.zeros(lams.shape, posterior.dtype)
+    for (x_rows, num_real), (y_rows, _) in zip(
+        predictive_lib.padded_batches(x, batch_size),
+        predictive_lib.padded_batches(y, batch_size),
+        strict=True,
+    ):
+        weights = (np.arange(len(x_rows)) < num_real).astype(x.dtype)
+        total = total + _batch_nll(posterior, x_rows, y_rows, weights, lams, sigmas)
     return total / len(x)
 
 
