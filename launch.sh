@@ -17,6 +17,7 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
               laplace --workdir=W [--structure=kron --subset=last_layer] [--tune=val_nll|marglik]
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
+  curvature   a 2-layer net's diagonal GGN and Hessian from the δ recursion beside jax.hessian's
   vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits: vanishing --outdir=D
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
@@ -89,6 +90,7 @@ case "$cmd" in
   laplace) exec "$python" -m experiments.laplace "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
+  curvature) exec "$python" -m experiments.curvature "$@" ;;
   vanishing) exec "$python" -m experiments.vanishing "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed

@@ -170,6 +170,9 @@ def _squared_matmul(
 ) -> Params:
     """``Σ_i h_i^[k] (a_i^[k−1] ∘ a_i^[k−1])ᵀ`` for W and ``Σ_i h_i^[k]`` for b (eqs. (5.2),
     (5.8)); without the sum over i when ``per_example``."""
+    # A barrier: otherwise XLA:CPU fuses the reduction that makes h (over columns) into both
+    # the matmul and the bias's sum, which made diag_ggn 4× slower (docs/performance.md).
+    h = jax.lax.optimization_barrier(h)
     out = []
     for h_k, a_prev in zip(h, residuals.activations[:-1], strict=True):
         a_sq = a_prev * a_prev
@@ -207,10 +210,10 @@ def variance(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Param
     """The per-example gradients' variance ``(1/B) Σ_i (∇ℓ_i − ḡ)²``, element-wise (5.3).
 
     Unscaled: ∇ℓ_i is the gradient of example i's own loss, whatever the reduction, and the
-    divisor is B (not B − 1, and not the loss's reduction as in BackPACK's Variance, which
-    differs from this by w² B). Computed as ``(1/B) Σ_i (∇ℓ_i)² − ḡ²`` from two matmuls per
-    layer; rounding can leave an entry of zero variance slightly off zero, so entries are
-    clipped at 0.
+    divisor is B (not B − 1). BackPACK's Variance is that of the reduced gradients w ∇ℓ_i,
+    w² times this (1/B² of it for a mean loss). Computed as ``(1/B) Σ_i (∇ℓ_i)² − ḡ²`` from
+    two matmuls per layer; rounding can leave an entry of zero variance slightly off zero,
+    so entries are clipped at 0.
 
     Returns:
       A pytree shaped like ``params``.
@@ -328,17 +331,20 @@ def diag_hessian(
     output_residual = _output_residual(model, loss_fn, y_hat, y)
     if output_residual is not None:
         add_weighted(model.num_layers, *output_residual)
-    g_second = model.layer_activations[0].second_derivative_from_output
-    if g_second is not None and model.num_layers > 1:
+    hidden = model.layer_activations[0]
+    if hidden.second_derivative_from_output is not None and model.num_layers > 1:
+        assert hidden.derivative_from_output is not None
         delta = backprop.loss_output_delta(model, loss_fn, y_hat, y)
         deltas = backprop.layer_deltas(model, residuals, delta)
         for k in range(1, model.num_layers):  # hidden layer k, deltas[k] = Δ^[k+1]
             a_k = residuals.activations[k]
-            r = g_second(a_k) * (deltas[k] @ residuals.weights[k])
-            eye = jnp.broadcast_to(
-                jnp.eye(a_k.shape[-1], dtype=a_k.dtype), (*a_k.shape, a_k.shape[-1])
-            )
-            add_weighted(k, eye, r)
+            r = hidden.second_derivative_from_output(a_k) * (deltas[k] @ residuals.weights[k])
+            h[k - 1] = h[k - 1] + r  # the unit columns e_n squared: r itself
+            if k > 1:
+                # e_n one layer down (eq. (5.7)): (e_n W^[k]) ∘ g'(z^[k−1]) = row n of W^[k]
+                # times g', a broadcast; layer_deltas takes them further.
+                g_prime = hidden.derivative_from_output(residuals.activations[k - 1])
+                add_weighted(k - 1, residuals.weights[k - 1][None] * g_prime[:, None, :], r)
     return _squared_matmul(model, residuals, tuple(h), per_example)
 
 
