@@ -9,7 +9,7 @@ the generalised Gauss-Newton matrix of the *summed* negative log-likelihood of t
 training set (not the batch mean the training loss takes), with ``J_i = ∂f(x_i)/∂θ`` at the
 split point (the logits for ``"bce"`` and ``"softmax_cross_entropy"``, ŷ for the regression
 losses) and ``H_i`` the likelihood's Hessian there: ``I/σ²`` for the Gaussian of the
-regression losses (eq. (7.2) maps each loss's mean onto it), ``diag(p) − p pᵀ`` for the
+regression losses (eq. (7.1) maps each loss's mean onto it), ``diag(p) − p pᵀ`` for the
 categorical, ``σ(1 − σ)`` for the Bernoulli.
 
 Every structure keeps the GGN at σ = 1 in eigen-form, so a new λ or σ costs no new pass:

@@ -11,7 +11,7 @@ The Jacobian is never formed by autodiff. The output of unit v depends on layer 
 parameters through ``z^[k]`` only, so ``∂f_v/∂W̄^[k] = D_v^[k] ā^[k−1]ᵀ`` with ``ā = [a; 1]``
 (``[a]`` without a bias) and ``D_v^[k] = ∂f_v/∂z^[k]``: the column ``e_v`` (or the output
 activation's row for a regression loss) carried back by the same recursion as δ,
-``D^[k] = (D^[k+1] W^[k+1]) ∘ g'(z^[k])`` (eq. (7.1)). Every structure then gives
+``D^[k] = (D^[k+1] W^[k+1]) ∘ g'(z^[k])`` (eqs. (5.7), (7.7)). Every structure then gives
 ``Σ_f = J Σ Jᵀ`` in a few contractions of those columns with the posterior's eigenvectors
 (eq. (7.8)); the last layer's Kronecker posterior needs no column at all (eq. (7.9)).
 """
@@ -43,7 +43,7 @@ def output_columns(
 ) -> tuple[Array, ...]:
     """``D^[k] = ∂f/∂z^[k]`` for each layer index in ``layers``: ``(batch, V, n_k)``.
 
-    Row v of ``D^[k]`` for example i is ``∂f_v(x_i)/∂z_i^[k]`` (eq. (7.1)): at the top the
+    Row v of ``D^[k]`` for example i is ``∂f_v(x_i)/∂z_i^[k]`` (eq. (7.7)): at the top the
     unit vectors (the logits are f) or, for a Gaussian likelihood on ``ŷ``, the output
     activation's rows ``∂ŷ_v/∂z^[L]``; below, each column through `backprop.layer_deltas`.
 
