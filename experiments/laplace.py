@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import cli, laplace_run
@@ -132,6 +133,12 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         f"({result['num_params']} parameters, {result['num_members']} member(s)), fitted in "
         f"{result['fit_seconds']:.2f} s; λ = {lams} by {result['tune']}"
     )
+    edges = (min(laplace.PRIOR_GRID), max(laplace.PRIOR_GRID))
+    if any(np.isclose(v, edges, rtol=1e-9).any() for v in result["prior_precision"]):
+        print(
+            f"  λ is at the edge of the grid {edges[0]:g}..{edges[1]:g}: past it the "
+            f"{result['tune']} may improve further"
+        )
     rows = [
         ("MAP", result["map"]),
         ("Laplace", result["laplace"]),

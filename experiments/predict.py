@@ -83,6 +83,12 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except Exception as e:  # a fault: a damaged checkpoint
         return fail(f"{type(e).__name__}: {e}", 1)
+    if _LAPLACE.value:
+        from experiments import laplace_run
+
+        problem = laplace_run.check_likelihood(trained)
+        if problem:
+            return fail(f"--laplace: {problem}", 2)
     try:
         x_raw = data_files.read_features(data_path, trained.preprocessing["feature_names"])
     except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
@@ -90,8 +96,6 @@ def main(argv: list[str]) -> int:
     try:
         members, variances = None, None
         if _LAPLACE.value:
-            from experiments import laplace_run
-
             predictions, probabilities, variances = laplace_run.predict_raw(workdir, trained, x_raw)
         else:
             predictions, probabilities = inference.predict_rows(trained, x_raw)

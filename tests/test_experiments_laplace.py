@@ -125,3 +125,21 @@ def test_calibration_metrics_against_a_hand_count():
     )
     with pytest.raises(ValueError, match="expected \\(n, num_classes\\) and \\(n,\\)"):
         calibration.reliability(probabilities, labels[:3])
+
+
+def test_a_classifier_without_a_likelihood_loss_is_refused():
+    """breast_cancer's default is a sigmoid unit trained with mse: no Bernoulli likelihood."""
+    import types
+
+    import jaxbp
+
+    run = types.SimpleNamespace(
+        preprocessing={"task": "classification"},
+        loss="mse",
+        model=jaxbp.MLP((30, 1), output_activation="sigmoid"),
+    )
+    assert "train it with the loss auto" in laplace_run.check_likelihood(run)
+    run.loss, run.model = "bce", jaxbp.MLP((30, 3), output_activation="sigmoid")
+    assert "several sigmoid outputs" in laplace_run.check_likelihood(run)
+    run.model = jaxbp.MLP((30, 1), output_activation="sigmoid")
+    assert laplace_run.check_likelihood(run) is None
