@@ -27,7 +27,6 @@ row by row (`flatten`), the order in which ``jnp.kron(G, A)`` is written.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -35,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import backprop, curvature, loss_hessians
+from jaxbp import backprop, laplace_curvature
 from jaxbp import laplace_predictive as predictive_lib
-from jaxbp import losses as losses_lib
 from jaxbp.laplace_tuning import PRIOR_GRID, TUNING_METHODS, optimize_prior, validation_nll
-from jaxbp.mlp import MLP, Params, layer_forward
+from jaxbp.mlp import MLP, Params
 
 __all__ = (
     "LIKELIHOODS",
@@ -339,76 +337,14 @@ def fit(
         strict=True,
     ):
         weights = (np.arange(len(x_rows)) < num_real).astype(x_host.dtype)
-        batch_sums, batch_fit = _curvature_sums(
+        batch_sums, batch_fit = laplace_curvature.curvature_sums(
             model, loss, structure, posterior.layers, params, x_rows, y_rows, weights
         )
         sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
         data_fit = data_fit + batch_fit
     return posterior.replace(
-        factors=_eigen_form(structure, sums, posterior.num_data),
+        factors=laplace_curvature.eigen_form(structure, sums, posterior.num_data),
         data_fit=data_fit,
         prior_precision=prior_precision,
         sigma_noise=sigma_noise,
     )
-
-
-def _eigen_form(structure: str, sums: Any, num_data: int) -> Any:
-    """The summed curvature in the eigen-form `Posterior.factors` holds."""
-    if structure == "diag":
-        return tuple(sums)
-    if structure == "full":
-        eigvals, eigvecs = jnp.linalg.eigh(sums)
-        return eigvecs, jnp.maximum(eigvals, 0)  # a PSD matrix's rounding below 0
-    factors = []
-    for a_sum, g in sums:
-        e_a, q_a = jnp.linalg.eigh(a_sum / num_data)  # A = 1/N Σ ā āᵀ
-        e_g, q_g = jnp.linalg.eigh(g)
-        factors.append((q_g, jnp.maximum(e_g, 0), q_a, jnp.maximum(e_a, 0)))
-    return tuple(factors)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _curvature_sums(
-    model: MLP,
-    loss: str,
-    structure: str,
-    layers: tuple[int, ...],
-    params: Params,
-    x: Array,
-    y: Array,
-    weights: Array,
-) -> tuple[Any, Array]:
-    """One batch's share of the GGN (eq. (7.3)) in the structure's layout, and of the fit;
-    rows of weight 0 (padding) add nothing."""
-    loss_fn = losses_lib.get_loss(loss)
-    sqrt_ggn = curvature.backpropagated_sqrt_ggn(model, loss, params, x, y)
-    residuals = sqrt_ggn.residuals
-    y_hat = residuals.activations[-1]
-    if LIKELIHOODS[loss] == "gaussian":
-        data_fit = jnp.sum(weights[:, None] * (y - y_hat) ** 2)
-    else:  # the fused loss's mean NLL from the logits, of one row at a time
-        z_out = layer_forward(residuals.activations[-2], params[-1])
-        nll = loss_fn.value_from_logits
-        assert nll is not None
-        data_fit = jnp.sum(weights * jax.vmap(lambda f_i, y_i: nll(f_i[None], y_i[None]))(z_out, y))
-    # The batch loss's square-root columns carry w (and κ = ∂²ℓ_i/∂ŷ² for a regression loss):
-    # dividing by √(w κ) leaves those of the summed NLL, at σ = 1 (eq. (7.3)).
-    kappa = loss_hessians.REGRESSION_CURVATURE.get(loss, 1.0)
-    scale = weights / math.sqrt(loss_fn.batch_weight(x.shape[0]) * kappa)
-    ggn_columns = [sqrt_ggn.columns[k] * scale[:, None, None] for k in layers]
-    inputs = curvature.layer_inputs(model, residuals)
-    a_bar = [inputs[k] for k in layers]
-    pairs = list(zip(ggn_columns, a_bar, strict=True))
-    a_weighted = [a * weights[:, None] for a in a_bar]
-    if structure == "diag":
-        return [jnp.einsum("bun,bm->nm", c * c, a * a) for c, a in pairs], data_fit
-    if structure == "kron":
-        gram = [
-            (a_w.T @ a, jnp.einsum("bun,buk->nk", c, c))
-            for (c, a), a_w in zip(pairs, a_weighted, strict=True)
-        ]
-        return gram, data_fit
-    rows = jnp.concatenate(
-        [jnp.einsum("bun,bm->bunm", c, a).reshape(*c.shape[:2], -1) for c, a in pairs], axis=-1
-    ).reshape(-1, sum(c.shape[-1] * a.shape[-1] for c, a in pairs))
-    return rows.T @ rows, data_fit
