@@ -91,22 +91,27 @@ def _check_sampling(mc_samples: int, key: Array | None) -> int:
 def _carry_back(
     model: MLP, residuals: backprop.Residuals, layer: int, columns: Array
 ) -> tuple[Array, ...]:
-    """Columns ``(B, C, n_layer)`` at ``z^[layer]`` sent back to layers 1..layer (eq. (5.7)):
-    `jaxbp.layer_deltas` on each column of the stack, as it acts row-wise and is linear.
+    """Columns ``(B, C, n_layer)`` at ``z^[layer]`` sent back to layers 1..layer (eq. (5.7)).
+
+    `jaxbp.layer_deltas` acts on each row alone and is linear, so it takes the B·C columns
+    as rows, each beside its example's activations (repeated C times).
 
     Returns:
       ``(D^[1], ..., D^[layer])``, ``D^[k]: (B, C, n_k)``.
     """
+    batch, num_columns, width = columns.shape
     # The recursion from z^[layer] is that of the network cut after that layer.
-    if layer < model.num_layers:
-        model = dataclasses.replace(
-            model, sizes=model.sizes[: layer + 1], output_activation="identity"
-        )
-        residuals = backprop.Residuals(
-            residuals.weights[:layer], residuals.activations[: layer + 1]
-        )
-    deltas = jax.vmap(lambda d: backprop.layer_deltas(model, residuals, d), in_axes=1, out_axes=1)
-    return deltas(columns)
+    cut = dataclasses.replace(model, sizes=model.sizes[: layer + 1], output_activation="identity")
+    # a^[0] = x only counts (the recursion reads g' of a^[1..layer−1] and the top's shape).
+    rows = backprop.Residuals(
+        residuals.weights[:layer],
+        residuals.activations[:1]
+        + tuple(jnp.repeat(a, num_columns, axis=0) for a in residuals.activations[1 : layer + 1]),
+    )
+    deltas = backprop.layer_deltas(cut, rows, columns.reshape(batch * num_columns, width))
+    # One row per (example, column): a plain matmul per layer, where a vmap over the columns
+    # gave XLA:CPU batched matmuls that fused badly with the squares (2-3× slower).
+    return tuple(d.reshape(batch, num_columns, -1) for d in deltas)
 
 
 def _sqrt_ggn(
