@@ -2,7 +2,8 @@
 the test metrics and the reliability diagram (what `experiments.laplace`, `experiments.predict
 --laplace` and `experiments.laplace_figures` share; no flags here).
 
-`load_run` is the one place that reads the run layer (the checkpoint and the data split).
+`load_run` and `load_split` are the one place that reads the run layer (the checkpoint and
+the data split).
 """
 
 from __future__ import annotations
@@ -30,19 +31,31 @@ class Settings(NamedTuple):
 
 
 def load_run(workdir: str) -> tuple[Any, Dataset]:
-    """The trained run and its data split: the one place this command reads the run layer.
+    """The trained run and its data split: with `load_split`, the one place this command
+    reads the run layer.
 
     Raises:
       jaxbp.inference.NotTrainedError, jaxbp.workdir.WorkdirError: no trained run in W.
       jaxbp.evaluation.DataChangedError: the data differ from those it was trained on.
     """
-    from jaxbp import evaluation, inference, recipe
+    from jaxbp import inference
 
     trained = inference.load_trained(workdir)
+    return trained, load_split(trained, workdir)
+
+
+def load_split(trained: Any, workdir: str) -> Dataset:
+    """The data split ``trained`` (from `jaxbp.inference.load_trained`) was trained on.
+
+    Raises:
+      jaxbp.evaluation.DataChangedError: the data differ from those it was trained on.
+    """
+    from jaxbp import evaluation, recipe
+
     with jax.enable_x64(trained.config.precision == "float64"):
         dataset = recipe.load_data(trained.config)
     evaluation.check_same_data(trained.preprocessing, dataset, workdir)
-    return trained, dataset
+    return dataset
 
 
 def members(trained: Any) -> list[Any]:
@@ -254,7 +267,7 @@ def predict_raw(
             stored = json.load(f)
     settings = Settings(*(stored[k] for k in Settings._fields)) if stored else Settings()
     x = inference.standardise(trained, x_raw)
-    _, dataset = load_run(workdir)
+    dataset = load_split(trained, workdir)
     pre = trained.preprocessing
     with jax.enable_x64(True):
         posteriors, _ = fit_posteriors(trained, dataset, settings, stored)
