@@ -246,12 +246,34 @@ def test_probit_against_monte_carlo(x64):
 
 
 def test_marginal_likelihood_gradient_against_finite_differences(x64):
-    """∂/∂λ and ∂/∂σ of the log marginal likelihood (eq. (7.5)) by jax.grad against central
-    differences, for each structure."""
+    """The log marginal likelihood (eq. (7.5)) from the eigenvalues equals the Gaussian
+    log-likelihood of the residuals, the prior at θ* and the dense precision's slogdet; its
+    ∂/∂λ and ∂/∂σ by jax.grad equal central differences; each structure, both subsets."""
     del x64
     model, params, x, y = _problem("tanh", "sigmoid", "mse", (3, 5, 3))
-    for structure in ("full", "diag", "kron"):
-        posterior = laplace.fit(model, "mse", params, x, y, structure=structure)
+    residual = jnp.sum((y - jaxbp.forward_autodiff(model, params, x)) ** 2)
+    for structure, subset in (("full", "all"), ("diag", "all"), ("kron", "last_layer")):
+        posterior = laplace.fit(
+            model,
+            "mse",
+            params,
+            x,
+            y,
+            structure=structure,
+            subset=subset,
+            prior_precision=1.3,
+            sigma_noise=0.6,
+        )
+        theta = laplace.flatten(model, params, posterior.layers)
+        _, log_det = jnp.linalg.slogdet(posterior.precision_matrix())
+        want = (
+            -residual / (2 * 0.36)
+            - y.size / 2 * math.log(2 * math.pi * 0.36)
+            - 0.65 * jnp.sum(theta**2)
+            + theta.size / 2 * math.log(1.3)
+            - 0.5 * log_det
+        )
+        assert float(posterior.log_marginal_likelihood()) == pytest.approx(float(want), rel=1e-10)
         point = jnp.asarray([1.3, 0.6])
         grad = jax.grad(lambda v, p=posterior: p.log_marginal_likelihood(v[0], v[1]))(point)
         h = 1e-6
