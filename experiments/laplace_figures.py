@@ -79,7 +79,8 @@ def structures(workdir: str) -> Any:
         (map_outputs,) = laplace_run.map_outputs(trained, dataset.x_test)
         map_probs = laplace_run.class_probabilities(map_outputs)
         print(f"\n{workdir} (best epoch {trained.best_epoch}), test split of {len(labels)}\n")
-        print("| predictive | accuracy | NLL | ECE | λ | fit s |\n|---|---|---|---|---|---|")
+        print("| predictive | accuracy | NLL | ECE | λ | fit s, compiling |")
+        print("|---|---|---|---|---|---|")
         print(_row("MAP", laplace_run.class_metrics(map_probs, labels), "", ""))
         default = None
         for structure, subset in POSTERIORS:
