@@ -12,7 +12,9 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   (none)      the main job: train the default digits network (flags as for train)
   train       train an MLP; a workdir that holds a run resumes it (--help for every flag)
   eval        recompute a trained workdir's test metrics: eval --workdir=W
-  predict     label new rows: predict --workdir=W --data_path=F --output=P
+  predict     label new rows: predict --workdir=W --data_path=F --output=P [--laplace]
+  laplace     calibrated probabilities: a trained run's Laplace posterior against its MAP:
+              laplace --workdir=W [--structure=kron --subset=last_layer] [--tune=val_nll|marglik]
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
   curvature   a 2-layer net's diagonal GGN and Hessian from the δ recursion beside jax.hessian's
@@ -85,6 +87,7 @@ case "$cmd" in
   train) exec "$python" -m experiments.train "$@" ;;
   eval) exec "$python" -m experiments.eval "$@" ;;
   predict) exec "$python" -m experiments.predict "$@" ;;
+  laplace) exec "$python" -m experiments.laplace "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
   curvature) exec "$python" -m experiments.curvature "$@" ;;

@@ -11,10 +11,14 @@ classification, one ``probability_<class>`` column per class; ``--id_column=NAME
 the data file's column NAME first, so each prediction keeps its row's identifier. For a
 member set (a run with ``--repeats`` or ``--sweep``) ``prediction`` and the probabilities
 are the ensemble's (the members' outputs averaged) and ``member_0``, ``member_1``, ... hold
-each member's prediction (single-target runs). Exit status: 0 done, 2 a bad flag (a workdir
-without a trained run, a data file that is missing or does not fit the run, an output
-folder that does not exist, an output that would overwrite a run's records), 1 a fault (a
-damaged checkpoint, a failed write, outputs that are not finite).
+each member's prediction (single-target runs). With ``--laplace`` the predictions and
+probabilities are the Laplace predictive's (``./launch.sh laplace``: its stored posterior
+settings and tuned prior when W/laplace.json exists, else the defaults tuned on the
+validation split), and for regression a ``variance`` column holds the predictive variance.
+Exit status: 0 done, 2 a bad flag (a workdir without a trained run, a data file that is
+missing or does not fit the run, an output folder that does not exist, an output that would
+overwrite a run's records), 1 a fault (a damaged checkpoint, a failed write, outputs that
+are not finite).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ _DATA_PATH = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "The csv file to write (required; its folder must exist)."
+)
+_LAPLACE = flags.DEFINE_bool(
+    "laplace", False, "The Laplace predictive (./launch.sh laplace) instead of the MAP network's."
 )
 
 _ID_COLUMN = flags.DEFINE_string(
@@ -91,6 +98,12 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except Exception as e:  # a fault: a damaged checkpoint
         return fail(f"{type(e).__name__}: {e}", 1)
+    if _LAPLACE.value:
+        from experiments import laplace_run
+
+        problem = laplace_run.check_likelihood(trained)
+        if problem:
+            return fail(f"--laplace: {problem}", 2)
     try:
         x_raw = data_files.read_features(data_path, trained.preprocessing["feature_names"])
         ids = None
@@ -99,28 +112,37 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
         return fail(str(e), 2)
     try:
-        predictions, probabilities = inference.predict_rows(trained, x_raw)
-        members = None
-        if trained.members is not None and predictions.ndim == 1:
-            members = [p for p, _ in inference.member_predictions(trained, x_raw)]
+        members, variances = None, None
+        if _LAPLACE.value:
+            predictions, probabilities, variances = laplace_run.predict_raw(workdir, trained, x_raw)
+        else:
+            predictions, probabilities = inference.predict_rows(trained, x_raw)
+            if trained.members is not None and predictions.ndim == 1:
+                members = [p for p, _ in inference.member_predictions(trained, x_raw)]
         inference.write_predictions(
             output,
             predictions,
             probabilities,
             trained.preprocessing["class_names"],
             members,
+            variances,
             ids,
         )
     except KeyboardInterrupt:
         return fail(f"interrupted; {output} was not written.", 130)
     except Exception as e:  # a fault: a failed write
         return fail(f"{type(e).__name__}: {e}", 1)
-    print_report(predictions, trained, workdir, output)
+    print_report(predictions, trained, workdir, output, laplace=_LAPLACE.value)
     return 0
 
 
 def print_report(
-    predictions: np.ndarray, trained: inference.TrainedModel, workdir: str, output: str
+    predictions: np.ndarray,
+    trained: inference.TrainedModel,
+    workdir: str,
+    output: str,
+    *,
+    laplace: bool = False,
 ) -> None:
     """How many rows were predicted, by which parameters, what came out, and where it went."""
     params = (
@@ -134,7 +156,8 @@ def print_report(
             f"the ensemble of {kept} members (each member's best-validation parameters; "
             f"{len(trained.members) - kept} diverged, left out)"
         )
-    print(f"{len(predictions)} rows predicted with {params} of {workdir}")
+    by = "the Laplace predictive around " if laplace else ""
+    print(f"{len(predictions)} rows predicted with {by}{params} of {workdir}")
     if trained.preprocessing["task"] == "classification":
         names, counts = np.unique(predictions, return_counts=True)
         print("  " + ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True)))

@@ -5,6 +5,7 @@ maps them to the code) as a `jax.custom_vjp`, checked against `jax.grad` and fin
 differences.
 """
 
+from jaxbp import laplace  # the Laplace posterior's namespace: jaxbp.laplace.fit, ...
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from jaxbp.backprop import (
     LayerTrace,
@@ -83,6 +84,7 @@ __all__ = (
     "gradients_from_deltas",
     "init_params",
     "kfac_factors",
+    "laplace",
     "layer_deltas",
     "layer_inputs",
     "loss_and_grad",

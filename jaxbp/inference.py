@@ -209,6 +209,36 @@ def predict_rows(
     """
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
     pre, model = trained.preprocessing, trained.model
+    y_hat = _outputs(trained, standardise(trained, x_raw))
+    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
+        y_hat = y_hat[kept(trained)].mean(axis=0)
+    bad = ~np.isfinite(y_hat).all(axis=1)
+    if bad.any():  # never hand out NaN predictions as if they were results
+        raise ValueError(
+            f"{bad.sum()} of {len(bad)} rows give NaN or infinite outputs (first: row "
+            f"{np.flatnonzero(bad)[0]}, counting from 0): the run's parameters or those rows' "
+            "features are out of range."
+        )
+    if pre["task"] == "regression":
+        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
+        return (values[:, 0] if values.shape[1] == 1 else values), None
+    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
+    probabilities = None
+    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
+        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
+    elif model.output_activation == "softmax":
+        probabilities = y_hat
+    return labels, probabilities
+
+
+def standardise(trained: TrainedModel, x_raw: np.ndarray) -> np.ndarray:
+    """Raw rows ``(n, d)`` as the network reads them: ``(x_raw − x_mean) / x_scale`` in the
+    run's precision.
+
+    Raises:
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+    """
+    pre = trained.preprocessing
     x_raw = np.asarray(x_raw)
     names = pre["feature_names"]
     if x_raw.ndim != 2 or x_raw.shape[1] != len(names):
@@ -234,26 +264,7 @@ def predict_rows(
             f"x_raw row {row}, feature {names[column]!r} is beyond the range of {dtype} once "
             "standardised; the network predicts nothing sensible for it. Fix or drop that row."
         )
-    y_hat = _outputs(trained, x)
-    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
-        y_hat = y_hat[kept(trained)].mean(axis=0)
-    bad = ~np.isfinite(y_hat).all(axis=1)
-    if bad.any():  # never hand out NaN predictions as if they were results
-        raise ValueError(
-            f"{bad.sum()} of {len(bad)} rows give NaN or infinite outputs (first: row "
-            f"{np.flatnonzero(bad)[0]}, counting from 0): the run's parameters or those rows' "
-            "features are out of range."
-        )
-    if pre["task"] == "regression":
-        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
-        return (values[:, 0] if values.shape[1] == 1 else values), None
-    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
-    probabilities = None
-    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
-        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
-    elif model.output_activation == "softmax":
-        probabilities = y_hat
-    return labels, probabilities
+    return x
 
 
 def member_predictions(
@@ -284,6 +295,7 @@ def write_predictions(
     probabilities: np.ndarray | None = None,
     class_names: list[str] | None = None,
     member_predictions: list[np.ndarray] | None = None,
+    variances: np.ndarray | None = None,
     ids: tuple[str, np.ndarray] | None = None,
 ) -> None:
     """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
@@ -291,8 +303,10 @@ def write_predictions(
     Columns: ``prediction`` (``prediction_0``, ``prediction_1``, ... for several regression
     targets), then one ``probability_<class>`` per class when ``probabilities`` are given,
     then ``member_0``, ``member_1``, ... with each member's prediction when
-    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's).
-    With ``ids = (name, values)`` a first column ``name`` carries each row's identifier.
+    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's),
+    then ``variance`` (``variance_0``, ...) when predictive ``variances``, shaped like
+    ``predictions``, are given (a Laplace posterior's, for regression). With
+    ``ids = (name, values)`` a first column ``name`` carries each row's identifier.
     Numbers are written in full (shortest round-trip digits of their dtype).
 
     Args:
@@ -324,6 +338,7 @@ def write_predictions(
         if predictions.ndim == 1
         else [f"prediction_{i}" for i in range(predictions.shape[1])]
     )
+    prediction_header = list(header)
     if probabilities is not None:
         probabilities = np.asarray(probabilities)
         if class_names is None or probabilities.shape != (n, len(class_names)):
@@ -344,6 +359,15 @@ def write_predictions(
             )
         columns.append(member)
         header.append(f"member_{k}")
+    if variances is not None:
+        variances = np.asarray(variances)
+        if variances.shape != predictions.shape:
+            raise ValueError(
+                f"variances have shape {variances.shape}; expected {predictions.shape}, one per "
+                "predicted value."
+            )
+        columns += [variances] if variances.ndim == 1 else list(variances.T)
+        header += [h.replace("prediction", "variance") for h in prediction_header]
     if ids is not None:
         name, values = ids[0], np.asarray(ids[1])
         if values.shape != (n,):

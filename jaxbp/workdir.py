@@ -38,6 +38,8 @@ _FILES = (
     "summary.json",
     "curves.png",
     "eval.json",
+    "laplace.json",
+    "reliability.png",
     "sweep.md",
     ".lock",
 )

@@ -21,7 +21,14 @@ README = ROOT / "README.md"
 DERIVATIONS = ROOT / "docs" / "derivations.md"
 MODULES = sorted(m.name for m in pkgutil.iter_modules(jaxbp.__path__))
 # Modules whose public functions carry an ``Examples:`` doctest: they must keep at least one.
-WITH_EXAMPLES = ("backprop", "curvature", "gradient_flow", "input_checks", "per_example")
+WITH_EXAMPLES = (
+    "backprop",
+    "curvature",
+    "gradient_flow",
+    "input_checks",
+    "laplace",
+    "per_example",
+)
 
 
 @pytest.mark.parametrize("name", MODULES)
