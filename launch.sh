@@ -12,10 +12,13 @@ usage: ./launch.sh [--platform=cpu|gpu|tpu] [SUBCOMMAND] [--flag=value ...]
   (none)      the main job: train the default digits network (flags as for train)
   train       train an MLP; a workdir that holds a run resumes it (--help for every flag)
   eval        recompute a trained workdir's test metrics: eval --workdir=W
-  predict     label new rows: predict --workdir=W --data_path=F --output=P
+  predict     label new rows: predict --workdir=W --data_path=F --output=P [--laplace]
+  laplace     calibrated probabilities: a trained run's Laplace posterior against its MAP:
+              laplace --workdir=W [--structure=kron --subset=last_layer] [--tune=val_nll|marglik]
   gradcheck   the hand-written gradients against jax.grad and finite differences
   derivations each derivation's z, a, δ and gradient beside the library (alias: seeds)
-  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits: vanishing --outdir=D
+  curvature   a 2-layer net's diagonal GGN and Hessian from the δ recursion beside jax.hessian's
+  vanishing   per-layer ‖δ‖ of deep sigmoid/tanh/relu nets on digits (--outdir=D, else runs/)
   bench       speed and memory benchmark (docs/performance.md)
   scaling     examples/s against data-parallel devices
   test        ruff (lint and format), mypy over jaxbp/ and the test suite
@@ -84,8 +87,10 @@ case "$cmd" in
   train) exec "$python" -m experiments.train "$@" ;;
   eval) exec "$python" -m experiments.eval "$@" ;;
   predict) exec "$python" -m experiments.predict "$@" ;;
+  laplace) exec "$python" -m experiments.laplace "$@" ;;
   gradcheck) exec "$python" -m experiments.gradcheck "$@" ;;
   derivations | seeds) exec "$python" -m experiments.derivations "$@" ;;
+  curvature) exec "$python" -m experiments.curvature "$@" ;;
   vanishing) exec "$python" -m experiments.vanishing "$@" ;;
   scaling) exec "$python" -m experiments.scaling "$@" ;;
   bench) exec "$python" -m experiments.benchmark "$@" ;;  # PyTorch too where installed

@@ -1,10 +1,53 @@
-"""What the experiment scripts share: errors as one ``program: ...`` line on stderr, and a
-quick exit once a run's outputs are closed."""
+"""What the experiment scripts share: how they start (`run`), errors as one
+``program: ...`` line on stderr, and a quick exit once a run's outputs are closed."""
 
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
+
+from absl import app
+
+HELP_WORDS = ("--help", "-help", "-h", "-?", "--helpshort")
+
+
+def run(main: Callable[[list[str]], int]) -> NoReturn:
+    """``app.run(main)``, with ``--help`` exiting 0 and a bad ``--flagfile`` refused in one line.
+
+    absl's ``--help`` exits 1, which a script reads as a failure; and a flagfile that is
+    missing or binary would reach absl's parser as a traceback. Exit status 2 for the latter,
+    as for any bad flag.
+    """
+    program = os.path.basename(sys.argv[0])
+    for arg in sys.argv[1:]:
+        if arg == "--":
+            break
+        if arg.startswith("--flagfile="):
+            problem = flagfile_problem(arg.partition("=")[2])
+            if problem:
+                print(f"{program}: {problem}", file=sys.stderr)
+                sys.exit(2)
+    if any(arg in HELP_WORDS for arg in sys.argv[1:]):
+        app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+    sys.exit(app.run(main))
+
+
+def flagfile_problem(path: str) -> str | None:
+    """Why ``--flagfile=path`` cannot be read as a text file of flags, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except FileNotFoundError:
+        return f"--flagfile={path} does not exist; check the path."
+    except UnicodeDecodeError:
+        return (
+            f"--flagfile={path} is not a text file of flags (one --name=value per line); "
+            "check the path."
+        )
+    except OSError as e:
+        return f"--flagfile={path} cannot be read ({e.strerror}); check the path."
+    return None
 
 
 def failer(program: str) -> Callable[[str, int], int]:

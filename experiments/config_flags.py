@@ -97,6 +97,15 @@ def given_flags(holders: dict[str, flags.FlagHolder]) -> dict[str, Any]:
             except ValueError:
                 raise ConfigError(name, ",".join(value), "must be integers, e.g. 64,64.") from None
         given[name] = value
+    for name, values in given.get("sweep", ()):
+        if name in given:  # the sweep sets it for every member: the single value would be lost
+            swept = ",".join(config_lib.format_value(v) for v in values)
+            raise ConfigError(
+                name,
+                given[name],
+                f"given together with sweep={name}={swept}, which sets {name} for every "
+                f"member: drop one of the two.",
+            )
     return given
 
 
@@ -121,7 +130,8 @@ def flag_message(error: ConfigError) -> str:
     return f"--{error.field}={value}: {to_flag_words(error.problem)}"
 
 
-_FIELD_ASSIGNMENT = re.compile(r"(?<![\w-])(" + "|".join(config_lib.FIELDS) + r"|allow_changes)=")
+# Not after "=": in sweep=learning_rate=1e-3 only the flag itself takes the dashes.
+_FIELD_ASSIGNMENT = re.compile(r"(?<![\w=-])(" + "|".join(config_lib.FIELDS) + r"|allow_changes)=")
 
 
 def to_flag_words(text: str) -> str:

@@ -12,10 +12,9 @@ a workdir that holds no trained run, 1 a fault (changed data, a damaged checkpoi
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli
 from jaxbp.run import evaluation, inference
@@ -112,4 +111,4 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -7,21 +7,26 @@
 every feature of the run (in any order; other columns, such as the target, are ignored), or
 an .npz with an array ``x``. ``--output`` gets a csv with a ``prediction`` column (the class
 name, or the value in the target's units; ``prediction_0``, ... for several targets) and, for
-classification, one ``probability_<class>`` column per class. For a member set (a run with
-``--repeats`` or ``--sweep``) ``prediction`` and the probabilities are the ensemble's (the
-members' outputs averaged) and ``member_0``, ``member_1``, ... hold each member's
-prediction (single-target runs). Exit status: 0 done, 2 a bad
-flag (a workdir without a trained run, a data file that is missing or does not fit the run,
-an output folder that does not exist), 1 a fault (a damaged checkpoint, a failed write).
+classification, one ``probability_<class>`` column per class; ``--id_column=NAME`` puts
+the data file's column NAME first, so each prediction keeps its row's identifier. For a
+member set (a run with ``--repeats`` or ``--sweep``) ``prediction`` and the probabilities
+are the ensemble's (the members' outputs averaged) and ``member_0``, ``member_1``, ... hold
+each member's prediction (single-target runs). With ``--laplace`` the predictions and
+probabilities are the Laplace predictive's (``./launch.sh laplace``: its stored posterior
+settings and tuned prior when W/laplace.json exists, else the defaults tuned on the
+validation split), and for regression a ``variance`` column holds the predictive variance.
+Exit status: 0 done, 2 a bad flag (a workdir without a trained run, a data file that is
+missing or does not fit the run, an output folder that does not exist, an output that would
+overwrite a run's records), 1 a fault (a damaged checkpoint, a failed write, outputs that
+are not finite).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli
 from jaxbp.data import files
@@ -36,6 +41,16 @@ _DATA_PATH = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "The csv file to write (required; its folder must exist)."
+)
+_LAPLACE = flags.DEFINE_bool(
+    "laplace", False, "The Laplace predictive (./launch.sh laplace) instead of the MAP network's."
+)
+
+_ID_COLUMN = flags.DEFINE_string(
+    "id_column",
+    None,
+    "A column of --data_path (an array of an .npz) copied as the output's first column, so "
+    "each prediction keeps its row's identifier.",
 )
 
 PROGRAM = "predict.py"
@@ -53,6 +68,12 @@ def check_output(output: str, data_path: str) -> str | None:
         return f"--output={output} is a folder; give the path of the csv file to write."
     if os.path.exists(output) and os.path.exists(data_path) and os.path.samefile(output, data_path):
         return f"--output={output} is the --data_path file; write the predictions elsewhere."
+    entry = workdir_lib.run_entry_at(output)
+    if entry is not None:
+        return (
+            f"--output={output} would overwrite {entry}, which a training run keeps; write the "
+            "predictions elsewhere (another name in the workdir is fine, e.g. predictions.csv)."
+        )
     return None
 
 
@@ -78,28 +99,51 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except Exception as e:  # a fault: a damaged checkpoint
         return fail(f"{type(e).__name__}: {e}", 1)
+    if _LAPLACE.value:
+        from experiments import laplace_run
+
+        problem = laplace_run.check_likelihood(trained)
+        if problem:
+            return fail(f"--laplace: {problem}", 2)
     try:
         x_raw = files.read_features(data_path, trained.preprocessing["feature_names"])
+        ids = None
+        if _ID_COLUMN.value:
+            ids = (_ID_COLUMN.value, files.read_column(data_path, _ID_COLUMN.value))
     except (OSError, ValueError) as e:  # missing, unreadable, or not the run's features
         return fail(str(e), 2)
     try:
-        predictions, probabilities = inference.predict_rows(trained, x_raw)
-        members = None
-        if trained.members is not None and predictions.ndim == 1:
-            members = [p for p, _ in inference.member_predictions(trained, x_raw)]
+        members, variances = None, None
+        if _LAPLACE.value:
+            predictions, probabilities, variances = laplace_run.predict_raw(workdir, trained, x_raw)
+        else:
+            predictions, probabilities = inference.predict_rows(trained, x_raw)
+            if trained.members is not None and predictions.ndim == 1:
+                members = [p for p, _ in inference.member_predictions(trained, x_raw)]
         inference.write_predictions(
-            output, predictions, probabilities, trained.preprocessing["class_names"], members
+            output,
+            predictions,
+            probabilities,
+            trained.preprocessing["class_names"],
+            members,
+            variances,
+            ids,
         )
     except KeyboardInterrupt:
         return fail(f"interrupted; {output} was not written.", 130)
     except Exception as e:  # a fault: a failed write
         return fail(f"{type(e).__name__}: {e}", 1)
-    print_report(predictions, trained, workdir, output)
+    print_report(predictions, trained, workdir, output, laplace=_LAPLACE.value)
     return 0
 
 
 def print_report(
-    predictions: np.ndarray, trained: inference.TrainedModel, workdir: str, output: str
+    predictions: np.ndarray,
+    trained: inference.TrainedModel,
+    workdir: str,
+    output: str,
+    *,
+    laplace: bool = False,
 ) -> None:
     """How many rows were predicted, by which parameters, what came out, and where it went."""
     params = (
@@ -113,7 +157,8 @@ def print_report(
             f"the ensemble of {kept} members (each member's best-validation parameters; "
             f"{len(trained.members) - kept} diverged, left out)"
         )
-    print(f"{len(predictions)} rows predicted with {params} of {workdir}")
+    by = "the Laplace predictive around " if laplace else ""
+    print(f"{len(predictions)} rows predicted with {by}{params} of {workdir}")
     if trained.preprocessing["task"] == "classification":
         names, counts = np.unique(predictions, return_counts=True)
         print("  " + ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True)))
@@ -126,4 +171,4 @@ def print_report(
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments import cli, compilation_cache, config_flags
 from jaxbp.run import config as config_lib
@@ -30,6 +30,7 @@ from jaxbp.run import workdir as workdir_lib
 from jaxbp.training import parallel
 
 _CONFIG = config_flags.define_config_flags()
+flags.adopt_module_key_flags(config_flags)  # --help lists the run settings too
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Outputs; a workdir that holds a run resumes it. Unset: runs/DATASET-TIME."
 )
@@ -116,7 +117,13 @@ def main(argv: list[str]) -> int:
         return fail(str(e), 2)
     except RuntimeError as e:  # the coordinator never answered
         return fail(str(e), 1)
-    compilation_cache.use(_COMPILATION_CACHE_DIR.value)
+    try:
+        compilation_cache.use(_COMPILATION_CACHE_DIR.value)
+    except ValueError as e:
+        if flags.FLAGS["compilation_cache_dir"].present:
+            return fail(f"--compilation_cache_dir={_COMPILATION_CACHE_DIR.value}: {e}", 2)
+        # The default folder is a convenience: without it the run compiles, as it would cold.
+        print(f"{PROGRAM}: compilation cache off: {e}", file=sys.stderr)
     if parallel.is_primary():
         print(f"jaxbp train: workdir {workdir}", flush=True)
     try:
@@ -187,4 +194,4 @@ def print_summary(summary: dict, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

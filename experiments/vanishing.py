@@ -12,12 +12,13 @@ fixed batch of training examples, with the mean g'(z^[k]) of each hidden layer f
 `jaxbp.trace`. It writes ``vanishing.png`` (one panel per activation and time) and
 ``vanishing.md`` (the tables) to ``--outdir``.
 
-python -m experiments.vanishing --outdir=/tmp/vanishing           # depths 2-10, ~minutes
+python -m experiments.vanishing                  # depths 2-10, ~minutes, to runs/vanishing-TIME
 python -m experiments.vanishing --outdir=/tmp/vanishing --quick   # depths 2, 4; one epoch
 """
 
 import os
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -35,7 +36,9 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu")
 def define_flags() -> None:
     """The command line's flags, defined when the script runs (not on import), so that tests
     can import this module beside other experiments that define ``--seed`` or ``--outdir``."""
-    flags.DEFINE_string("outdir", None, "Folder for vanishing.png and vanishing.md.")
+    flags.DEFINE_string(
+        "outdir", None, "Folder for vanishing.png and vanishing.md. Unset: runs/vanishing-TIME."
+    )
     flags.DEFINE_list(
         "depths", [str(d) for d in range(2, 11)], "Weight layers L: 2 is one hidden layer."
     )
@@ -45,7 +48,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("probe_size", 256, "Training examples the norms are averaged on.")
     flags.DEFINE_integer("seed", 0, "Random seed of the initial weights and the order.")
     flags.DEFINE_bool("quick", False, "Depths 2 and 4, one epoch: a smoke run.")
-    flags.mark_flag_as_required("outdir")
 
 
 class Run(NamedTuple):
@@ -246,7 +248,7 @@ def main(argv: list[str]) -> int:
     quick = FLAGS.quick
     try:
         run_all(
-            FLAGS.outdir,
+            FLAGS.outdir or os.path.join("runs", f"vanishing-{time.strftime('%Y%m%d-%H%M%S')}"),
             [2, 4] if quick else [int(d) for d in FLAGS.depths],
             list(FLAGS.activations),
             width=FLAGS.width,

@@ -32,6 +32,9 @@ class Activation(NamedTuple):
       vjp: ``(a, g_bar) -> delta = g_bar · ∂a/∂z``, both ``(..., n)``.
       elementwise: False only for softmax, whose Jacobian couples the units.
       has_kink: True where g' jumps (ReLU family): finite differences are not valid there.
+      second_derivative_from_output: ``a -> g''(z)`` for element-wise activations that curve;
+        None where g'' = 0 wherever it exists (identity, the ReLU family) and for softmax.
+        The diagonal Hessian's residual terms need it (eq. (5.9)).
     """
 
     name: str
@@ -40,6 +43,7 @@ class Activation(NamedTuple):
     vjp: Callable[[Array, Array], Array]
     elementwise: bool = True
     has_kink: bool = False
+    second_derivative_from_output: Callable[[Array], Array] | None = None
 
 
 def _elementwise(
@@ -47,13 +51,16 @@ def _elementwise(
     fn: Callable[[Array], Array],
     derivative_from_output: Callable[[Array], Array],
     has_kink: bool = False,
+    second_derivative_from_output: Callable[[Array], Array] | None = None,
 ) -> Activation:
     """Builds an element-wise activation: δ = ḡ ∘ g'(z) (eq. (4.4))."""
 
     def vjp(a: Array, g_bar: Array) -> Array:
         return g_bar * derivative_from_output(a)
 
-    return Activation(name, fn, derivative_from_output, vjp, True, has_kink)
+    return Activation(
+        name, fn, derivative_from_output, vjp, True, has_kink, second_derivative_from_output
+    )
 
 
 def _softmax_vjp(s: Array, g_bar: Array) -> Array:
@@ -67,15 +74,32 @@ def _softplus_derivative(a: Array) -> Array:
     return -jnp.expm1(-a)
 
 
+def _softplus_second_derivative(a: Array) -> Array:
+    # softplus''(z) = σ'(z) = σ(1 − σ), with σ = 1 − e^{−a} and 1 − σ = e^{−a}.
+    return -jnp.expm1(-a) * jnp.exp(-a)
+
+
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
         _elementwise("identity", lambda z: z, jnp.ones_like),
         # σ' = σ(1 − σ): eq. (1.6); the S − S² of eq. (2.3).
-        _elementwise("sigmoid", jax.nn.sigmoid, lambda a: a * (1 - a)),
+        # σ'' = σ'(1 − 2σ), again a function of the output.
+        _elementwise(
+            "sigmoid",
+            jax.nn.sigmoid,
+            lambda a: a * (1 - a),
+            second_derivative_from_output=lambda a: a * (1 - a) * (1 - 2 * a),
+        ),
         # tanh' = 1 − a², written (1 − a)(1 + a): no cancellation as |a| → 1, and XLA:CPU runs
         # the fused backward faster than with 1 − a·a (measured in docs/performance.md).
-        _elementwise("tanh", jnp.tanh, lambda a: (1 - a) * (1 + a)),
+        # tanh'' = −2 tanh · tanh'.
+        _elementwise(
+            "tanh",
+            jnp.tanh,
+            lambda a: (1 - a) * (1 + a),
+            second_derivative_from_output=lambda a: -2 * a * (1 - a) * (1 + a),
+        ),
         # a > 0 exactly when z > 0, so the output decides the branch (g'(0) := 0).
         _elementwise("relu", jax.nn.relu, lambda a: (a > 0).astype(a.dtype), has_kink=True),
         _elementwise(
@@ -84,7 +108,12 @@ ACTIVATIONS: dict[str, Activation] = {
             lambda a: jnp.where(a > 0, 1.0, LEAKY_RELU_SLOPE).astype(a.dtype),
             has_kink=True,
         ),
-        _elementwise("softplus", jax.nn.softplus, _softplus_derivative),
+        _elementwise(
+            "softplus",
+            jax.nn.softplus,
+            _softplus_derivative,
+            second_derivative_from_output=_softplus_second_derivative,
+        ),
         Activation("softmax", lambda z: jax.nn.softmax(z, axis=-1), None, _softmax_vjp, False),
     )
 }

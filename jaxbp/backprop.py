@@ -213,6 +213,9 @@ def _under_forward_mode(tree: object) -> bool:
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
     """The network's output ``ŷ = f(z^[L])`` (eq. (4.1)).
 
+    Names and shapes are checked; values are not (a NaN input gives a NaN output):
+    `jaxbp.check_inputs` checks them eagerly.
+
     Args:
       model: the network.
       params: its parameters (`init_params` layout).
@@ -234,7 +237,7 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     if backward not in BACKWARDS:
         raise ValueError(f"unknown backward {backward!r}: expected one of {', '.join(BACKWARDS)}.")
     mlp_lib.check_params(model, params)
-    mlp_lib.check_inputs(model, x)
+    mlp_lib.check_input_shape(model, x)
     x = jnp.asarray(x)
     single = x.ndim == 1
     if single:
@@ -275,7 +278,7 @@ def check_loss_inputs(
             f"x has shape {tuple(x.shape)}: loss_and_grad takes a batch (batch, "
             f"{model.sizes[0]}); for one example use x[None]."
         )
-    mlp_lib.check_inputs(model, x)
+    mlp_lib.check_input_shape(model, x)
     if x.shape[0] == 0:
         raise ValueError(
             f"x has shape {tuple(x.shape)}: an empty batch has no loss (its mean is 0/0); "
@@ -294,6 +297,9 @@ def loss_and_grad(
     (eqs. (3.3)-(3.6), (4.9)). For ``"bce"`` and ``"softmax_cross_entropy"`` the output δ is
     fused, ``δ^[L] = (ŷ − y)/n`` (eq. (0.6)), and the value is computed from the logits, so
     saturated outputs stay finite.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
 
     Args:
       model: the network.
@@ -382,6 +388,9 @@ def trace(
     example's own loss ``L_i`` (B times the batch δ for the mean losses), the δ that the
     one-example derivations write.
 
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
+
     Args:
       model: the network.
       loss: a name from `jaxbp.LOSSES`.
@@ -430,6 +439,9 @@ def loss_value(
     recursion (a custom_vjp, as in `apply`), and ``jax.grad`` differentiates only the loss
     itself. Either way the fused losses (bce, softmax cross-entropy) are taken from the logits
     ``z^[L]``, so saturated outputs give finite values and gradients; the others from ŷ.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
     """
     if backward not in BACKWARDS:
         raise ValueError(f"unknown backward {backward!r}: expected one of {', '.join(BACKWARDS)}.")

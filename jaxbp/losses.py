@@ -59,6 +59,10 @@ class Loss(NamedTuple):
         """
         return not self.fused or output_activation == self.output_activation
 
+    def batch_weight(self, batch_size: int) -> float:
+        """``w`` in ``L = w Σ_i L_i``: 1/n for a mean (eq. (1.2)), 1 for a sum."""
+        return 1.0 if self.reduction == "sum" else 1.0 / batch_size
+
 
 def _batch_size(y: Array) -> int:
     return y.shape[0]

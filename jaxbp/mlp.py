@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbp import activations
 
@@ -52,6 +53,9 @@ class MLP:
         try:
             # operator.index, not int: 2.5 or "32" are errors, not silently (2,) or (3, 2).
             if isinstance(self.sizes, str):
+                raise TypeError
+            # bool is an int subclass: MLP((True, True)) would otherwise be a 1-1 network.
+            if any(isinstance(n, (bool, np.bool_)) for n in self.sizes):
                 raise TypeError
             sizes = tuple(operator.index(n) for n in self.sizes)
         except TypeError:
@@ -160,7 +164,7 @@ def check_params(model: MLP, params: Params) -> None:
                 )
 
 
-def check_inputs(model: MLP, x: Array) -> None:
+def check_input_shape(model: MLP, x: Array) -> None:
     """Raises ValueError unless ``x`` is ``(batch, n0)`` or ``(n0,)``."""
     shape = jnp.shape(x)
     if len(shape) not in (1, 2) or shape[-1] != model.sizes[0]:

@@ -48,12 +48,42 @@ def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
     return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
 
 
+def check_clip_norm(clip_norm: float | Array) -> None:
+    """Raises ValueError unless a concrete ``clip_norm`` is a positive number (or inf).
+
+    Python and NumPy scalars and concrete 0-d arrays are read; a traced value (under jit)
+    cannot be, and passes unchecked.
+    """
+    try:
+        value = float(clip_norm)
+    except jax.errors.ConcretizationTypeError:
+        return
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"clip_norm must be a positive scalar, got {clip_norm!r}: it is the largest "
+            "per-example gradient norm kept (use float('inf') for no clipping)."
+        ) from None
+    if not value > 0:
+        raise ValueError(
+            f"clip_norm must be positive, got {value:g}: it is the largest per-example "
+            "gradient norm kept (use float('inf') for no clipping)."
+        )
+
+
 def forward_and_example_deltas(
     model: MLP, loss_fn: losses_lib.Loss, params: Params, x: Array, y: Array
 ) -> tuple[Array, backprop.Residuals, tuple[Array, ...], Array]:
     """The batch loss, the residuals, every ``δ_i^[k]`` and ``‖∇_θ L_i‖: (batch,)``."""
     z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
     value = backprop.batch_loss(loss_fn, z_out, y_hat, y)
+    return value, residuals, *_example_deltas_and_norms(model, loss_fn, residuals, y_hat, y)
+
+
+def _example_deltas_and_norms(
+    model: MLP, loss_fn: losses_lib.Loss, residuals: backprop.Residuals, y_hat: Array, y: Array
+) -> tuple[tuple[Array, ...], Array]:
+    """Every ``δ_i^[k]`` and ``‖∇_θ L_i‖: (batch,)`` from the forward pass's residuals."""
+    x = residuals.activations[0]
     deltas = backprop.layer_deltas(
         model, residuals, backprop.example_output_deltas(model, loss_fn, y_hat, y)
     )
@@ -63,7 +93,21 @@ def forward_and_example_deltas(
         if model.use_bias:
             a_sq = a_sq + 1
         sq_norms = sq_norms + jnp.sum(delta * delta, axis=-1) * a_sq
-    return value, residuals, deltas, jnp.sqrt(sq_norms)
+    return deltas, jnp.sqrt(sq_norms)
+
+
+def clip_factors(norms: Array, clip_norm: float | Array) -> Array:
+    """``c_i = min(1, C / ‖∇_θ L_i‖)`` for ``norms: (batch,)``; a zero norm gets 1, not 0/0."""
+    return jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
+
+
+def _scaled_row_gradients(
+    model: MLP, residuals: backprop.Residuals, deltas: tuple[Array, ...], row_scale: Array
+) -> Params:
+    """``Σ_i s_i ∇_θ L_i`` as the batch matmuls with row i of every δ scaled by ``s_i``."""
+    row_scale = row_scale.astype(residuals.activations[0].dtype)
+    scaled = tuple(delta * row_scale[:, None] for delta in deltas)
+    return backprop.gradients_from_deltas(model, residuals, scaled)
 
 
 def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array) -> Params:
@@ -72,6 +116,9 @@ def per_example_grads(model: MLP, loss: str, params: Params, x: Array, y: Array)
     Eq. (1.3): ∂L/∂W = 1/n Σ_i ∂L_i/∂W, so for the mean losses the mean over the
     leading axis equals the batch gradient (for a ``"sum"`` loss such as ``"sse"``, the sum).
     It forms all B gradients: `per_example_grad_norms` and `clipped_loss_and_grad` need none.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
 
     Args:
       model: the network.
@@ -97,6 +144,9 @@ def per_example_grad_norms(model: MLP, loss: str, params: Params, x: Array, y: A
     ``‖∇_θ L_i‖² = Σ_k ‖δ_i^[k]‖² (‖a_i^[k−1]‖² + 1[bias])``: equal to the norms of
     `per_example_grads` (the gradient of the loss on example i alone) without forming
     them; the cost is one forward and one backward pass without the weight-gradient matmuls.
+
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
 
     Args:
       model: the network.
@@ -131,6 +181,9 @@ def clipped_loss_and_grad(
     ``C = inf`` this is `jaxbp.loss_and_grad`. No per-example gradient is formed: the rows of
     each δ are scaled by ``w c_i`` before the weight-gradient matmuls (module docstring).
 
+    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
+    domain): `jaxbp.check_inputs` checks them eagerly.
+
     Args:
       model: the network.
       loss: a name from `jaxbp.LOSSES`.
@@ -152,18 +205,60 @@ def clipped_loss_and_grad(
       >>> grads[0]["W"].shape
       (4, 3)
     """
-    if isinstance(clip_norm, (int, float)) and not clip_norm > 0:
-        raise ValueError(
-            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
-            "gradient norm kept (use float('inf') for no clipping)."
-        )
+    check_clip_norm(clip_norm)
     loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
     value, residuals, deltas, norms = forward_and_example_deltas(model, loss_fn, params, x, y)
-    # c_i = min(1, C/‖g_i‖), written so that ‖g_i‖ = 0 never divides.
-    clip = jnp.where(norms > clip_norm, clip_norm / jnp.where(norms > 0, norms, 1), 1)
-    row_scale = (_batch_weight(loss_fn, x.shape[0]) * clip).astype(x.dtype)
-    scaled = tuple(delta * row_scale[:, None] for delta in deltas)
-    return value, backprop.gradients_from_deltas(model, residuals, scaled)
+    row_scale = _batch_weight(loss_fn, x.shape[0]) * clip_factors(norms, clip_norm)
+    return value, _scaled_row_gradients(model, residuals, deltas, row_scale)
+
+
+def clipped_grad_sum(
+    model: MLP,
+    loss: str,
+    params: Params,
+    x: Array,
+    y: Array,
+    row_weights: Array,
+    clip_norm: float | Array,
+) -> tuple[Array, Params]:
+    """``Σ_i m_i L_i`` and ``Σ_i m_i c_i ∇_θ L_i``: clipped per-example gradients, summed (6.2).
+
+    The sum of DP-SGD (eq. (6.2) of docs/derivations.md): example i's own gradient (the loss
+    on a batch of one, as `per_example_grads`) clipped by ``c_i = min(1, C / ‖∇_θ L_i‖)`` and
+    weighted by ``m_i``, in the same one pass as `clipped_loss_and_grad`. With ``m_i ∈ {0, 1}``
+    a row of weight 0 is padding: it contributes exactly zero, so a batch of fixed shape
+    holds a sample of any size up to its rows, and one of all zeros gives zero.
+
+    Args:
+      model: the network.
+      loss: a name from `jaxbp.LOSSES`.
+      params: the parameters.
+      x: ``(batch, n0)``.
+      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
+      row_weights: ``m: (batch,)``, e.g. a 0/1 mask of the rows that are in the sample.
+      clip_norm: C > 0, the largest per-example gradient norm kept.
+
+    Returns:
+      ``(Σ_i m_i L_i, grads)``: the weighted sum of the examples' own (unclipped) losses and
+      the weighted sum of their clipped gradients, shaped like ``params``.
+    """
+    check_clip_norm(clip_norm)
+    loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
+    if jnp.shape(row_weights) != (x.shape[0],):
+        raise ValueError(
+            f"row_weights has shape {jnp.shape(row_weights)}, expected ({x.shape[0]},): one "
+            "weight per row of x (0 for a padding row)."
+        )
+    z_out, y_hat, residuals = backprop.forward_with_residuals(model, params, x)
+    deltas, norms = _example_deltas_and_norms(model, loss_fn, residuals, y_hat, y)
+    weights = jnp.asarray(row_weights, x.dtype)
+
+    def example_loss(z_i: Array, y_hat_i: Array, y_i: Array) -> Array:
+        return backprop.batch_loss(loss_fn, z_i[None], y_hat_i[None], y_i[None])
+
+    value = jnp.sum(weights * jax.vmap(example_loss)(z_out, y_hat, y))
+    row_scale = weights * clip_factors(norms, clip_norm)
+    return value, _scaled_row_gradients(model, residuals, deltas, row_scale)
 
 
 def make_clipped_grad_fn(
@@ -172,14 +267,11 @@ def make_clipped_grad_fn(
     """``(params, x, y) -> (loss, clipped grads)`` for a train step's ``grad_fn``
     (`jaxbp.training.make_train_step`).
 
-    Any optax optimiser then takes the clipped gradient as it takes a plain one; chain
-    ``optax.add_noise`` (or a DP accountant's noise) in front of it for DP-SGD proper.
+    Any optax optimiser then takes the clipped gradient as it takes a plain one. This is not
+    DP-SGD: noise added to this mean (``optax.add_noise``) is not calibrated to the sum the
+    privacy analysis assumes, and the batches are not Poisson samples; `jaxbp.dp_sgd` is.
     """
-    if not clip_norm > 0:
-        raise ValueError(
-            f"clip_norm must be positive, got {clip_norm}: it is the largest per-example "
-            "gradient norm kept."
-        )
+    check_clip_norm(clip_norm)
 
     def grad_fn(params: Params, x: Array, y: Array) -> tuple[Array, Params]:
         return clipped_loss_and_grad(model, loss, params, x, y, clip_norm)

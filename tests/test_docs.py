@@ -23,7 +23,14 @@ MODULES = sorted(
     m.name.removeprefix("jaxbp.") for m in pkgutil.walk_packages(jaxbp.__path__, "jaxbp.")
 )
 # Modules whose public functions carry an ``Examples:`` doctest: they must keep at least one.
-WITH_EXAMPLES = ("backprop", "gradient_flow", "per_example")
+WITH_EXAMPLES = (
+    "backprop",
+    "curvature",
+    "gradient_flow",
+    "input_checks",
+    "laplace",
+    "per_example",
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -6,6 +6,7 @@ Each runs in a subprocess (absl flags are global) on an iris run trained here.
 import csv
 import json
 import os
+import pathlib
 import re
 import shutil
 
@@ -139,3 +140,31 @@ def test_predict_refuses_bad_inputs_in_one_line(iris_run, rows_csv, tmp_path, ca
     result = _run("predict", f"--workdir={workdir}", f"--data_path={data}", f"--output={output}")
     _one_error_line(result, "predict.py", 2, message)
     assert not output.exists()
+
+
+@pytest.mark.parametrize("entry", ["run.json", "checkpoints/out.csv"])
+def test_predict_never_writes_over_a_runs_records(iris_run, rows_csv, entry):
+    workdir = iris_run[0]
+    record = os.path.join(workdir, "run.json")
+    before = pathlib.Path(record).read_text()
+    output = os.path.join(workdir, entry)
+    result = _run(
+        "predict", f"--workdir={workdir}", f"--data_path={rows_csv}", f"--output={output}"
+    )
+    _one_error_line(result, "predict.py", 2, "which a training run keeps; write the predictions")
+    assert pathlib.Path(record).read_text() == before
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "out.csv"))
+
+
+def test_predict_carries_an_identifier_column_through(iris_run, rows_csv, tmp_path):
+    truth = iris_run[3]
+    output = tmp_path / "with_ids.csv"
+    flags = [f"--workdir={iris_run[0]}", f"--data_path={rows_csv}", f"--output={output}"]
+    result = _run("predict", *flags, "--id_column=species")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["species", "prediction"]
+    assert [r["species"] for r in rows] == list(truth)
+    missing = _run("predict", *flags, "--id_column=name")
+    _one_error_line(missing, "predict.py", 2, "has no single column 'name'")

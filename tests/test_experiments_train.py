@@ -101,6 +101,11 @@ def test_flagfile_run_prints_the_result_and_writes_the_summary(tmp_path):
         ),
         (["--sweep=learning_rate=1e-3,-1"], "learning_rate=-1: must be a finite number > 0"),
         (["--repeats=0"], "--repeats=0: must be an integer in [1, 4096]"),
+        (["--sweep=learning_rate"], "numbers, e.g. --sweep=learning_rate=1e-3,3e-3."),
+        (
+            ["--learning_rate=0.5", "--sweep=learning_rate=1e-3,3e-3"],
+            "--learning_rate=0.5: given together with --sweep=learning_rate=0.001,0.003",
+        ),
     ],
 )
 def test_bad_flags_stop_with_one_clear_line(tmp_path, flags, message):
@@ -127,6 +132,30 @@ def test_help_shows_defaults_choices_and_data_set_defaults():
     assert "iris 0.01" in text  # the data set's own default beside the global one
     assert "One of: digits, breast_cancer" in text
     assert "--[no]use_bias" in text and "--no_bias" not in text
+
+
+def test_help_lists_the_run_settings_and_exits_0():
+    result = _train("--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "--dataset: " in text and "--learning_rate: Peak learning rate" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00\xff\xfe binary", "is not a text file of flags (one --name=value per line)"),
+        (None, "does not exist"),
+    ],
+    ids=["binary", "missing"],
+)
+def test_a_flagfile_that_is_not_text_is_one_line(tmp_path, content, message):
+    path = tmp_path / "run.flags"
+    if content is not None:
+        path.write_bytes(content)
+    result = _train(f"--flagfile={path}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"train.py: --flagfile={path} {message}; check the path."
 
 
 def test_resume_needs_only_the_workdir_and_refuses_other_settings(tmp_path):

@@ -2,9 +2,11 @@
 figure and the table, and the sigmoid network's δ shrinks by about σ' ≤ 1/4 per layer."""
 
 import os
+import subprocess
+import sys
 
 import pytest
-from experiment_runs import run_experiment
+from experiment_runs import ROOT, run_experiment
 
 from experiments import vanishing
 
@@ -13,11 +15,20 @@ def run_script(*args):
     return run_experiment("vanishing", *args, timeout=600, env={"JAX_PLATFORMS": "cpu"})
 
 
-def test_quick_run_writes_the_figure_and_table(tmp_path):
-    result = run_script(f"--outdir={tmp_path}", "--quick", "--probe_size=64")
+def test_quick_run_writes_the_figure_and_table_to_a_default_folder(tmp_path):
+    """Without --outdir the outputs go to runs/vanishing-TIME below the working folder."""
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.vanishing", "--quick", "--probe_size=64"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
-    assert os.path.getsize(tmp_path / "vanishing.png") > 1000
-    table = (tmp_path / "vanishing.md").read_text()
+    (outdir,) = (tmp_path / "runs").glob("vanishing-*")
+    assert os.path.getsize(outdir / "vanishing.png") > 1000
+    table = (outdir / "vanishing.md").read_text()
     for name in vanishing.ACTIVATIONS:
         assert f"| {name} | 2 |" in table and f"| {name} | 4 |" in table
     assert "k = 4" in table

@@ -45,6 +45,11 @@ def brute_force(model, loss, params, x, y):
     for k, (delta, grads) in enumerate(zip(deltas, batch_grads, strict=True), start=1):
         expected[f"delta_norm/{k}"] = jnp.mean(jnp.linalg.norm(delta[:, 0], axis=-1))
         expected[f"grad_norm/{k}"] = jnp.linalg.norm(grads["W"])
+        layer = jax.vmap(lambda g: ravel_pytree(g)[0])(per_example[k - 1])  # (B, P_k)
+        # snr^[k] = ‖ḡ^[k]‖² / Σ_p Var_p^[k], the variance unscaled (ddof=0).
+        expected[f"snr/{k}"] = jnp.sum(jnp.mean(layer, axis=0) ** 2) / jnp.sum(
+            jnp.var(layer, axis=0)
+        )
     assert batch == len(x)
     return expected
 
@@ -83,8 +88,35 @@ def test_delta_norms_shrink_by_at_most_a_quarter_times_the_weights_through_sigmo
         assert flow[f"delta_norm/{k}"] <= 0.25 * spectral * flow[f"delta_norm/{k + 1}"]
 
 
+@pytest.mark.usefixtures("x64")
+def test_snr_is_infinite_without_variance_and_zero_at_an_exact_fit():
+    """Eq. (5.12)'s limits: every example with the same gradient (equal rows) leaves no noise,
+    so the ratio is +inf or, where rounding leaves a trace, larger than 1/ε; every example
+    fitted exactly (y = ŷ) leaves neither signal nor noise, and the ratio is 0."""
+    model = jaxbp.MLP((3, 4, 2), "tanh")
+    params, x, y = make_problem(model, "mse", batch=1, seed=6)
+    x, y = jnp.repeat(x, 5, axis=0), jnp.repeat(y, 5, axis=0)
+    flow = jaxbp.gradient_flow(model, "mse", params, x, y)
+    for k in (1, 2):
+        assert float(flow[f"snr/{k}"]) > 1e12
+    params, x, _ = make_problem(model, "mse", batch=5, seed=7)
+    y_hat = jaxbp.apply(model, params, x)
+    flow = jaxbp.gradient_flow(model, "mse", params, x, y_hat)
+    assert [float(flow[f"snr/{k}"]) for k in (1, 2)] == [0.0, 0.0]
+
+
 def test_a_batch_of_one_is_refused():
     model = jaxbp.MLP((3, 4, 1))
     params = jaxbp.init_params(jax.random.key(0), model)
     with pytest.raises(ValueError, match="at least 2 examples"):
         jaxbp.gradient_flow(model, "mse", params, jnp.ones((1, 3)), jnp.zeros((1, 1)))
+
+
+@pytest.mark.usefixtures("x64")
+def test_noise_scale_is_inf_at_an_exact_fit():
+    """G = 0 and tr(Σ) = 0: the documented value is inf, never the NaN of 0/0."""
+    model = jaxbp.MLP((3, 4, 2), "tanh")
+    params, x, _ = make_problem(model, "mse", batch=6, seed=6)
+    y = jaxbp.apply(model, params, x)  # the targets are the outputs: every gradient is 0
+    flow = jaxbp.gradient_flow(model, "mse", params, x, y)
+    assert flow["noise_scale"] == np.inf

@@ -36,6 +36,13 @@ def test_mlp_sizes_must_be_a_sequence_of_ints(sizes):
         MLP(sizes)
 
 
+@pytest.mark.parametrize("sizes", [(True, True), (3, np.True_, 2)], ids=["bool", "numpy-bool"])
+def test_mlp_refuses_bool_sizes(sizes):
+    """bool is an int subclass: (True, True) must not become a 1-1 network."""
+    with pytest.raises(ValueError, match="sequence of positive ints"):
+        MLP(sizes)
+
+
 @pytest.mark.parametrize("sizes", [(3, 2.5), "32"], ids=["float", "str"])
 def test_mlp_rejects_non_integer_sizes(sizes):
     with pytest.raises(ValueError, match="positive ints"):

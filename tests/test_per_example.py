@@ -244,7 +244,9 @@ def test_make_clipped_grad_fn_plugs_into_the_trainer(x64):
     assert np.isfinite(float(metrics["loss"]))
 
 
-@pytest.mark.parametrize("clip_norm", [0.0, -1.0])
+@pytest.mark.parametrize(
+    "clip_norm", [0.0, -1.0, np.float32(-1.0), np.float64(0.0), jnp.array(-2.0)]
+)
 def test_clip_norm_must_be_positive(clip_norm):
     model, loss, params, x, y = _problem(CASES[0], jnp.float32)
     with pytest.raises(ValueError, match="clip_norm must be positive"):

@@ -20,14 +20,26 @@ _SHOWN = 5  # offending lines, rows or names an error lists before "(and N more)
 _SNIFF_BYTES = 4096  # enough of a file's start to tell text from binary
 
 
+# Data are read in float64 and trained in float32: a larger magnitude becomes inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite_cells(path: str, what: str, values: np.ndarray, lines: list[int]) -> None:
-    """Refuses NaN or ±inf among a csv column's `values`, naming their `lines`."""
+    """Refuses NaN or ±inf among a csv column's `values`, or values that overflow float32,
+    naming their `lines`."""
     bad = ~np.isfinite(values)
     if bad.any():  # float() parses "nan" and "inf"; a NaN would silently poison the loss
         raise ValueError(
             f"{path!r}: {what} has {bad.sum()} NaN or infinite values, on "
             f"{first_few(lines_at(lines, bad), 'lines')}; expected finite numbers. Remove or "
             "impute those rows."
+        )
+    huge = np.abs(values) > FLOAT32_MAX
+    if huge.any():
+        raise ValueError(
+            f"{path!r}: {what} has {huge.sum()} values beyond float32's range "
+            f"(±{FLOAT32_MAX:.3g}), on {first_few(lines_at(lines, huge), 'lines')}; they would "
+            "become infinite in training. Rescale the column (e.g. to other units or its log)."
         )
 
 
@@ -72,6 +84,14 @@ def check_finite(a: np.ndarray, where: str, what: str) -> None:
         raise ValueError(
             f"{where}: {what} has {bad.sum()} NaN or infinite values, in {first_few(rows, 'rows')} "
             "(counting from 0); expected finite numbers. Remove or impute those rows."
+        )
+    huge = np.abs(flat(a)) > FLOAT32_MAX
+    if huge.any():
+        rows, columns = np.nonzero(huge)
+        raise ValueError(
+            f"{where}: {what} has {huge.sum()} values beyond float32's range "
+            f"(±{FLOAT32_MAX:.3g}), first in row {rows[0]}, column {columns[0]} (counting from "
+            "0); they would become infinite in training. Rescale those columns."
         )
 
 

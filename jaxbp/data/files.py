@@ -121,6 +121,45 @@ def read_features(path: str, feature_names: Sequence[str]) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+def read_column(path: str, name: str) -> np.ndarray:
+    """One column of a data file as text, as it is written there: e.g. row identifiers.
+
+    Args:
+      path: a `.csv` with a header naming ``name``, or an `.npz` with a 1-D array ``name``.
+      name: the column (csv) or array (npz).
+
+    Returns:
+      ``(n,)`` str, one cell per row, in the file's row order.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: the file lacks the column, names it twice, or the array is not 1-D.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist; check the path.")
+    if sniff(path) == "zip":
+        fix = f"save it with np.savez(path, x=..., {name}=...)"
+
+        def choose(keys: set[str]) -> list[str]:
+            if name not in keys:
+                raise ValueError(f"{path!r} holds arrays {sorted(keys)}, not {name!r}: {fix}.")
+            return [name]
+
+        column = _read_npz(path, choose, fix)[name]
+        if column.ndim != 1:
+            raise ValueError(
+                f"{path!r}: {name} has shape {column.shape}; expected one value per row (n,)."
+            )
+        return column.astype(str)
+    header, _, rows = _read_csv(path)
+    if header.count(name) != 1:
+        found = "names it more than once" if name in header else f"has {first_few(header)}"
+        raise ValueError(
+            f"{path!r} has no single column {name!r} (its header {found}); name one column."
+        )
+    return np.array([row[header.index(name)] for row in rows], dtype=str)
+
+
 def _read_csv(path: str) -> tuple[list[str], list[int], list[list[str]]]:
     """Returns (header, line number of each row, rows) with stripped cells; blank lines skipped."""
     kind = sniff(path)

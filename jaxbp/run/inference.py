@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -76,8 +77,16 @@ class TrainedModel(NamedTuple):
     members: list[dict[str, Any]] | None = None
 
 
+# A live run may replace its newest checkpoint between listing and reading it.
+_READ_ATTEMPTS = 3
+_READ_RETRY_SECONDS = 0.5
+
+
 def load_trained(workdir: str) -> TrainedModel:
     """The trained network of ``workdir``, read from its checkpoint alone (no data loaded).
+
+    A workdir whose run is still training can be read: its newest complete checkpoint is
+    used, and a checkpoint the run replaces while it is read is listed and read again.
 
     Raises:
       NotTrainedError: when ``workdir`` does not exist, holds no run or no checkpoint.
@@ -102,15 +111,27 @@ def load_trained(workdir: str) -> TrainedModel:
         )
     precision = workdir_lib.config_from_record(record).precision
     with jax.enable_x64(precision == "float64"):
-        try:
-            config, model, params, meta = restore_trained(workdir)
-            params = jax.tree.map(np.asarray, params)  # keeps float64 outside the x64 context
-        except Exception as e:  # any failure to read is damage; the cause is named
-            cause = (str(e).strip().splitlines() or [""])[0][:200]
-            raise UnreadableCheckpointError(
-                f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
-                "restore the workdir from a copy, or train the run again."
-            ) from e
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                config, model, params, meta = restore_trained(workdir)
+                params = jax.tree.map(np.asarray, params)  # float64 outside the x64 context
+                break
+            except Exception as e:  # a failure to read: a race with a live run, or damage
+                holder = workdir_lib.live_run(workdir)
+                if holder is not None and attempt + 1 < _READ_ATTEMPTS:
+                    time.sleep(_READ_RETRY_SECONDS)  # it replaced the checkpoint: list again
+                    continue
+                cause = (str(e).strip().splitlines() or [""])[0][:200]
+                if holder is not None:
+                    raise UnreadableCheckpointError(
+                        f"the run in {workdir} is still training (process {holder}) and was "
+                        f"writing its checkpoint ({type(e).__name__}: {cause}); try again "
+                        "in a moment, or when it has ended."
+                    ) from e
+                raise UnreadableCheckpointError(
+                    f"the checkpoint in {workdir} cannot be read ({type(e).__name__}: {cause}); "
+                    "restore the workdir from a copy, or train the run again."
+                ) from e
     if "preprocessing" not in meta:
         raise UnreadableCheckpointError(
             f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "
@@ -182,11 +203,42 @@ def predict_rows(
       target or ``(n, num_targets)``, and None.
 
     Raises:
-      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite (also
+        once standardised in the run's dtype), or when an output comes out non-finite.
       NotTrainedError, jaxbp.run.workdir.WorkdirError: see `load_trained`.
     """
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
     pre, model = trained.preprocessing, trained.model
+    y_hat = _outputs(trained, standardise(trained, x_raw))
+    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
+        y_hat = y_hat[kept(trained)].mean(axis=0)
+    bad = ~np.isfinite(y_hat).all(axis=1)
+    if bad.any():  # never hand out NaN predictions as if they were results
+        raise ValueError(
+            f"{bad.sum()} of {len(bad)} rows give NaN or infinite outputs (first: row "
+            f"{np.flatnonzero(bad)[0]}, counting from 0): the run's parameters or those rows' "
+            "features are out of range."
+        )
+    if pre["task"] == "regression":
+        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
+        return (values[:, 0] if values.shape[1] == 1 else values), None
+    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
+    probabilities = None
+    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
+        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
+    elif model.output_activation == "softmax":
+        probabilities = y_hat
+    return labels, probabilities
+
+
+def standardise(trained: TrainedModel, x_raw: np.ndarray) -> np.ndarray:
+    """Raw rows ``(n, d)`` as the network reads them: ``(x_raw − x_mean) / x_scale`` in the
+    run's precision.
+
+    Raises:
+      ValueError: when ``x_raw`` is not ``(n, d)`` or holds a value that is not finite.
+    """
+    pre = trained.preprocessing
     x_raw = np.asarray(x_raw)
     names = pre["feature_names"]
     if x_raw.ndim != 2 or x_raw.shape[1] != len(names):
@@ -202,22 +254,17 @@ def predict_rows(
         )
     dtype = np.dtype(trained.config.precision)
     # The data's own order of operations, so a training row meets the same input bits.
-    x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
-        pre["x_scale"]
-    ).astype(dtype)
-    y_hat = _outputs(trained, x)
-    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
-        y_hat = y_hat[kept(trained)].mean(axis=0)
-    if pre["task"] == "regression":
-        values = y_hat * np.asarray(pre["y_scale"]) + np.asarray(pre["y_mean"])
-        return (values[:, 0] if values.shape[1] == 1 else values), None
-    labels = np.asarray(pre["class_names"])[class_indices(y_hat)]
-    probabilities = None
-    if y_hat.shape[1] == 1 and model.output_activation == "sigmoid":
-        probabilities = np.concatenate([1 - y_hat, y_hat], axis=1)
-    elif model.output_activation == "softmax":
-        probabilities = y_hat
-    return labels, probabilities
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        x = (x_raw.astype(dtype) - np.asarray(pre["x_mean"]).astype(dtype)) / np.asarray(
+            pre["x_scale"]
+        ).astype(dtype)
+    if not np.isfinite(x).all():  # finite in float64, beyond the range of the run's dtype
+        row, column = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(
+            f"x_raw row {row}, feature {names[column]!r} is beyond the range of {dtype} once "
+            "standardised; the network predicts nothing sensible for it. Fix or drop that row."
+        )
+    return x
 
 
 def member_predictions(
@@ -248,13 +295,18 @@ def write_predictions(
     probabilities: np.ndarray | None = None,
     class_names: list[str] | None = None,
     member_predictions: list[np.ndarray] | None = None,
+    variances: np.ndarray | None = None,
+    ids: tuple[str, np.ndarray] | None = None,
 ) -> None:
     """Writes predictions as a csv file, atomically (a new file renamed over ``path``).
 
     Columns: ``prediction`` (``prediction_0``, ``prediction_1``, ... for several regression
     targets), then one ``probability_<class>`` per class when ``probabilities`` are given,
     then ``member_0``, ``member_1``, ... with each member's prediction when
-    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's).
+    ``member_predictions`` are given (a member set: ``prediction`` is then the ensemble's),
+    then ``variance`` (``variance_0``, ...) when predictive ``variances``, shaped like
+    ``predictions``, are given (a Laplace posterior's, for regression). With
+    ``ids = (name, values)`` a first column ``name`` carries each row's identifier.
     Numbers are written in full (shortest round-trip digits of their dtype).
 
     Args:
@@ -286,6 +338,7 @@ def write_predictions(
         if predictions.ndim == 1
         else [f"prediction_{i}" for i in range(predictions.shape[1])]
     )
+    prediction_header = list(header)
     if probabilities is not None:
         probabilities = np.asarray(probabilities)
         if class_names is None or probabilities.shape != (n, len(class_names)):
@@ -306,6 +359,23 @@ def write_predictions(
             )
         columns.append(member)
         header.append(f"member_{k}")
+    if variances is not None:
+        variances = np.asarray(variances)
+        if variances.shape != predictions.shape:
+            raise ValueError(
+                f"variances have shape {variances.shape}; expected {predictions.shape}, one per "
+                "predicted value."
+            )
+        columns += [variances] if variances.ndim == 1 else list(variances.T)
+        header += [h.replace("prediction", "variance") for h in prediction_header]
+    if ids is not None:
+        name, values = ids[0], np.asarray(ids[1])
+        if values.shape != (n,):
+            raise ValueError(
+                f"the identifiers {name!r} have shape {values.shape}; expected ({n},), one per row."
+            )
+        columns.insert(0, values)
+        header.insert(0, name)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)

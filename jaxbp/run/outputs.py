@@ -8,7 +8,8 @@
   set: each member's scalars tagged ``NAME/member_000``, ...), and the hparams with the
   final metrics (a set: their means over the members);
 * ``curves.png``: loss and accuracy (or R²) against epochs (a set: the mean over members
-  with a ±1 std band, one colour per swept value);
+  with a ±1 std band, one colour per swept value), and where the records carry the
+  gradient flow, each layer's gradient signal-to-noise ratio ``train_flow/snr/k``;
 * ``summary.json``: the final figures and the config;
 * ``sweep.md`` (a set only): test metrics by swept value, mean ± std over the members.
 
@@ -229,7 +230,11 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     quality = "accuracy" if task == "classification" else "r2"
-    fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(10, 4))
+    snr_keys = sorted({k for r in records for k in r if k.startswith("train_flow/snr/")})
+    fig, axes = plt.subplots(1, 3 if snr_keys else 2, figsize=(15 if snr_keys else 10, 4))
+    ax_loss, ax_quality = axes[:2]
+    if snr_keys:
+        _plot_snr(axes[2], records, snr_keys, labels)
     if labels is None:
         epochs = [r["epoch"] for r in records]
         for split in ("train", "val"):
@@ -253,7 +258,7 @@ def plot_curves(
                         )
     ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax_quality.set(xlabel="epoch", ylabel=quality, title=quality)
-    for ax in (ax_loss, ax_quality):
+    for ax in axes:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -261,3 +266,21 @@ def plot_curves(
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     workdir_lib.write_atomic(path, buffer.getvalue())
+
+
+def _plot_snr(ax: Any, records: list[dict[str, float]], keys: list[str], labels: Any) -> None:
+    """Each layer's ``train_flow/snr/k`` per epoch, log scale; a set: the mean over the
+    members of each swept value (its colour), one line style per layer."""
+    groups = {None: records} if labels is None else {}
+    for label in dict.fromkeys((labels or {}).values()):
+        groups[label] = [r for r in records if labels.get(int(r.get("member", -1))) == label]
+    for colour, (label, group) in enumerate(groups.items()):
+        epochs = sorted({r["epoch"] for r in group if keys[0] in r})
+        for k, key in enumerate(keys):
+            mean = [np.mean([r[key] for r in group if r["epoch"] == e]) for e in epochs]
+            name = f"layer {key.rsplit('/', 1)[1]}" + ("" if label is None else f" {label}")
+            style = ("-", "--", ":", "-.")[k % 4] if label is not None else "-"
+            color = f"C{k if label is None else colour}"
+            values = np.where(np.isfinite(mean), mean, np.nan)  # +inf (no variance): a gap
+            ax.plot(epochs, values, style, color=color, label=name)
+    ax.set(xlabel="epoch", ylabel="‖ḡ‖² / Σ Var", yscale="log", title="gradient SNR (train)")

@@ -38,9 +38,29 @@ _FILES = (
     "summary.json",
     "curves.png",
     "eval.json",
+    "laplace.json",
+    "reliability.png",
     "sweep.md",
     ".lock",
 )
+
+
+def run_entry_at(path: str) -> str | None:
+    """The run record or checkpoint folder that writing ``path`` would overwrite, or None.
+
+    ``path`` (links resolved) is refused when it is one of a workdir's own entries (run.json,
+    summary.json, metrics.jsonl, checkpoints/, ...) or lies inside one, for any folder that
+    holds a run (a ``run.json``): another file in a workdir, such as predictions.csv, is fine.
+    """
+    path = os.path.realpath(path)
+    folder, entry = os.path.dirname(path), os.path.basename(path)
+    while True:
+        if entry in (*_DIRECTORIES, *_FILES) and os.path.isfile(os.path.join(folder, RUN_RECORD)):
+            return os.path.join(folder, entry)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder, entry = parent, os.path.basename(folder)
 
 
 class WorkdirError(RuntimeError):
@@ -88,21 +108,40 @@ def locked(workdir: str) -> Iterator[None]:
     path = os.path.join(workdir, ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = _lock_holder(fd, fcntl.LOCK_EX)
+        if holder is not None:
             raise WorkdirError(
                 f"workdir {workdir} is in use by a live run (process {holder}); wait for it "
                 "to end or choose another workdir."
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def live_run(workdir: str) -> str | None:
+    """The process id of a live run holding ``workdir`` (`locked`), or None; writes nothing."""
+    try:
+        fd = os.open(os.path.join(workdir, ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: no run has started here
+        return None
+    try:
+        return _lock_holder(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int, mode: int) -> str | None:
+    """Takes the lock on ``fd`` in ``mode`` without waiting; the holder's pid if it is taken."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return None
 
 
 def write_atomic(path: str, content: str | bytes) -> None:

@@ -13,7 +13,14 @@ layer (`jaxbp.run`): pure functions and jitted programs, no files. One idea a mo
 The names below are re-exported from the first four.
 """
 
-from jaxbp.training.epoch import batches_per_epoch, epoch_key, epoch_order, make_epoch, run_epoch
+from jaxbp.training.epoch import (
+    batches_per_epoch,
+    epoch_key,
+    epoch_order,
+    make_epoch,
+    run_epoch,
+    scan_steps,
+)
 from jaxbp.training.metrics import output_metrics, split_metrics
 from jaxbp.training.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from jaxbp.training.step import Batch, StepFn, make_loss_and_grad, make_train_step
@@ -33,5 +40,6 @@ __all__ = (
     "make_train_step",
     "output_metrics",
     "run_epoch",
+    "scan_steps",
     "split_metrics",
 )

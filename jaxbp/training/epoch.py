@@ -107,13 +107,40 @@ def run_epoch(
     """
     n = x.shape[0] if num_examples is None else num_examples
     order = epoch_order(key, epoch_index, n, batch_size)
+    return scan_steps(step, params, opt_state, x, y, (order,), shard_batch=shard_batch)
 
-    def body(carry, idx):
-        batch = (x[idx], y[idx])
+
+def scan_steps(
+    step: StepFn,
+    params: Params,
+    opt_state: optax.OptState,
+    x: Array,
+    y: Array,
+    batches: tuple,
+    *,
+    shard_batch: Callable[[Batch], Batch] | None = None,
+) -> tuple[Params, optax.OptState, dict]:
+    """``step`` scanned over an epoch's minibatches (`jax.lax.scan`), not jitted.
+
+    Args:
+      step: from `make_train_step`.
+      params, opt_state: the state the epoch starts from.
+      x, y: the training split.
+      batches: ``(rows, *extra)``, each with a leading ``steps`` axis: step t takes the batch
+        ``(x[rows[t]], y[rows[t]], *extra[t])`` (extra: e.g. `jaxbp.dp_sgd`'s mask and key).
+      shard_batch: optional ``batch -> batch`` applied to each ``(x[rows[t]], y[rows[t]])``.
+
+    Returns:
+      ``(params, opt_state, metrics)``, the metrics stacked ``(steps,)`` each.
+    """
+
+    def body(carry, per_step):
+        rows, *extra = per_step
+        batch = (x[rows], y[rows])
         if shard_batch is not None:
             batch = shard_batch(batch)
-        params, opt_state, metrics = step(*carry, batch)
+        params, opt_state, metrics = step(*carry, (*batch, *extra))
         return (params, opt_state), metrics
 
-    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), order)
+    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), batches)
     return params, opt_state, metrics

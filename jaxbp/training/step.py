@@ -16,7 +16,8 @@ from jaxbp import backprop
 from jaxbp.mlp import MLP, Params
 
 Array = jax.Array
-Batch = tuple[Array, Array]
+# (x, y), or (x, y, *extra) for a grad_fn that takes more (jaxbp.dp_sgd's mask and key).
+Batch = tuple[Array, ...]
 StepFn = Callable[[Params, optax.OptState, Batch], tuple[Params, optax.OptState, dict]]
 
 
@@ -47,7 +48,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     backward: str = "custom",
-    grad_fn: Callable[[Params, Array, Array], tuple[Array, Params]] | None = None,
+    grad_fn: Callable[..., tuple[Array, Params]] | None = None,
     grad_norm: bool = True,
 ) -> StepFn:
     """A pure train step ``(params, opt_state, (x, y)) -> (params, opt_state, metrics)``.
@@ -60,7 +61,9 @@ def make_train_step(
       loss: a loss name.
       optimizer: an optax transformation.
       backward: ``"custom"`` or ``"autodiff"`` (ignored when ``grad_fn`` is given).
-      grad_fn: overrides the gradient, ``(params, x, y) -> (loss, grads)``.
+      grad_fn: overrides the gradient, ``(params, x, y) -> (loss, grads)``; a batch with
+        entries after ``(x, y)`` passes them on, ``grad_fn(params, x, y, *extra)`` (the mask
+        and noise key of `jaxbp.dp_sgd.make_private_grad_fn`).
       grad_norm: whether the metrics carry ``‖∇L‖₂``; a small network's step spends about
         5% of its time on it, so a caller that does not read it can leave it out.
 
@@ -71,8 +74,8 @@ def make_train_step(
     grad_fn = grad_fn or make_loss_and_grad(model, loss, backward)
 
     def step(params: Params, opt_state: optax.OptState, batch: Batch):
-        x, y = batch
-        value, grads = grad_fn(params, x, y)
+        x, y, *extra = batch  # e.g. a private step's mask and noise key (jaxbp.dp_sgd)
+        value, grads = grad_fn(params, x, y, *extra)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": value}

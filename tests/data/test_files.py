@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from data_writers import id_npz, unstandardise, write_columns_csv, write_npz, write_text
 
-from jaxbp.data import load_dataset
+from jaxbp.data import files, load_dataset
 from jaxbp.data.files import read_features
 
 
@@ -99,6 +99,10 @@ def test_read_features_csv_missing_columns_are_named(tmp_path):
         ("a,b\n1,2\n3,x\n", r"feature column 'b' is not numeric \('x' on line 3\)"),
         ("a,b\n1,2\n,4\n", "feature column 'a' has empty cells on line 3"),
         ("a,b\n1,nan\n3,inf\n", "feature column 'b' has 2 NaN or infinite values, on lines 2, 3"),
+        (
+            "a,b\n1,2\n3,1e39\n",
+            r"feature column 'b' has 1 values beyond float32's range \(±3.4e\+38\), on line 3",
+        ),
         ("a,b,y\n", "has a header but no rows"),
         ("a,b,b\n1,2,3\n", r"names \['b'\] more than once"),
         ("a,b\n1,2\n3\n", "line 3 do not have 2 cells"),
@@ -121,6 +125,10 @@ def test_read_features_csv_bad_cells(tmp_path, text, match):
         ({"x": np.zeros((0, 2))}, r"x has shape \(0, 2\); expected \(n, 2\) with n >= 1"),
         ({"features": np.zeros((4, 2))}, r"holds arrays \['features'\]; expected an array 'x'"),
         ({"x": np.array([[1.0, np.nan]])}, "x has 1 NaN or infinite values, in row 0 "),
+        (
+            {"x": np.array([[1.0, 2.0], [3.0, -1e39]])},
+            r"x has 1 values beyond float32's range .*, first in row 1, column 1",
+        ),
         ({"x": np.ones((3, 2)) * 1j}, "x is complex"),
         ({"x": np.array([["1", "2"]])}, "x has dtype <U1; expected numbers"),
     ],
@@ -129,3 +137,12 @@ def test_read_features_npz_errors(tmp_path, arrays, match):
     path = write_npz(tmp_path / "f.npz", **arrays)
     with pytest.raises(ValueError, match=f"f.npz'.*{match}"):
         read_features(path, ["a", "b"])
+
+
+def test_read_column_keeps_the_cells_text(tmp_path):
+    path = write_text(tmp_path / "f.csv", "id,a\n007,1\nx-2,2\n")
+    np.testing.assert_array_equal(files.read_column(path, "id"), ["007", "x-2"])
+    with pytest.raises(ValueError, match=r"no single column 'b' \(its header has"):
+        files.read_column(path, "b")
+    npz = write_npz(tmp_path / "f.npz", x=np.zeros((2, 1)), id=np.array([3, 4]))
+    np.testing.assert_array_equal(files.read_column(npz, "id"), ["3", "4"])

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ from trained_runs import true_indices
 
 from jaxbp.data import files
 from jaxbp.run import evaluation, inference, recipe
+from jaxbp.run import workdir as workdir_lib
 
 
 def _raw_test_rows(config):
@@ -89,6 +91,21 @@ def test_predict_rows_refuses_rows_it_cannot_read(trained):
         inference.predict_rows(loaded, rows)
 
 
+def test_predict_rows_refuses_a_row_beyond_float32_and_never_returns_nan(trained):
+    workdir, _, _ = trained("iris")
+    loaded = inference.load_trained(workdir)
+    names = loaded.preprocessing["feature_names"]
+    rows = np.ones((3, 4))
+    rows[2, 1] = 1e39  # finite in float64, inf once standardised in the run's float32
+    with pytest.raises(ValueError, match=re.escape(f"row 2, feature {names[1]!r} is beyond")):
+        inference.predict_rows(loaded, rows)
+    blown_up = loaded._replace(
+        params=[{k: v * np.nan for k, v in layer.items()} for layer in loaded.params]
+    )
+    with pytest.raises(ValueError, match="3 of 3 rows give NaN or infinite outputs"):
+        inference.predict_rows(blown_up, np.ones((3, 4)))
+
+
 def test_a_folder_without_a_trained_run_is_refused(trained, tmp_path):
     with pytest.raises(inference.NotTrainedError, match="does not exist"):
         evaluation.evaluate_workdir(str(tmp_path / "missing"))
@@ -112,6 +129,32 @@ def test_a_damaged_checkpoint_is_named_not_thrown_raw(trained, tmp_path):
     with pytest.raises(inference.UnreadableCheckpointError, match="JSONDecodeError") as error:
         evaluation.evaluate_workdir(str(copy))
     assert f"checkpoint in {copy} cannot be read" in str(error.value)
+
+
+def test_a_run_still_training_is_read_again_or_said_to_be_writing(trained, tmp_path, monkeypatch):
+    """While a live run holds the workdir, a failed read is retried (the run may have just
+    replaced its newest checkpoint), and the error, if it stays, names the live run."""
+    workdir, _, _ = trained("iris")
+    copy = shutil.copytree(workdir, tmp_path / "copy")
+    real_restore, calls = inference.restore_trained, []
+
+    def replaced_once(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError("the checkpoint went away while it was read")
+        return real_restore(path)
+
+    monkeypatch.setattr(inference, "_READ_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(inference, "restore_trained", replaced_once)
+    with workdir_lib.locked(str(copy)):
+        assert workdir_lib.live_run(str(copy)) == str(os.getpid())
+        loaded = inference.load_trained(str(copy))
+        assert len(calls) == 2 and loaded.best_epoch is not None
+        (epoch,) = os.listdir(copy / "best")
+        (copy / "best" / epoch / "meta" / "metadata").write_text("{not json")
+        with pytest.raises(inference.UnreadableCheckpointError, match="is still training"):
+            inference.load_trained(str(copy))
+    assert workdir_lib.live_run(str(copy)) is None
 
 
 def test_write_predictions_columns_and_values(tmp_path):

@@ -72,6 +72,8 @@ def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
         "train_flow/grad_norm/1",
         "train_flow/grad_norm/2",
         "train_flow/noise_scale",
+        "train_flow/snr/1",
+        "train_flow/snr/2",
     }
     assert all(np.isfinite(v) and v > 0 for v in flow.values())
     lrs = [r["learning_rate"] for r in records]

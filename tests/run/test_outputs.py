@@ -3,7 +3,9 @@
 import json
 import os
 
-from jaxbp.run.outputs import RunOutputs
+import pytest
+
+from jaxbp.run.outputs import RunOutputs, plot_curves
 
 
 def _record(epoch, task="classification"):
@@ -33,6 +35,29 @@ def test_write_truncate_and_finish(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def _png_width(path):
+    with open(path, "rb") as f:
+        header = f.read(24)
+    return int.from_bytes(header[16:20], "big")  # the IHDR chunk's width
+
+
+@pytest.mark.parametrize("member_set", [False, True])
+def test_curves_get_a_panel_of_the_gradient_snr_when_the_records_have_it(tmp_path, member_set):
+    records = []
+    for epoch in (1, 2, 3):
+        for member in (0, 1) if member_set else (None,):
+            record = {**_record(epoch), "train_flow/snr/1": 0.5 * epoch, "train_flow/snr/2": 2.0}
+            if member is not None:
+                record["member"] = member
+            records.append(record)
+    records[-1]["train_flow/snr/2"] = float("inf")  # no variance: drawn as a gap
+    labels = {0: "lr=0.1", 1: "lr=0.01"} if member_set else None
+    plot_curves(records, "classification", str(tmp_path / "snr.png"), labels)
+    plot_curves([_record(1)], "classification", str(tmp_path / "plain.png"))
+    # Three panels of 5 inches at 100 dpi where the SNR is logged, two without it.
+    assert (_png_width(tmp_path / "snr.png"), _png_width(tmp_path / "plain.png")) == (1500, 1000)
 
 
 def test_regression_curves_and_an_empty_start(tmp_path):

@@ -129,3 +129,18 @@ def test_a_damaged_run_record_is_named(tmp_path):
     (tmp_path / "run.json").write_text('{"config": {"dataset": "iris", "bogus": 1}}')
     with pytest.raises(workdir_lib.WorkdirError, match="run.json is damaged"):
         workdir_lib.read_run_record(str(tmp_path))
+
+
+def test_run_entry_at_names_a_runs_records_and_checkpoints_only(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "5").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for entry in ("run.json", "summary.json", "metrics.jsonl", "checkpoints"):
+        assert workdir_lib.run_entry_at(str(run / entry)) == str(run / entry)
+    inside = run / "checkpoints" / "5" / "state"
+    assert workdir_lib.run_entry_at(str(inside)) == str(run / "checkpoints")
+    assert workdir_lib.run_entry_at(str(run / "predictions.csv")) is None
+    assert workdir_lib.run_entry_at(str(tmp_path / "summary.json")) is None  # no run there
+    link = tmp_path / "innocent.json"
+    link.symlink_to(run / "summary.json")
+    assert workdir_lib.run_entry_at(str(link)) == str(run / "summary.json")
