@@ -39,7 +39,11 @@ from experiments.bench.jax_side import grid_network
 from jaxbp import data, gradient_check
 from jaxbp.losses import LOSSES
 
-_QUICK = flags.DEFINE_boolean("quick", False, "A 4-point grid and short budgets (~2 min).")
+# allow_override: the tests import this and experiments.benchmark (its own --quick) into one
+# process; the scripts themselves run one at a time.
+_QUICK = flags.DEFINE_boolean(
+    "quick", False, "A 4-point grid and short budgets (~2 min).", allow_override=True
+)
 _BUDGET = flags.DEFINE_float("budget", 3.0, "Seconds of timed rounds per network.")
 _LAPLAX = flags.DEFINE_boolean("laplax", False, "Time laplax's diagonal GGN (~10 s a call).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the rows as JSON here.")

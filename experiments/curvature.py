@@ -24,7 +24,11 @@ import jaxbp
 from jaxbp import data, gradient_check
 from jaxbp.losses import LOSSES
 
-_SEED = flags.DEFINE_integer("seed", 0, "Seeds the data split and the initial weights.")
+# allow_override (--seed, --precision): the tests import several experiment scripts that
+# define them into one process; the scripts themselves run one at a time.
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Seeds the data split and the initial weights.", allow_override=True
+)
 _ACTIVATION = flags.DEFINE_enum(
     "activation", "tanh", list(jaxbp.HIDDEN_ACTIVATIONS), "The hidden layer's g."
 )
@@ -33,7 +37,11 @@ _LOSS = flags.DEFINE_enum(
 )
 _HIDDEN = flags.DEFINE_integer("hidden", 8, "Hidden units: small, so jax.hessian is quick.")
 _PRECISION = flags.DEFINE_enum(
-    "precision", "float64", ["float32", "float64"], "float64 shows agreement to ~1e-15."
+    "precision",
+    "float64",
+    ["float32", "float64"],
+    "float64 shows agreement to ~1e-15.",
+    allow_override=True,
 )
 
 THRESHOLD = {"float64": 1e-10, "float32": 1e-4}

@@ -35,8 +35,8 @@ def load_run(workdir: str) -> tuple[Any, Dataset]:
     reads the run layer.
 
     Raises:
-      jaxbp.inference.NotTrainedError, jaxbp.workdir.WorkdirError: no trained run in W.
-      jaxbp.evaluation.DataChangedError: the data differ from those it was trained on.
+      jaxbp.run.inference.NotTrainedError, jaxbp.run.workdir.WorkdirError: no trained run in W.
+      jaxbp.run.evaluation.DataChangedError: the data differ from those it was trained on.
     """
     from jaxbp.run import inference
 
@@ -48,7 +48,7 @@ def load_split(trained: Any, workdir: str) -> Dataset:
     """The data split ``trained`` (from `jaxbp.run.inference.load_trained`) was trained on.
 
     Raises:
-      jaxbp.evaluation.DataChangedError: the data differ from those it was trained on.
+      jaxbp.run.evaluation.DataChangedError: the data differ from those it was trained on.
     """
     from jaxbp.run import evaluation, recipe
 

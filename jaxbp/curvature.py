@@ -287,7 +287,9 @@ def diag_ggn(
     return _squared_matmul(model, sqrt_ggn.residuals, h, per_example)
 
 
-def _output_residual(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array):
+def _output_residual(
+    model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y: Array
+) -> tuple[Array, Array] | None:
     """``Σ_j ḡ_j ∇²_z f_j(z^[L])`` as ``(columns (B, nL, nL), weights (B, nL))`` (eq. (5.9)),
     or None where f is not curved or the split is at the logits."""
     output = model.layer_activations[-1]

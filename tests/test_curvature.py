@@ -109,6 +109,17 @@ def _example_hessian_diags(model, loss, params, x, y):
     return jax.vmap(example)(x, y)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hessian_oracles(model, loss, params, x, y):
+    """``(B, P)`` per-example and ``(P,)`` batch Hessian diagonals, compiled: eager
+    forward-over-reverse compiles op by op, several times slower for a new network."""
+    flat, unravel = ravel_pytree(params)
+    full = jax.hessian(
+        lambda p: jaxbp.loss_value(model, loss, unravel(p), x, y, backward="autodiff")
+    )(flat)
+    return _example_hessian_diags(model, loss, params, x, y), jnp.diag(full)
+
+
 def _unravel_rows(params, rows):
     """``(B, P)`` to a params-shaped pytree with a leading ``(B,)`` axis."""
     unravel = ravel_pytree(params)[1]
@@ -157,18 +168,14 @@ def test_every_function_matches_its_autodiff_oracle(case):
         jaxbp.diag_ggn(model, loss, params, x, y), unravel(jnp.sum(ggn_rows, axis=0)), "float64"
     )
 
-    hessian_rows = _example_hessian_diags(model, loss, params, x, y)
+    hessian_rows, hessian_diag = _hessian_oracles(model, loss, params, x, y)
     assert_grads_close(
         jaxbp.diag_hessian(model, loss, params, x, y, per_example=True),
         _unravel_rows(params, hessian_rows),
         "float64",
     )
-    flat, unravel_flat = ravel_pytree(params)
-    full_hessian = jax.hessian(
-        lambda p: jaxbp.loss_value(model, loss, unravel_flat(p), x, y, backward="autodiff")
-    )(flat)
     assert_grads_close(
-        jaxbp.diag_hessian(model, loss, params, x, y), unravel(jnp.diag(full_hessian)), "float64"
+        jaxbp.diag_hessian(model, loss, params, x, y), unravel(hessian_diag), "float64"
     )
 
 
@@ -258,12 +265,8 @@ def test_diag_hessian_is_diag_ggn_for_relu_and_differs_for_tanh():
     leaves = zip(jax.tree.leaves(hessian), jax.tree.leaves(ggn), strict=True)
     gap = max(float(jnp.max(jnp.abs(h - g))) for h, g in leaves)
     assert gap > 1e-3
-    model, loss, params, x, y = tanh
-    flat, unravel = ravel_pytree(params)
-    exact = jax.hessian(
-        lambda p: jaxbp.loss_value(model, loss, unravel(p), x, y, backward="autodiff")
-    )(flat)
-    chex_close(hessian, unravel(jnp.diag(exact)))
+    _, exact = _hessian_oracles(*tanh)
+    chex_close(hessian, ravel_pytree(tanh[2])[1](exact))
 
 
 MC_KEYS = 2000
