@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data as data_lib
-from jaxbp.run import checkpoints, loop, recipe
+from jaxbp.run import checkpoints, evaluation, loop, recipe
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import ConfigError
@@ -316,3 +316,18 @@ def test_a_short_run_checkpoints_once_at_the_end_unless_told_otherwise(tmp_path)
         for name in ("default", "every")
     }
     assert kept == {"default": [4], "every": [2, 3, 4]}  # orbax keeps the newest 3
+
+
+def test_a_workdir_written_before_checkpoint_seconds_resumes_and_evaluates(tmp_path):
+    workdir = tmp_path / "w"
+    _train(workdir, epochs=2)
+    with open(workdir / "run.json") as f:
+        record = json.load(f)
+    del record["config"]["checkpoint_seconds"]  # as the previous layout wrote run.json
+    (workdir / "run.json").write_text(json.dumps(record))
+    lines = []
+    summary = _train(workdir, log=lines, epochs=3, checkpoint_seconds=10.0)
+    assert "resuming from the checkpoint of epoch 2" in lines[0]
+    assert summary["epochs"] == 3 and summary["status"] == "completed"
+    evaluated = evaluation.evaluate_workdir(str(workdir))
+    assert evaluated["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
