@@ -10,7 +10,7 @@ so load on the machine hits both sides of a ratio alike. The step is `jaxbp.loss
 
 * The grid: the benchmark's networks (``depth`` tanh layers of ``width``, 10 identity
   outputs, mse; `experiments.bench.jax_side.grid_network`), float32.
-* Digits: the trainer's 64-128-10 tanh softmax network at batch 256 (the first 256 training
+* Digits: the run's 64-128-10 tanh softmax network at batch 256 (the first 256 training
   rows of digits), float32, timed also against what a JAX user writes today:
   ``vmap(grad)`` squared for the second moment; ``jax.jacrev`` of the batch outputs and
   ``jax.hessian`` of the loss, contracted as Jᵀ(H J), for the diagonal GGN; the per-example
@@ -198,7 +198,7 @@ def time_network(
 
 
 def digits_network(batch: int = DIGITS_BATCH) -> tuple[Any, str, Any, Any, Any]:
-    """The trainer's digits network on the first ``batch`` standardised training rows."""
+    """The digits run's network on the first ``batch`` standardised training rows."""
     ds = data.load_dataset("digits")
     model = jaxbp.MLP((ds.x_train.shape[1], 128, 10), "tanh", "softmax")
     params = jaxbp.init_params(jax.random.key(0), model)

@@ -3,7 +3,7 @@
     python -m experiments.bench_privacy                 # 200 interleaved rounds
     python -m experiments.bench_privacy --rounds=3      # a quick look
 
-The trainer's digits run (64-128-10 tanh, softmax cross-entropy, adam) at batch size 64 on
+The digits run (64-128-10 tanh, softmax cross-entropy, adam) at batch size 64 on
 its training split. Three epochs, each one `lax.scan` of the same ``N // 64`` steps, jitted
 with donated state, timed call by call in interleaved rounds (`experiments.bench.host`):
 
@@ -40,7 +40,7 @@ NOISE_MULTIPLIER = 1.0
 
 def epochs(batch_size: int) -> tuple[dict[str, host.Thunk], dp_sgd.PoissonSampler]:
     """The three epochs (plain, clipped, private) as thunks, each continuing its own state."""
-    t = digits.trainer_training(batch_size=batch_size)
+    t = digits.run_training(batch_size=batch_size)
     n = len(t.x)
     sampler = dp_sgd.poisson_sampler(n, batch_size)
     grad_fns = {
