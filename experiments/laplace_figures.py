@@ -10,7 +10,8 @@ kron posterior tuned on the validation NLL) the mean confidence on 1,000 uniform
 images and the AUROC of the top probability between the test digits and the noise. For each
 moons workdir: the MAP and that default posterior's test NLL and mean confidence on 1,000
 points on circles of radius 5, 20 and 100 around the data's centre (raw units). With
-``--bench``: each posterior's fit time against one training epoch of the same net. Prints
+``--bench``: each posterior's fit time against one training epoch of the same net, and with
+``--compare_laplax`` laplax's diagonal GGN on the same net and data, timed and compared. Prints
 markdown tables; trains nothing (docs/derivations.md gives the training commands).
 """
 
@@ -32,6 +33,12 @@ _DIGITS = flags.DEFINE_list("digits", [], "Digits workdirs: structures, tunings 
 _OVERTRAINED = flags.DEFINE_list("overtrained", [], "Digits workdirs: structures and tunings.")
 _MOONS = flags.DEFINE_list("moons", [], "Moons workdirs: confidence far from the data.")
 _BENCH = flags.DEFINE_list("bench", [], "Workdirs: each fit's time against a training epoch.")
+_COMPARE_LAPLAX = flags.DEFINE_boolean(
+    "compare_laplax",
+    False,
+    "With --bench: laplax's diagonal GGN on the same net and training split, timed beside the "
+    "diag fit and compared with it (where laplax is installed: pip install .[laplax]).",
+)
 _REPEATS = 7  # timings: the median of this many calls after a compiling one
 
 # (structure, subset): "full" over all 9,610 digits parameters is past laplace.MAX_FULL_PARAMS.
@@ -205,6 +212,45 @@ def bench(workdir: str) -> None:
                 f"| fit {structure}, {subset} (float64) | {1e3 * seconds:.2f} | "
                 f"{seconds / epoch_s:.1f} |"
             )
+        if _COMPARE_LAPLAX.value:
+            compare_laplax(model, trained.loss, params64, x64, y64, epoch_s)
+
+
+def compare_laplax(model: Any, loss: str, params: Any, x: Any, y: Any, epoch_s: float) -> None:
+    """laplax's diagonal GGN of the whole training split beside the diag fit's (float64):
+    one call each after a compiling one, and the largest relative difference."""
+    from experiments import bench_curvature
+
+    laplax_fn = bench_curvature.laplax_function(model, loss)
+    if laplax_fn is None:
+        print(f"\n{bench_curvature.LAPLAX_MISSING}")
+        return
+    n = x.shape[0]
+
+    def ours():  # the diag fit's GGN of the summed loss, per layer (n_k, m_k): [W | b]
+        return laplace.fit(model, loss, params, x, y, structure="diag").factors
+
+    def theirs():  # the mean loss's diagonal, times N: the summed loss's, like the fit's
+        return jax.tree.map(lambda leaf: n * leaf, jax.jit(laplax_fn)(params, x, y))
+
+    timings = {}
+    for name, fn in (("jaxbp", ours), ("laplax", theirs)):
+        jax.block_until_ready(fn())  # compiles
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        timings[name] = (time.perf_counter() - start, result)
+    (ours_s, factors), (theirs_s, diag) = timings["jaxbp"], timings["laplax"]
+    worst = 0.0
+    for layer, block in zip(diag, factors, strict=True):
+        laplax_block = np.column_stack([layer["W"], layer["b"]]) if "b" in layer else layer["W"]
+        block = np.asarray(block)
+        scale = np.max(np.abs(block))
+        worst = max(worst, float(np.max(np.abs(laplax_block - block)) / scale))
+    print(
+        f"| laplax diagonal GGN (float64, {n} rows) | {1e3 * theirs_s:.2f} | "
+        f"{theirs_s / epoch_s:.1f} |\n\nlaplax over the jaxbp diag fit: "
+        f"{theirs_s / ours_s:.0f}×; largest difference {worst:.1e} of the largest entry"
+    )
 
 
 def main(argv: list[str]) -> int:
