@@ -111,6 +111,32 @@ def test_mixture_of_members(trained):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_a_member_set_gets_a_posterior_per_member_and_their_mixture(trained, tmp_path):
+    workdir, config, _ = trained("iris_pair")
+    result = _run("laplace", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(workdir, "laplace.json")) as f:
+        written = json.load(f)
+    assert len(written["prior_precision"]) == 2  # one tuned posterior per member
+    data = tmp_path / "rows.npz"
+    dataset = _raw_test_rows(config, data)
+    output = tmp_path / "p.csv"
+    result = _run(
+        "predict", f"--workdir={workdir}", f"--data_path={data}", f"--output={output}", "--laplace"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    probabilities = np.array(
+        [[float(r[k]) for k in r if k.startswith("probability_")] for r in rows]
+    )
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    # predict's mixture of the two members' predictives is the one laplace.json scored.
+    assert calibration.negative_log_likelihood(
+        probabilities, true_indices(dataset.y_test)
+    ) == pytest.approx(written["laplace"]["test_nll"], rel=1e-6)
+
+
 def test_calibration_metrics_against_a_hand_count():
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0])

@@ -7,11 +7,12 @@ import numpy as np
 from jaxbp.run import config as config_lib
 from jaxbp.run import loop
 
-RUNS = {  # name -> make_config arguments: three tasks and a float64 run
+RUNS = {  # name -> make_config arguments: three tasks, a float64 run and a member set
     "iris": ("iris", {"epochs": 3}),  # three classes, softmax
     "moons": ("moons", {"epochs": 3, "num_samples": 200}),  # two classes, one sigmoid unit
     "diabetes": ("diabetes", {"epochs": 3}),  # regression, one target
     "iris64": ("iris", {"epochs": 3, "precision": "float64"}),
+    "iris_pair": ("iris", {"epochs": 3, "repeats": 2}),  # a member set of two seeds
 }
 
 
