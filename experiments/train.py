@@ -180,6 +180,12 @@ def print_summary(summary: dict, workdir: str) -> None:
         )
     else:
         best = f"best val loss at epoch {summary['best_epoch']} of {summary['epochs']}"
+    if "privacy" in summary:  # a DP-SGD run: the ε it spent (a set: its largest)
+        spent = summary["privacy"]
+        quality += (
+            f", ε {spent['epsilon']:.3g} at δ {spent['delta']:g} ({spent['accountant']}, "
+            f"σ {spent['noise_multiplier']:.3g})"
+        )
     outputs = "summary.json, metrics.jsonl, curves.png, tensorboard/, checkpoints/, best/"
     if members:
         outputs = "summary.json, sweep.md, " + outputs.removeprefix("summary.json, ")

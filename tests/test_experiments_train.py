@@ -87,7 +87,7 @@ def test_a_private_run_reports_the_epsilon_dp_accounting_gives(tmp_path):
     assert record["epsilon"] == spent <= 8
     assert record["sampling_rate"] == 32 / 1258 and record["delta"] == 1e-4  # 1258 train rows
     assert record["accountant"] == "rdp" and record["steps"] == 2 * (1258 // 32)
-    assert "epoch 2/2" in result.stdout and f"ε {spent:.3g}" in result.stdout
+    assert "epoch 2/2" in result.stdout and f"ε {spent:.3g} at δ 0.0001 (rdp" in result.stdout
     assert _records(workdir)[-1]["privacy/epsilon"] == spent
 
 

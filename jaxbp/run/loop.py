@@ -28,6 +28,11 @@ the std, the sweep table's figures and the ensemble; the others train on unaffec
 when every member has diverged does the run stop with `NonFiniteError` (a single run: at
 its first NaN).
 
+A DP-SGD run (`jaxbp.run.privacy_plan`) trains with Poisson-sampled private epochs
+(`jaxbp.dp_sgd`), records the ε spent at every evaluation and in ``summary.json``, and reports
+nothing computed on training rows outside the private step (its records are the validation
+split's).
+
 The loop is `_train`, one screen: restore, then per epoch one compiled program
 (`jaxbp.run.programs.train_epoch`), evaluate (`jaxbp.run.programs.member_metrics`), keep
 the best, checkpoint (`jaxbp.run.checkpoints`), stop. What a run is built from is
