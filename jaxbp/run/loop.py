@@ -392,11 +392,9 @@ class _Run:
             best_params = programs.select_best(
                 self.num_members, has_best, progress.best_params, params
             )
-        kept_out = () if self.privacy is None else ("train",)  # a DP run reports no train rows
         best = {
             split: programs.metrics_of(compiled, best_params, split)
-            for split in programs.SPLITS
-            if split not in kept_out
+            for split in programs.reported_splits(self.spec)
         }
         facts = {
             "epochs": epoch,
