@@ -138,10 +138,15 @@ def _check_privacy(config: Config) -> None:
                 "one of them (the target calibrates the noise multiplier).",
             )
     if not is_private(config):
-        if config.dp_delta is not None:
+        given = {
+            "dp_delta": config.dp_delta is not None,
+            "dp_accountant": config.dp_accountant != "rdp",
+        }
+        stray = [name for name, is_set in given.items() if is_set]
+        if stray:
             raise ConfigError(
-                "dp_delta",
-                config.dp_delta,
+                stray[0],
+                getattr(config, stray[0]),
                 "applies to DP-SGD only; give dp_noise_multiplier or dp_target_epsilon, or "
                 "drop it.",
             )

@@ -59,6 +59,7 @@ def test_dataset_defaults_name_real_fields_and_validate():
             "use backward=custom",
         ),
         (dict(dp_delta=1e-5), "dp_delta", "applies to DP-SGD only"),
+        (dict(dp_accountant="pld"), "dp_accountant", "applies to DP-SGD only"),
         (dict(dp_noise_multiplier=1.0, clip_per_example=1.0, dp_delta=1.0), "dp_delta", "below"),
         (dict(dp_accountant="moments"), "dp_accountant", "expected one of rdp, pld"),
     ],
