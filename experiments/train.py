@@ -180,11 +180,18 @@ def print_summary(summary: dict, workdir: str) -> None:
         )
     else:
         best = f"best val loss at epoch {summary['best_epoch']} of {summary['epochs']}"
+    spent = ""
+    if "privacy" in summary:  # a DP-SGD run: the ε it spent (a set: its largest)
+        record = summary["privacy"]
+        spent = (
+            f", ε {record['epsilon']:.3g} at δ {record['delta']:g} ({record['accountant']}, "
+            f"σ {record['noise_multiplier']:.3g})"
+        )
     outputs = "summary.json, metrics.jsonl, curves.png, tensorboard/, checkpoints/, best/"
     if members:
         outputs = "summary.json, sweep.md, " + outputs.removeprefix("summary.json, ")
     print(
-        f"\n{quality}, test loss {summary['test_loss']:.4f} ({best}; {summary['status']}; "
+        f"\n{quality}, test loss {summary['test_loss']:.4f}{spent} ({best}; {summary['status']}; "
         f"{summary['steps']} steps in {summary['seconds']:.2f} s + "
         f"{summary['compile_seconds']:.1f} s compiling; {summary['num_devices']} device(s)).\n"
         f"Outputs in {workdir}: {outputs}"

@@ -233,8 +233,8 @@ def private_loss_and_grad(
     mask: Array,
     key: Array,
     *,
-    clip_norm: float,
-    noise_multiplier: float,
+    clip_norm: float | Array,
+    noise_multiplier: float | Array,
     expected_batch_size: float,
 ) -> tuple[Array, Params]:
     """The DP-SGD gradient of a masked batch (eq. (6.3)) and the batch's loss.
@@ -280,7 +280,9 @@ def noise_like(key: Array, tree: Params, std: float | Array) -> Params:
     return jax.tree.unflatten(treedef, noise)
 
 
-def _check_private(clip_norm: float, noise_multiplier: float, expected_batch_size: float) -> None:
+def _check_private(
+    clip_norm: float | Array, noise_multiplier: float | Array, expected_batch_size: float
+) -> None:
     """Refuses Python numbers out of range; traced ones (a member's swept σ) are the caller's."""
     per_example.check_clip_norm(clip_norm)
     if isinstance(noise_multiplier, int | float) and not 0 < noise_multiplier < math.inf:
@@ -299,8 +301,8 @@ def make_private_grad_fn(
     model: MLP,
     loss: str,
     *,
-    clip_norm: float,
-    noise_multiplier: float,
+    clip_norm: float | Array,
+    noise_multiplier: float | Array,
     expected_batch_size: float,
 ) -> Callable[[Params, Array, Array, Array, Array], tuple[Array, Params]]:
     """``(params, x, y, mask, key) -> (loss, private grads)`` for `make_train_step`'s ``grad_fn``.

@@ -29,7 +29,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -134,8 +137,26 @@ def _new_accountant(accountant: str) -> Any:
     return dpa.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
 
 
+@contextlib.contextmanager
+def _quiet_rdp() -> Iterator[None]:
+    """Silences the RDP accountant's warnings while it runs.
+
+    For large q it warns, once per order α and call, that a series did not converge and
+    that it leaves that α out of the minimum over orders; ε stays an upper bound (over the
+    other orders), and the warnings would bury a run's console and its one-line errors.
+    """
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _epsilon_of_event(event: Any, delta: float, accountant: str) -> float:
-    return float(_new_accountant(accountant).compose(event).get_epsilon(delta))
+    with _quiet_rdp():
+        return float(_new_accountant(accountant).compose(event).get_epsilon(delta))
 
 
 def epsilon(
@@ -237,8 +258,8 @@ def calibrate_noise(
                 "such an ε gives no meaningful privacy; ask for a smaller target ε."
             )
         hi, lo = lo, lo / 2
-    return float(
-        dpa.calibrate_dp_mechanism(
+    with _quiet_rdp():
+        sigma = dpa.calibrate_dp_mechanism(
             lambda: _new_accountant(accountant),
             lambda sigma: dp_event(sigma, sampling_rate, steps),
             target_epsilon,
@@ -246,4 +267,4 @@ def calibrate_noise(
             dpa.ExplicitBracketInterval(lo, hi),
             tol=tol,
         )
-    )
+    return float(sigma)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from experiment_runs import ROOT, run_experiment
 
+from jaxbp import privacy
 from jaxbp.run import recipe
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.restore import restore_trained
@@ -74,6 +75,22 @@ def test_flagfile_run_prints_the_result_and_writes_the_summary(tmp_path):
     assert summary["config"]["dataset"] == "iris" and summary["epochs"] == 2
 
 
+def test_a_private_run_reports_the_epsilon_dp_accounting_gives(tmp_path):
+    workdir = tmp_path / "dp"
+    flags = ["--dataset=digits", "--dp_target_epsilon=8", "--clip_per_example=1", "--epochs=2"]
+    result = _train(*flags, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = _summary(workdir)["privacy"]
+    spent = privacy.epsilon(
+        record["noise_multiplier"], record["sampling_rate"], record["steps"], record["delta"]
+    )
+    assert record["epsilon"] == spent <= 8
+    assert record["sampling_rate"] == 32 / 1258 and record["delta"] == 1e-4  # 1258 train rows
+    assert record["accountant"] == "rdp" and record["steps"] == 2 * (1258 // 32)
+    assert "epoch 2/2" in result.stdout and f"ε {spent:.3g} at δ 0.0001 (rdp" in result.stdout
+    assert _records(workdir)[-1]["privacy/epsilon"] == spent
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -101,6 +118,15 @@ def test_flagfile_run_prints_the_result_and_writes_the_summary(tmp_path):
         ),
         (["--sweep=learning_rate=1e-3,-1"], "learning_rate=-1: must be a finite number > 0"),
         (["--repeats=0"], "--repeats=0: must be an integer in [1, 4096]"),
+        (["--dp_noise_multiplier=1"], "--clip_per_example=: is needed by DP-SGD"),
+        (
+            ["--dataset=iris", "--dp_target_epsilon=1e5", "--clip_per_example=1"],
+            "--dp_target_epsilon=100000.0: ε = 100000.0 is already met",
+        ),
+        (
+            ["--sweep=dp_noise_multiplier=1,0", "--clip_per_example=1"],
+            "dp_noise_multiplier=0: must be a finite number > 0",
+        ),
         (["--sweep=learning_rate"], "numbers, e.g. --sweep=learning_rate=1e-3,3e-3."),
         (
             ["--learning_rate=0.5", "--sweep=learning_rate=1e-3,3e-3"],

@@ -5,6 +5,7 @@ idea a module:
 
 * `config` (the settings, one declaration each) and `config_checks` (their validation);
 * `recipe`: what a run is built from (data, network, optimizer, first state);
+  `privacy_plan`: a DP-SGD run's sampling, noise and accounting;
 * `loop`: `train_and_evaluate`; `programs`: its compiled epoch and evaluations;
   `progress`: where each member stands (best, diverged); `stop`: SIGINT and SIGTERM;
 * `checkpoints`, `outputs`, `workdir`: what a run leaves on disk;

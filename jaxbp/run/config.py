@@ -24,13 +24,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxbp import activations, backprop, losses, training
+from jaxbp import activations, backprop, losses, privacy, training
 from jaxbp import data as data_lib
 
 AUTO = "auto"  # output activation and loss follow the task the data define
 Sweep = tuple[tuple[str, tuple[float, ...]], ...]  # ((name, (v1, v2, ...)), ...)
 # What a sweep may vary: numbers inside the step. Anything else changes shapes or the program.
-SWEEPABLE = ("learning_rate", "weight_decay", "momentum", "clip_per_example")
+SWEEPABLE = (
+    "learning_rate",
+    "weight_decay",
+    "momentum",
+    "clip_per_example",
+    "dp_noise_multiplier",
+)
 MAX_MEMBERS = 4096  # members share one device's memory; more is a mistake, not a plan
 PRECISIONS = ("float32", "float64")
 MAX_SEED = 2**32 - 1  # a PRNG seed is a uint32
@@ -176,6 +182,29 @@ class Config:
     clip_per_example: float | None = _field(
         None, "Clip each example's gradient to this norm (DP-SGD style); unset: off.", "override"
     )
+    # Differential privacy (DP-SGD, jaxbp.dp_sgd): on when a noise multiplier is given or
+    # calibrated; clip_per_example is its clip norm C.
+    dp_noise_multiplier: float | None = _field(
+        None,
+        "DP-SGD noise multiplier σ (noise N(0, σ²C²) on the clipped sum, Poisson batches of "
+        "rate batch_size/N); unset: no DP unless dp_target_epsilon.",
+        "fixed",
+    )
+    dp_target_epsilon: float | None = _field(
+        None,
+        "DP-SGD with the smallest σ whose epochs spend at most this ε at dp_delta; unset: "
+        "dp_noise_multiplier decides.",
+        "fixed",
+    )
+    dp_delta: float | None = _field(
+        None, "δ of DP-SGD's (ε, δ); unset: 1/N_train rounded down to a power of 10.", "fixed"
+    )
+    dp_accountant: str = _field(
+        "rdp",
+        "DP-SGD's accountant: rdp (Rényi, the common upper bound) or pld (tighter).",
+        "fixed",
+        privacy.ACCOUNTANTS,
+    )
     # Members: many models in one compiled program (jaxbp.training.members).
     repeats: int = _field(
         1, "Members trained together, seeded seed..seed+repeats-1 (the split stays).", "fixed"
@@ -245,6 +274,12 @@ def member_config(config: Config, member: Member) -> Config:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def is_private(config: Config) -> bool:
+    """Whether the run is DP-SGD: a noise multiplier given, swept or calibrated."""
+    swept = any(name == "dp_noise_multiplier" for name, _ in config.sweep)
+    return swept or config.dp_noise_multiplier is not None or config.dp_target_epsilon is not None
 
 
 def field_rule(name: str) -> str:

@@ -24,6 +24,7 @@ from jaxbp.run.config import (
     Config,
     ConfigError,
     field_choices,
+    is_private,
     is_sweep_item,
     refuse_unsweepable,
 )
@@ -113,7 +114,54 @@ def validate(config: Config) -> None:
         _check_int(config, "num_devices", 1)
     _check_data_fields(config)
     _check_model_fields(config)
+    _check_privacy(config)
     _check_members(config)
+
+
+def _check_privacy(config: Config) -> None:
+    """DP-SGD's settings; the checks that need the data's size are `jaxbp.run.privacy_plan`'s."""
+    if config.dp_noise_multiplier is not None:
+        _check_float(
+            config,
+            "dp_noise_multiplier",
+            0.0,
+            low_open=True,
+            why=": the noise's standard deviation over the clip norm (unset: no DP)",
+        )
+    if config.dp_target_epsilon is not None:
+        _check_float(config, "dp_target_epsilon", 0.0, low_open=True, why=": the ε to spend")
+        if config.dp_noise_multiplier is not None:
+            raise ConfigError(
+                "dp_target_epsilon",
+                config.dp_target_epsilon,
+                f"given together with dp_noise_multiplier={config.dp_noise_multiplier}; give "
+                "one of them (the target calibrates the noise multiplier).",
+            )
+    if not is_private(config):
+        given = {
+            "dp_delta": config.dp_delta is not None,
+            "dp_accountant": config.dp_accountant != "rdp",
+        }
+        stray = [name for name, is_set in given.items() if is_set]
+        if stray:
+            raise ConfigError(
+                stray[0],
+                getattr(config, stray[0]),
+                "applies to DP-SGD only; give dp_noise_multiplier or dp_target_epsilon, or "
+                "drop it.",
+            )
+        return
+    if config.dp_delta is not None:
+        _check_float(
+            config, "dp_delta", 0.0, low_open=True, high=1.0, high_open=True, why=" below 1/N"
+        )
+    if config.clip_per_example is None:
+        raise ConfigError(
+            "clip_per_example",
+            None,
+            "is needed by DP-SGD: it is the clip norm C that bounds each example's "
+            "gradient; give it, e.g. clip_per_example=1.",
+        )
 
 
 def _check_members(config: Config) -> None:

@@ -28,6 +28,11 @@ the std, the sweep table's figures and the ensemble; the others train on unaffec
 when every member has diverged does the run stop with `NonFiniteError` (a single run: at
 its first NaN).
 
+A DP-SGD run (`jaxbp.run.privacy_plan`) trains with Poisson-sampled private epochs
+(`jaxbp.dp_sgd`), records the ε spent at every evaluation and in ``summary.json``, and reports
+nothing computed on training rows outside the private step (its records are the validation
+split's).
+
 The loop is `_train`, one screen: restore, then per epoch one compiled program
 (`jaxbp.run.programs.train_epoch`), evaluate (`jaxbp.run.programs.member_metrics`), keep
 the best, checkpoint (`jaxbp.run.checkpoints`), stop. What a run is built from is
@@ -50,7 +55,7 @@ import numpy as np
 
 from jaxbp import losses, training
 from jaxbp.run import config as config_lib
-from jaxbp.run import config_checks, outputs, programs, summary
+from jaxbp.run import config_checks, outputs, privacy_plan, programs, summary
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.checkpoints import RunCheckpoints
 from jaxbp.run.config import Config, ConfigError
@@ -226,6 +231,9 @@ class _Run:
             raise ConfigError("batch_size", config.batch_size, str(e)) from None
         self.optimizer_of = member_optimizer(config, self.steps_per_epoch)
         self.hparams = member_hparams(config)
+        self.privacy = privacy_plan.plan_privacy(config, len(data.x_train), data_devices)
+        if self.privacy is not None:
+            self.noise = privacy_plan.member_noise(self.privacy, self.members)
         self.rates = self._epoch_rates()
         self.spec = programs.Spec(
             config,
@@ -236,6 +244,7 @@ class _Run:
             len(data.x_train),
             self.steps_per_epoch,
             self.mesh,
+            self.privacy,
         )
         self.meta = {
             "network": network_meta(config, self.model, self.loss),
@@ -332,16 +341,20 @@ class _Run:
         written only with a checkpoint, so a run is not paced by a save per improvement."""
         with self.phase("evaluation"):
             metrics = {
-                split: programs.metrics_of(compiled, params, split) for split in ("train", "val")
+                split: programs.metrics_of(compiled, params, split)
+                for split in programs.evaluated_splits(self.spec)
             }
             records = summary.epoch_records(
                 metrics,
                 epoch=epoch,
                 steps_per_epoch=self.steps_per_epoch,
-                step_losses=step_losses,
+                # A DP-SGD run's step losses are its sampled rows' loss without noise: kept
+                # out of the records, which stay private.
+                step_losses=None if self.privacy else step_losses,
                 rates=self.rates[epoch],
                 seconds=seconds,
                 active=progress.active(),
+                epsilon=self.epsilons(epoch),
             )
         if writer:
             with self.phase("outputs"):
@@ -358,6 +371,18 @@ class _Run:
                 self.num_members, np.asarray(improved), params, progress.best_params
             )
 
+    def accounts(self, epoch: int) -> list[Any] | None:
+        """Each member's `jaxbp.privacy.PrivacyAccount` after ``epoch`` epochs (None: no DP)."""
+        if self.privacy is None or epoch < 1:
+            return None
+        steps = epoch * self.steps_per_epoch
+        return privacy_plan.member_accounts(self.privacy, self.noise, steps)
+
+    def epsilons(self, epoch: int) -> np.ndarray | None:
+        """Each member's ε after ``epoch`` epochs, ``(M,)`` (None: no DP)."""
+        accounts = self.accounts(epoch)
+        return None if accounts is None else np.asarray([a.epsilon for a in accounts])
+
     def summarize(self, compiled, params, progress, epoch, status, train_seconds) -> dict[str, Any]:
         """The run's summary: the best-validation params' metrics, and the run's facts."""
         last_test = programs.metrics_of(compiled, params, "test")
@@ -368,7 +393,8 @@ class _Run:
                 self.num_members, has_best, progress.best_params, params
             )
         best = {
-            split: programs.metrics_of(compiled, best_params, split) for split in programs.SPLITS
+            split: programs.metrics_of(compiled, best_params, split)
+            for split in programs.reported_splits(self.spec)
         }
         facts = {
             "epochs": epoch,
@@ -391,6 +417,7 @@ class _Run:
             status=status,
             run_facts=facts,
             config=self.config,
+            accounts=self.accounts(epoch),
         )
         result["started_at"] = self.started_at
         if status == "interrupted":

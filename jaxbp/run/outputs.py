@@ -235,16 +235,18 @@ def plot_curves(
     ax_loss, ax_quality = axes[:2]
     if snr_keys:
         _plot_snr(axes[2], records, snr_keys, labels)
+    # A DP-SGD run's records have no training split (they stay private).
+    splits = [s for s in ("train", "val") if records and f"{s}_loss" in records[0]]
     if labels is None:
         epochs = [r["epoch"] for r in records]
-        for split in ("train", "val"):
+        for split in splits:
             ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=split)
             ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
     else:
         for colour, label in enumerate(dict.fromkeys(labels.values())):
             group = [r for r in records if labels.get(int(r.get("member", -1))) == label]
             epochs = sorted({r["epoch"] for r in group})
-            for split, style in (("val", "-"), ("train", "--")):
+            for split, style in (("val", "-"), ("train", "--"))[: len(splits)]:
                 for ax, name in ((ax_loss, f"{split}_loss"), (ax_quality, f"{split}_{quality}")):
                     by_epoch = [
                         np.asarray([r[name] for r in group if r["epoch"] == e]) for e in epochs

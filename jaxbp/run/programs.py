@@ -9,7 +9,8 @@ its config, network, loss, task, sizes and mesh) and of arrays:
   members stayed finite. It donates its params and optimizer state;
 * `member_metrics`: the metrics of every member on a split, ``{name: (M,)}``: loss and
   accuracy or R² (`jaxbp.training.split_metrics`), and on the training split also ‖∇L‖ and
-  the gradient flow (`jaxbp.gradient_flow`) of its first `FLOW_ROWS` rows;
+  the gradient flow (`jaxbp.gradient_flow`) of its first `FLOW_ROWS` rows (on the
+  validation split in a DP-SGD run, whose epoch is `jaxbp.dp_sgd.run_private_epoch`);
 * `select_best`: the improved members' params taken over their best ones.
 
 `compile_programs` places the data splits on the mesh once (`jaxbp.training.parallel`),
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -31,11 +33,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxbp import per_example, training
+from jaxbp import dp_sgd, per_example, training
 from jaxbp.data import Dataset
 from jaxbp.gradient_flow import gradient_flow
 from jaxbp.mlp import MLP, Params
 from jaxbp.run.config import Config
+from jaxbp.run.privacy_plan import PrivacyPlan
 from jaxbp.run.recipe import TrainState, member_optimizer
 from jaxbp.training import members, parallel
 
@@ -57,17 +60,43 @@ class Spec(NamedTuple):
     num_examples: int  # training rows; the data-parallel placement pads x past them
     steps_per_epoch: int
     mesh: Mesh
+    privacy: PrivacyPlan | None = None  # a DP-SGD run's sampling, σ and δ
+
+
+def flow_split(spec: Spec) -> str:
+    """The split of the evaluation's ‖∇L‖ and gradient flow: the training split, except in a
+    DP-SGD run, which looks at training examples only inside its private step."""
+    return "train" if spec.privacy is None else "val"
+
+
+def evaluated_splits(spec: Spec) -> tuple[str, ...]:
+    """The splits of every evaluation's records: a DP-SGD run's are the validation split's."""
+    return ("train", "val") if spec.privacy is None else ("val",)
+
+
+def reported_splits(spec: Spec) -> tuple[str, ...]:
+    """The splits a run's metrics are ever computed on: a DP-SGD run's leave out the training
+    split (`flow_split`)."""
+    return SPLITS if spec.privacy is None else ("val", "test")
 
 
 def member_step(spec: Spec, hparams: members.Hyperparams) -> training.StepFn:
     """One member's train step from its swept scalars (the optimizer's, the clip norm)."""
-    model, loss = spec.model, spec.loss
+    model, loss, plan = spec.model, spec.loss, spec.privacy
     clip = hparams.get("clip_per_example", spec.config.clip_per_example)
-    grad_fn = None
-    if clip is not None:  # the δ rows are clipped: hand-written only
-
-        def grad_fn(params, x, y):
-            return per_example.clipped_loss_and_grad(model, loss, params, x, y, clip)
+    grad_fn: Callable[..., tuple[jax.Array, Params]] | None = None
+    if plan is not None:  # DP-SGD: clipped, masked rows and noise on the sum (eq. (6.3))
+        sigma = hparams.get("dp_noise_multiplier", plan.noise_multiplier)
+        assert clip is not None and sigma is not None  # config_checks: DP needs C and σ
+        grad_fn = dp_sgd.make_private_grad_fn(
+            model,
+            loss,
+            clip_norm=clip,
+            noise_multiplier=sigma,
+            expected_batch_size=plan.sampler.expected_batch_size,
+        )
+    elif clip is not None:  # the δ rows are clipped: hand-written only
+        grad_fn = functools.partial(per_example.clipped_loss_and_grad, model, loss, clip_norm=clip)
 
     return training.make_train_step(
         model,
@@ -75,7 +104,7 @@ def member_step(spec: Spec, hparams: members.Hyperparams) -> training.StepFn:
         member_optimizer(spec.config, spec.steps_per_epoch)(hparams),
         backward=spec.config.backward,
         grad_fn=grad_fn,
-        grad_norm=False,  # the evaluation records ‖∇L‖ on the whole training split
+        grad_norm=False,  # the evaluation records ‖∇L‖ on a whole split (`flow_split`)
     )
 
 
@@ -92,14 +121,22 @@ def train_epoch(spec: Spec, params, opt_state, hparams, x, y, keys, epoch, activ
     and params stayed finite. Members not ``active``, and those not finite, keep their old
     state. Donates ``params`` and ``opt_state``.
     """
-    num = spec.num_members
+    num, shard = spec.num_members, parallel.shard_batch(spec.mesh)
+    run_one = None
+    if spec.privacy is not None:  # Poisson-sampled batches of rate batch_size / N
+        sampler = spec.privacy.sampler
+
+        def run_one(step, *state_data_key_epoch):
+            return dp_sgd.run_private_epoch(step, sampler, *state_data_key_epoch, shard_batch=shard)
+
     epoch_fn = members.make_epoch(
         functools.partial(member_step, spec),
         spec.config.batch_size,
         num,
         num_examples=spec.num_examples,
-        shard_batch=parallel.shard_batch(spec.mesh),
+        shard_batch=shard,
         spmd_axis_name=parallel.MEMBER_AXIS,
+        run_one=run_one,
     )
     new_params, new_opt_state, metrics = epoch_fn(params, opt_state, hparams, x, y, keys, epoch)
     losses = metrics["loss"]  # (M, steps)
@@ -114,15 +151,15 @@ def train_epoch(spec: Spec, params, opt_state, hparams, x, y, keys, epoch, activ
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def member_metrics(spec: Spec, params: Params, x, y, with_grad_norm: bool) -> dict[str, Any]:
-    """Every member's metrics on the split ``(x, y)``, ``{name: (M,)}``; on the training split
+    """Every member's metrics on the split ``(x, y)``, ``{name: (M,)}``; on `flow_split`
     (``with_grad_norm``) also ‖∇L‖ and the gradient flow of its first `FLOW_ROWS` rows."""
     model, loss = spec.model, spec.loss
     loss_and_grad = training.make_loss_and_grad(model, loss, "custom")
-    flow_rows = min(spec.num_examples, FLOW_ROWS)
+    flow_rows = min(x.shape[0], FLOW_ROWS)
 
     def one(params, x, y):
         metrics = training.split_metrics(model, loss, params, x, y, spec.task)
-        if with_grad_norm:  # the training split: ‖∇L‖ and the gradient flow
+        if with_grad_norm:  # ‖∇L‖ and the gradient flow
             metrics["grad_norm"] = optax.tree.norm(loss_and_grad(params, x, y)[1])
             if flow_rows >= 2:
                 flow = gradient_flow(model, loss, params, x[:flow_rows], y[:flow_rows])
@@ -178,8 +215,8 @@ def compile_programs(
         np.int32(1),
         everyone,
     ).compile()
-    for name in SPLITS:  # the calls fill the jit caches
-        member_metrics(spec, state.params, *splits[name], name == "train")
+    for name in reported_splits(spec):  # the calls fill the jit caches
+        member_metrics(spec, state.params, *splits[name], name == flow_split(spec))
     select_best(spec.num_members, everyone, state.params, state.params)
     seconds = time.perf_counter() - started
     return Programs(spec, epoch, placed_hparams, train_rows, splits, seconds)
@@ -202,5 +239,6 @@ def run_epoch(
 
 def metrics_of(programs: Programs, params: Params, split: str) -> dict[str, np.ndarray]:
     """Every member's metrics on a split, ``{name: (M,)}`` float64 on the host."""
-    metrics = member_metrics(programs.spec, params, *programs.splits[split], split == "train")
+    spec = programs.spec
+    metrics = member_metrics(spec, params, *programs.splits[split], split == flow_split(spec))
     return {k: np.asarray(parallel.to_host(v), np.float64) for k, v in metrics.items()}

@@ -161,13 +161,15 @@ def progress_line(
     fmt = (lambda v: f"{100 * v:.2f}%") if quality == "accuracy" else (lambda v: f"{v:.4f}")
     live = [r for r, a in zip(records, active, strict=True) if a]
 
-    def value(name: str) -> str:
+    def value(name: str, fmt=fmt) -> str:
         values = np.asarray([r[name] for r in live], np.float64)
-        text = fmt(values.mean()) if name != "epoch_loss" else f"{values.mean():.4f}"
+        text = fmt(values.mean())
         if len(records) > 1:
-            spread = fmt(values.std()) if name != "epoch_loss" else f"{values.std():.4f}"
-            text += f" ± {spread}"
+            text += f" ± {fmt(values.std())}"
         return text
+
+    def plain(v: float) -> str:
+        return f"{v:.4f}"
 
     members_text = ""
     if len(records) > 1:
@@ -176,10 +178,13 @@ def progress_line(
             f" ({diverged} diverged, left out)" if diverged else ""
         )
     record = records[0]
-    return (
-        f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  "
-        f"loss {value('epoch_loss')}  "
-        f"train {quality} {value(f'train_{quality}')}  "
-        f"val {quality} {value(f'val_{quality}')}{members_text}  "
-        f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s"
-    )
+    parts = [f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
+    if "epoch_loss" in record:  # not in a DP-SGD run's records
+        parts.append(f"loss {value('epoch_loss', plain)}")
+    if f"train_{quality}" in record:
+        parts.append(f"train {quality} {value(f'train_{quality}')}")
+    parts.append(f"val {quality} {value(f'val_{quality}')}{members_text}")
+    if "privacy/epsilon" in record:
+        parts.append(f"ε {value('privacy/epsilon', lambda v: f'{v:.3g}')}")
+    parts.append(f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s")
+    return "  ".join(parts)

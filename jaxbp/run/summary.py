@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxbp.privacy import PrivacyAccount
 from jaxbp.run import outputs
 from jaxbp.run.config import Config, Member
 from jaxbp.run.progress import Progress
@@ -22,35 +23,36 @@ def epoch_records(
     *,
     epoch: int,
     steps_per_epoch: int,
-    step_losses: np.ndarray,
+    step_losses: np.ndarray | None,
     rates: np.ndarray,
     seconds: float,
     active: np.ndarray,
+    epsilon: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One metrics record per member (with ``member`` for a set of several).
 
     Args:
       evaluated: ``{split: {name: (M,)}}`` for the splits the record carries.
       epoch, steps_per_epoch: where the run stands.
-      step_losses: ``(M, steps)``, the epoch's losses.
+      step_losses: ``(M, steps)``, the epoch's losses; None: no ``epoch_loss`` (a DP-SGD
+        run's, which are not private).
       rates: ``(M,)``, every member's learning rate after the epoch.
       seconds: the epoch's wall time.
       active: ``(M,)``; a diverged member's record holds its frozen params' metrics and no
         ``epoch_loss`` (null: its epoch was thrown away).
+      epsilon: ``(M,)``, a DP-SGD run's ε so far, recorded as ``privacy/epsilon``.
     """
     num = len(active)
     records = []
     for k in range(num):
         record: dict[str, Any] = {"member": k} if num > 1 else {}
-        record.update(
-            {
-                "epoch": epoch,
-                "step": epoch * steps_per_epoch,
-                "epoch_loss": float(step_losses[k].mean()) if active[k] else None,
-            }
-        )
+        record.update({"epoch": epoch, "step": epoch * steps_per_epoch})
+        if step_losses is not None:
+            record["epoch_loss"] = float(step_losses[k].mean()) if active[k] else None
         for split, metrics in evaluated.items():
             record.update({f"{split}_{name}": float(v[k]) for name, v in metrics.items()})
+        if epsilon is not None:
+            record["privacy/epsilon"] = float(epsilon[k])
         record["learning_rate"] = float(rates[k])
         record["steps_per_second"] = steps_per_epoch / seconds
         records.append(record)
@@ -67,10 +69,15 @@ def run_summary(
     status: str,
     run_facts: dict[str, Any],
     config: Config,
+    accounts: list[PrivacyAccount] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run: the best-validation params' metrics (``best``: ``{split: {name:
     (M,)}}``), the last epoch's test metrics, and for a set each member's and the means and
-    standard deviations over the members that did not diverge."""
+    standard deviations over the members that did not diverge.
+
+    A DP-SGD run's ``accounts`` (one per member) give its ``privacy`` record, each member's
+    in a set, and at the top the member's of the largest ε (the weakest guarantee of one
+    model; releasing several members spends more)."""
     kept = progress.active()
 
     def mean(values: np.ndarray) -> float:
@@ -81,7 +88,7 @@ def run_summary(
         "status": status,
         **{f"test_{k}": mean(v) for k, v in test.items()},
         **{f"val_{k}": mean(v) for k, v in val.items() if k != "grad_norm"},
-        "train_loss": mean(best["train"]["loss"]),
+        **({"train_loss": mean(best["train"]["loss"])} if "train" in best else {}),
         "best_epoch": progress.best_epochs(epoch)[0],
         **{f"last_epoch_test_{k}": mean(v) for k, v in last_test.items()},
     }
@@ -93,6 +100,10 @@ def run_summary(
         summary["num_members"] = len(members)
         summary["num_diverged"] = int((~kept).sum())
         summary["members"] = progress.member_summaries(list(members), test, val, epoch)
+        for entry, account in zip(summary["members"], accounts or (), strict=False):
+            entry["privacy"] = account.to_dict()
+    if accounts:
+        summary["privacy"] = max(accounts, key=lambda a: a.epsilon).to_dict()
     summary.update(run_facts)
     summary.update(
         {

@@ -262,6 +262,13 @@ def check_resume(
             for k, (a, b) in items.items()
         )
 
+    if "epochs" in changes and new.dp_target_epsilon is not None:
+        raise ResumeConflictError(
+            f"the workdir holds a run with other settings ({describe(changes)}); "
+            f"dp_target_epsilon={new.dp_target_epsilon:g} calibrated the noise multiplier "
+            "for the stored epochs, so other epochs would change it mid-run. Use the stored "
+            "epochs, or a new workdir."
+        )
     if fixed:
         raise ResumeConflictError(
             f"the workdir holds a run with other settings ({describe(fixed)}); these define "

@@ -139,6 +139,7 @@ def make_epoch(
     num_examples: int | None = None,
     shard_batch: Callable[[training.Batch], training.Batch] | None = None,
     spmd_axis_name: str | None = None,
+    run_one: Callable[..., tuple[Params, optax.OptState, dict]] | None = None,
 ) -> Callable[..., tuple[Params, optax.OptState, dict]]:
     """One epoch of every member as one program (not jitted: the caller jits it).
 
@@ -152,6 +153,10 @@ def make_epoch(
       num_members: M.
       num_examples, shard_batch: as `jaxbp.training.make_epoch`.
       spmd_axis_name: as `over_members`: the mesh axis the members are split over.
+      run_one: one member's epoch ``(step, params, opt_state, x, y, key, epoch_index)``
+        instead of `jaxbp.training.run_epoch` over shuffled minibatches (``batch_size``,
+        ``num_examples`` and ``shard_batch`` are then its own business): e.g.
+        `jaxbp.dp_sgd.run_private_epoch` bound to its sampler.
 
     Returns:
       The epoch; its params and optimizer state are stacked ``(M, ...)`` and its metrics
@@ -159,6 +164,8 @@ def make_epoch(
     """
 
     def one(params, opt_state, hparams, *data_key_epoch):
+        if run_one is not None:
+            return run_one(make_step(hparams), params, opt_state, *data_key_epoch)
         return training.run_epoch(
             make_step(hparams),
             batch_size,

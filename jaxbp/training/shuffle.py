@@ -81,7 +81,7 @@ def permutation(key: Array, n: int) -> Array:
 
     Examples:
       >>> import jax
-      >>> from jaxbp import shuffle
+      >>> from jaxbp.training import shuffle
       >>> order = shuffle.permutation(jax.random.key(0), 5)
       >>> sorted(order.tolist())
       [0, 1, 2, 3, 4]

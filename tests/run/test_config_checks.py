@@ -44,6 +44,24 @@ def test_dataset_defaults_name_real_fields_and_validate():
         (dict(warmup_epochs=3), "warmup_epochs", "schedule=warmup_cosine only"),
         (dict(schedule="warmup_cosine", warmup_epochs=60), "warmup_epochs", "below epochs=60"),
         (dict(num_devices=0), "num_devices", "integer >= 1"),
+        (dict(dp_noise_multiplier=0.0, clip_per_example=1.0), "dp_noise_multiplier", "> 0"),
+        (dict(dp_target_epsilon=-1.0, clip_per_example=1.0), "dp_target_epsilon", "> 0"),
+        (
+            dict(dp_noise_multiplier=1.0, dp_target_epsilon=8.0, clip_per_example=1.0),
+            "dp_target_epsilon",
+            "given together with dp_noise_multiplier=1.0",
+        ),
+        (dict(dp_target_epsilon=8.0), "clip_per_example", "is needed by DP-SGD"),
+        (dict(dp_noise_multiplier=1.0, clip_per_example=0.0), "clip_per_example", "largest"),
+        (
+            dict(dp_noise_multiplier=1.0, clip_per_example=1.0, backward="autodiff"),
+            "backward",
+            "use backward=custom",
+        ),
+        (dict(dp_delta=1e-5), "dp_delta", "applies to DP-SGD only"),
+        (dict(dp_accountant="pld"), "dp_accountant", "applies to DP-SGD only"),
+        (dict(dp_noise_multiplier=1.0, clip_per_example=1.0, dp_delta=1.0), "dp_delta", "below"),
+        (dict(dp_accountant="moments"), "dp_accountant", "expected one of rdp, pld"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(overrides, field, message):
