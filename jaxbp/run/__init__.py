@@ -12,14 +12,15 @@ idea a module:
 * `restore`, `inference`, `evaluation`: a trained workdir read back, its predictions and
   its test metrics again.
 
-The layer needs the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib);
-without it, importing any of these modules raises `MissingExtraError`, one line that names
-the command that installs it. ``import jaxbp`` never imports this layer.
+The layer needs the ``experiments`` extra (orbax-checkpoint, tensorboardX, matplotlib,
+dp-accounting); without it, importing any of these modules raises `MissingExtraError`, one
+line that names the command that installs it. ``import jaxbp`` never imports this layer.
 """
 
 import importlib.util
 
-EXTRA = ("orbax.checkpoint", "tensorboardX", "matplotlib")  # imported where first used
+# Imported where first used; dp_accounting only by a DP run (jaxbp.privacy).
+EXTRA = ("orbax.checkpoint", "tensorboardX", "matplotlib", "dp_accounting")
 INSTALL = 'pip install "jaxbp[experiments]"'
 
 

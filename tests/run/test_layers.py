@@ -27,7 +27,7 @@ def test_import_jaxbp_does_not_import_the_run_layer_or_its_extra():
 
 
 def test_the_run_layer_without_its_extra_raises_one_line_naming_the_install():
-    for missing in ("orbax", "tensorboardX", "matplotlib"):
+    for missing in ("orbax", "tensorboardX", "matplotlib", "dp_accounting"):
         code = (
             f"import sys; sys.modules[{missing!r}] = None\n"
             "try:\n"
