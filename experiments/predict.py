@@ -30,7 +30,7 @@ from absl import flags, logging
 
 from experiments import cli
 from jaxbp.data import files
-from jaxbp.run import inference
+from jaxbp.run import inference, prediction_file
 from jaxbp.run import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string(
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
             predictions, probabilities = inference.predict_rows(trained, x_raw)
             if trained.members is not None and predictions.ndim == 1:
                 members = [p for p, _ in inference.member_predictions(trained, x_raw)]
-        inference.write_predictions(
+        prediction_file.write_predictions(
             output,
             predictions,
             probabilities,

@@ -8,7 +8,6 @@ differences.
 from jaxbp import laplace  # the Laplace posterior's namespace: jaxbp.laplace.fit, ...
 from jaxbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from jaxbp.backprop import (
-    LayerTrace,
     Residuals,
     apply,
     backward_from_output_delta,
@@ -18,7 +17,6 @@ from jaxbp.backprop import (
     loss_and_grad,
     loss_value,
     output_delta,
-    trace,
 )
 from jaxbp.curvature import (
     SqrtGGN,
@@ -34,6 +32,7 @@ from jaxbp.curvature import (
 from jaxbp.gradient_check import GradCheckReport, LeafCheck, gradcheck
 from jaxbp.gradient_flow import gradient_flow
 from jaxbp.input_checks import check_inputs
+from jaxbp.layer_trace import LayerTrace, trace
 from jaxbp.losses import LOSSES, Loss
 from jaxbp.mlp import (
     MLP,

@@ -23,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxbp import activations
+from jaxbp import activations, forward_mode
 from jaxbp import losses as losses_lib
 from jaxbp import mlp as mlp_lib
 from jaxbp.mlp import MLP, Params
@@ -181,34 +181,6 @@ _apply_custom = _with_custom_backward(mlp_lib.forward_outputs, of_logits=False)
 # f'(z^[L]), which a saturated sigmoid or softmax rounds to 0 against an infinite ∂L/∂ŷ.
 _logits_custom = _with_custom_backward(mlp_lib.forward_logits, of_logits=True)
 
-_FORWARD_MODE_HINT = (
-    "jaxbp: apply(..., backward='custom') is a jax.custom_vjp function: jax.jvp and "
-    "jax.jacfwd of it are not available (forward-over-reverse such as jax.hessian of a loss "
-    "does work: it differentiates the hand-written backward). For forward mode use "
-    "backward='autodiff'."
-)
-
-
-@jax.custom_vjp
-def _custom_vjp_probe(tree: object) -> object:
-    return tree
-
-
-_custom_vjp_probe.defvjp(lambda tree: (tree, None), lambda _, g_bar: (g_bar,))
-
-
-def _under_forward_mode(tree: object) -> bool:
-    """Whether ``tree`` carries forward-mode tangents, which no custom_vjp function takes.
-
-    JAX is asked, not its error text read: a trivial custom_vjp function is called on the same
-    values, and it raises a TypeError exactly when they are being pushed forward.
-    """
-    try:
-        _custom_vjp_probe(tree)
-    except TypeError:
-        return True
-    return False
-
 
 def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> Array:
     """The network's output ``ŷ = f(z^[L])`` (eq. (4.1)).
@@ -245,20 +217,8 @@ def apply(model: MLP, params: Params, x: Array, *, backward: str = "custom") -> 
     if backward == "autodiff":
         y_hat = mlp_lib.forward_outputs(model, params, x)
     else:
-        y_hat = _call_custom(_apply_custom, model, params, x)
+        y_hat = forward_mode.call_custom(_apply_custom, model, params, x)
     return y_hat[0] if single else y_hat
-
-
-def _call_custom(
-    fn: Callable[[MLP, Params, Array], Array], model: MLP, params: Params, x: Array
-) -> Array:
-    """``fn(model, params, x)`` for a custom_vjp ``fn``, with a hint if forward mode meets it."""
-    try:
-        return fn(model, params, x)
-    except TypeError as e:
-        if not _under_forward_mode((params, x)):
-            raise
-        raise TypeError(f"{e}\n{_FORWARD_MODE_HINT}") from e
 
 
 def check_loss_inputs(
@@ -356,79 +316,6 @@ def example_output_deltas(model: MLP, loss_fn: losses_lib.Loss, y_hat: Array, y:
     return jax.vmap(one)(y_hat, y)
 
 
-class LayerTrace(NamedTuple):
-    """One layer's values in a forward and backward pass.
-
-    Attributes:
-      z: ``z^[k]: (batch, n_k)``, the pre-activation.
-      a: ``a^[k] = g(z^[k]): (batch, n_k)``, the activation (``ŷ`` for the last layer).
-      delta: ``δ^[k] = ∂L/∂z^[k]: (batch, n_k)``: of the batch loss, or with
-        ``per_example=True`` row i is ``δ_i^[k] = ∂L_i/∂z_i^[k]`` of example i's own loss.
-    """
-
-    z: Array
-    a: Array
-    delta: Array
-
-
-def trace(
-    model: MLP, loss: str, params: Params, x: Array, y: Array, *, per_example: bool = False
-) -> tuple[LayerTrace, ...]:
-    """Every layer's ``z^[k]``, ``a^[k]`` and ``δ^[k]``: the quantities of the derivation.
-
-    The forward pass of `jaxbp.forward_layers`, then the output δ of the loss and the same
-    recursion the backward pass runs (`layer_deltas`, eq. (3.6)), so that for every layer
-    ``∂L/∂W^[k] = trace[k].delta.T @ a^[k−1]`` (eq. (0.3), with ``a^[0] = x``) is the
-    gradient `loss_and_grad` returns.
-
-    The batch δ and the derivations' per-example δ differ by the loss's reduction. A mean
-    loss ``L = 1/B Σ_i L_i`` has ``∂L/∂z_i^[k] = δ_i^[k] / B``: row i of the batch δ is
-    example i's own δ divided by B (eq. (0.4)); for ``"sse"``, a sum, the rows are
-    the per-example δ themselves. ``per_example=True`` returns the ``δ_i^[k]`` of each
-    example's own loss ``L_i`` (B times the batch δ for the mean losses), the δ that the
-    one-example derivations write.
-
-    Names and shapes are checked; values are not (NaN inputs, targets outside the loss's
-    domain): `jaxbp.check_inputs` checks them eagerly.
-
-    Args:
-      model: the network.
-      loss: a name from `jaxbp.LOSSES`.
-      params: the parameters.
-      x: ``(batch, n0)``.
-      y: ``(batch, nL)`` targets (``(batch,)`` for a single output unit).
-      per_example: whether ``delta`` holds each example's own ``δ_i`` (True) or the batch
-        loss's ``∂L/∂z^[k]`` (False).
-
-    Returns:
-      ``(LayerTrace for layer 1, ..., LayerTrace for layer L)``: ``trace[k - 1]`` is layer k.
-
-    Examples:
-      >>> import jax, jaxbp
-      >>> model = jaxbp.MLP((3, 4, 2))
-      >>> params = jaxbp.init_params(jax.random.key(0), model)
-      >>> x, y = jax.numpy.ones((5, 3)), jax.numpy.zeros((5, 2))
-      >>> layers = jaxbp.trace(model, "mse", params, x, y)
-      >>> [layer.delta.shape for layer in layers]
-      [(5, 4), (5, 2)]
-      >>> _, grads = jaxbp.loss_and_grad(model, "mse", params, x, y)
-      >>> bool(jax.numpy.allclose(grads[1]["W"], layers[1].delta.T @ layers[0].a))
-      True
-    """
-    loss_fn, x, y = check_loss_inputs(model, loss, params, x, y)
-    forward = mlp_lib.forward_layers(model, params, x)
-    residuals = Residuals(tuple(layer["W"] for layer in params), forward.a)
-    y_hat = forward.a[-1]
-    if per_example:
-        delta = example_output_deltas(model, loss_fn, y_hat, y)
-    else:
-        delta = loss_output_delta(model, loss_fn, y_hat, y)
-    deltas = layer_deltas(model, residuals, delta)
-    return tuple(
-        LayerTrace(z, a, d) for z, a, d in zip(forward.z, forward.a[1:], deltas, strict=True)
-    )
-
-
 def loss_value(
     model: MLP, loss: str, params: Params, x: Array, y: Array, *, backward: str = "autodiff"
 ) -> Array:
@@ -450,6 +337,6 @@ def loss_value(
         if backward == "autodiff":
             z_out = mlp_lib.forward_logits(model, params, x)
         else:
-            z_out = _call_custom(_logits_custom, model, params, x)
+            z_out = forward_mode.call_custom(_logits_custom, model, params, x)
         return loss_fn.value_from_logits(z_out, y)
     return loss_fn.value(apply(model, params, x, backward=backward), y)

@@ -29,6 +29,7 @@ WITH_EXAMPLES = (
     "gradient_flow",
     "input_checks",
     "laplace",
+    "layer_trace",
     "per_example",
 )
 

@@ -8,7 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbp.run import checkpoints, config_checks, evaluation, inference, loop, recipe
+from jaxbp.run import (
+    checkpoints,
+    config_checks,
+    evaluation,
+    inference,
+    loop,
+    prediction_file,
+    recipe,
+)
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import ConfigError
@@ -285,12 +293,12 @@ def test_the_ensemble_leaves_a_diverged_member_out(tmp_path):
 
 def test_write_predictions_adds_a_column_per_member(tmp_path):
     path = tmp_path / "p.csv"
-    inference.write_predictions(
+    prediction_file.write_predictions(
         str(path), np.asarray(["a", "b"]), member_predictions=[np.asarray(["a", "a"])] * 2
     )
     assert path.read_text().splitlines() == ["prediction,member_0,member_1", "a,a,a", "b,a,a"]
     with pytest.raises(ValueError, match="member 0's predictions have shape"):
-        inference.write_predictions(
+        prediction_file.write_predictions(
             str(path), np.asarray(["a", "b"]), member_predictions=[np.asarray(["a"])]
         )
 
