@@ -43,11 +43,6 @@ from jaxbp.mlp import MLP, Params
 Array = jax.Array
 
 
-def _batch_weight(loss_fn: losses_lib.Loss, batch_size: int) -> float:
-    """``w`` in ``L = w Σ_i L_i``: 1/n for the mean losses (eq. (1.2)), 1 for a sum."""
-    return 1.0 if loss_fn.reduction == "sum" else 1.0 / batch_size
-
-
 def check_clip_norm(clip_norm: float | Array) -> None:
     """Raises ValueError unless a concrete ``clip_norm`` is a positive number (or inf).
 
@@ -208,7 +203,7 @@ def clipped_loss_and_grad(
     check_clip_norm(clip_norm)
     loss_fn, x, y = backprop.check_loss_inputs(model, loss, params, x, y)
     value, residuals, deltas, norms = forward_and_example_deltas(model, loss_fn, params, x, y)
-    row_scale = _batch_weight(loss_fn, x.shape[0]) * clip_factors(norms, clip_norm)
+    row_scale = loss_fn.batch_weight(x.shape[0]) * clip_factors(norms, clip_norm)
     return value, _scaled_row_gradients(model, residuals, deltas, row_scale)
 
 
