@@ -55,8 +55,8 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         if result["best_epoch"] is None
         else f"the best-validation parameters (epoch {result['best_epoch']})"
     )
-    members = result.get("members")
-    if members is not None:
+    members = result["members"]
+    if len(members) > 1:
         params = f"{len(members)} members' best-validation parameters"
     print(f"{workdir}: {params} on {result['num_test_examples']} test examples")
     quality = "accuracy" if "test_accuracy" in result else "r2"
@@ -65,7 +65,7 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         return f"{100 * value:.2f}%" if quality == "accuracy" else f"{value:.4f}"
 
     label = "test accuracy" if quality == "accuracy" else "test R²"
-    if members is None:
+    if len(members) == 1:  # a single run: its own figures
         rows = [
             ("test loss", f"{result['test_loss']:.4f}"),
             (label, show(result[f"test_{quality}"])),

@@ -107,7 +107,7 @@ def report(
     """What ``W/laplace.json`` holds."""
     other = "marglik" if settings.tune == "val_nll" else "val_nll"
     weight_decays = {trained.config.weight_decay} | {
-        m.get("weight_decay", trained.config.weight_decay) for m in trained.members or ()
+        m.get("weight_decay", trained.config.weight_decay) for m in trained.members
     }
     return {
         **settings._asdict(),

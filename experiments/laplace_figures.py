@@ -187,7 +187,7 @@ def bench(workdir: str) -> None:
 
     trained, dataset = laplace_run.load_run(workdir)
     config, model = trained.config, trained.model
-    params = jax.tree.map(jnp.asarray, trained.params)
+    params = jax.tree.map(lambda leaf: jnp.asarray(leaf[0]), trained.params)  # member 0
     step = train.make_train_step(model, trained.loss, optax.adam(config.learning_rate))
     epoch = train.make_epoch(step, config.batch_size)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)

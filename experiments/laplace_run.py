@@ -63,8 +63,6 @@ def members(trained: Any) -> list[Any]:
     from jaxbp.run import inference
 
     params = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.float64), trained.params)
-    if trained.members is None:
-        return [params]
     kept = np.flatnonzero(inference.kept(trained))
     return [jax.tree.map(lambda leaf, k=k: leaf[k], params) for k in kept]
 

@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
             predictions, probabilities, variances = laplace_run.predict_raw(workdir, trained, x_raw)
         else:
             predictions, probabilities = inference.predict_rows(trained, x_raw)
-            if trained.members is not None and predictions.ndim == 1:
+            if len(trained.members) > 1 and predictions.ndim == 1:
                 members = [p for p, _ in inference.member_predictions(trained, x_raw)]
         prediction_file.write_predictions(
             output,
@@ -151,7 +151,7 @@ def print_report(
         if trained.best_epoch is None
         else f"the best-validation parameters (epoch {trained.best_epoch})"
     )
-    if trained.members is not None:
+    if len(trained.members) > 1:
         kept = sum(m["diverged_at_epoch"] is None for m in trained.members)
         params = (
             f"the ensemble of {kept} members (each member's best-validation parameters; "

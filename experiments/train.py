@@ -161,10 +161,10 @@ def main(argv: list[str]) -> int:
 def print_summary(summary: dict, workdir: str) -> None:
     """The closing lines: test quality of the best-validation params, time, outputs.
 
-    A member set's quality is the mean ± std over its members, followed by the table by
-    swept value (also in ``sweep.md``).
+    A set of several members' quality is the mean ± std over its members, followed by the
+    table by swept value (also in ``sweep.md``); a single run's is its own.
     """
-    members = summary.get("members")
+    members = len(summary["members"]) > 1
     if "test_accuracy" in summary:
         quality = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
         if members:

@@ -11,15 +11,18 @@ is used, so one bad write never ends a run's ability to resume (`Checkpointer`).
 `RunCheckpoints` holds, in a workdir,
 
 * ``checkpoints/``: the `TrainState` after an epoch with the run's meta (network,
-  preprocessing, and for a member set the epoch each member diverged in);
+  preprocessing, the epoch each member diverged in);
 * ``best/`` (one kept): the best-validation params with a ``best`` record of the epoch and
   val loss each member's best comes from (`jaxbp.run.progress.Progress.unsaved_best`).
 
-The run works on stacked trees, every leaf ``(M, ...)``; a single run's checkpoint keeps
-the unstacked layout, so the same folder reads back either way (`to_disk`, `from_disk`).
-A resume takes the newest readable checkpoint whose network matches the run's
-(`check_same_network`); the best is always saved just before the state, so a best newer
-than the state found is not the run's own and is redone.
+Every tree is stacked, every leaf ``(M, ...)`` with M ≥ 1 (a single run is a member set of
+one), and its optimizer state carries the learning rate (`jaxbp.training.inject_learning_rate`);
+the meta's ``layout`` says so (`LAYOUT`). A workdir of an earlier layout (a single run's
+unstacked state, an optimizer state without the rate) is refused for resuming before any
+work (`refuse_earlier_layout`); `jaxbp.run.restore` still reads its params. A resume takes
+the newest readable checkpoint whose network matches the run's (`check_same_network`); the
+best is always saved just before the state, so a best newer than the state found is not
+the run's own and is redone.
 """
 
 from __future__ import annotations
@@ -37,11 +40,52 @@ from jaxbp.mlp import Params
 from jaxbp.run.config import ConfigError
 from jaxbp.run.progress import Progress
 from jaxbp.run.recipe import TrainState
-from jaxbp.training import members
+from jaxbp.run.workdir import ResumeConflictError
+
+# The checkpoint layout this version writes, in every checkpoint's meta: 2, every tree
+# stacked ``(M, ...)`` and the learning rate in the optimizer state. A checkpoint without it
+# is of layout 1: a single run's tree unstacked, an optimizer state without the rate.
+LAYOUT = 2
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint belongs to a different network."""
+
+
+class EarlierLayoutError(ResumeConflictError):
+    """The workdir's checkpoints are of an earlier layout: they cannot be resumed."""
+
+
+def earlier_layout_message(workdir: str) -> str:
+    """The one line that refuses to resume a workdir of an earlier checkpoint layout."""
+    return (
+        f"{workdir} was written by an earlier checkpoint layout and cannot be resumed (eval, "
+        "predict and laplace still read it); train again in a new workdir."
+    )
+
+
+def refuse_earlier_layout(workdir: str) -> None:
+    """Refuses, before any work, to resume a workdir whose newest readable train state is of
+    an earlier layout than `LAYOUT`.
+
+    Raises:
+      EarlierLayoutError: naming the fix (a new workdir).
+    """
+    path = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(path):
+        return
+    checkpointer = Checkpointer(path)
+    try:
+        for epoch in reversed(checkpointer.epochs()):
+            try:
+                meta = checkpointer.read_meta(epoch)
+            except Exception:  # damage: the resume sets it aside and names it
+                continue
+            if meta.get("layout") != LAYOUT:
+                raise EarlierLayoutError(earlier_layout_message(workdir))
+            return
+    finally:
+        checkpointer.close()
 
 
 class Checkpointer:
@@ -105,6 +149,15 @@ class Checkpointer:
         )["state"]
         # Orbax returns optax's NamedTuples as plain containers: rebuild the exact tree.
         return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
+
+    def restore_params(self, epoch: int) -> Any:
+        """The ``params`` of ``epoch``'s checkpoint (a state's or best's), read as stored,
+        without a template of the rest (so an earlier layout's read back too)."""
+        ocp = self._ocp
+        stored = self._manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )["state"]
+        return stored["params"]
 
     def restore_newest_readable(
         self,
@@ -175,39 +228,28 @@ def check_same_network(stored: dict[str, Any], expected: dict[str, Any], where: 
         )
 
 
-# One compiled program for a whole tree, where leaf-by-leaf indexing outside jit would
-# compile one per leaf shape.
-_unstack = jax.jit(lambda tree: members.take(tree, 0))
-_stack_one = jax.jit(lambda tree: members.stack([tree]))
-
-
 class RunCheckpoints:
     """The latest and best checkpoints of a run in ``workdir`` (``latest``, ``best``).
 
     Args:
       workdir: the run's folder.
       meta: what every checkpoint of the run stores: ``network`` and ``preprocessing``.
-      num_members: M, the members of the run (1: the unstacked layout on disk).
+      num_members: M ≥ 1, the members of the run.
       log: where the resume and set-aside lines go.
     """
 
     def __init__(
         self, workdir: str, meta: dict[str, Any], num_members: int, log: Callable[[str], None]
     ):
-        self.workdir, self.meta, self.num_members, self.log = workdir, meta, num_members, log
+        self.workdir, self.num_members, self.log = workdir, num_members, log
+        self.meta = {**meta, "layout": LAYOUT}
         self.latest = Checkpointer(os.path.join(workdir, "checkpoints"))
         self.best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
 
     def _check_meta(self, meta: dict[str, Any]) -> None:
+        if meta.get("layout") != LAYOUT:
+            raise EarlierLayoutError(earlier_layout_message(self.workdir))
         check_same_network(meta.get("network", {}), self.meta["network"], self.workdir)
-
-    def to_disk(self, tree: Any) -> Any:
-        """A stacked tree as the checkpoint holds it: a single run without the member axis."""
-        return _unstack(tree) if self.num_members == 1 else tree
-
-    def from_disk(self, tree: Any) -> Any:
-        """A tree read from a checkpoint, stacked (the inverse of `to_disk`)."""
-        return _stack_one(tree) if self.num_members == 1 else tree
 
     def restore(self, initial: TrainState, epochs: int) -> tuple[TrainState, Progress]:
         """The stacked state to start from and the members' progress (best so far, diverged).
@@ -218,17 +260,13 @@ class RunCheckpoints:
 
         Raises:
           ConfigError: when the checkpoint found has done more than ``epochs`` epochs.
+          EarlierLayoutError: when it is of an earlier layout.
         """
-        state = initial
         progress = Progress.new(self.num_members)
-        params, opt_state, key = self.to_disk((state.params, state.opt_state, state.key))
-        like = TrainState(params, opt_state, state.epoch, key)
-        found = self.latest.restore_newest_readable(like, self._check_meta, self.log)
+        found = self.latest.restore_newest_readable(initial, self._check_meta, self.log)
         if found is None:
-            return state, progress
-        epoch, stored, meta = found
-        params, opt_state, key = self.from_disk((stored.params, stored.opt_state, stored.key))
-        state = TrainState(params, opt_state, stored.epoch, key)
+            return initial, progress
+        epoch, state, meta = found
         if epochs < epoch:
             raise ConfigError(
                 "epochs",
@@ -237,17 +275,14 @@ class RunCheckpoints:
                 f"epochs >= {epoch}, or a new workdir.",
             )
         self.log(f"resuming from the checkpoint of epoch {epoch} in {self.workdir}")
-        if "diverged" in meta:
-            progress.diverged_at[:] = meta["diverged"]
+        progress.diverged_at[:] = meta["diverged"]
         best_found = self.best.restore_newest_readable(
-            {"params": like.params}, self._check_meta, self.log
+            {"params": initial.params}, self._check_meta, self.log
         )
         # The best is saved just before the state, so one newer than the state cannot be
         # the run's own: it is redone.
         if best_found is not None and best_found[0] <= epoch:
-            progress.resume_best(
-                best_found[0], best_found[2]["best"], self.from_disk(best_found[1]["params"])
-            )
+            progress.resume_best(best_found[0], best_found[2]["best"], best_found[1]["params"])
         return state, progress
 
     def save(
@@ -255,13 +290,25 @@ class RunCheckpoints:
     ) -> None:
         """Writes the best params when they changed (`save_best`), then the state of ``epoch``."""
         self.save_best(progress)
-        meta: dict[str, Any] = dict(self.meta)
-        if self.num_members > 1:
-            meta["diverged"] = list(progress.diverged_at)
-        params, opt_state, key = self.to_disk((params, opt_state, key))
+        meta = {**self.meta, "diverged": list(progress.diverged_at)}
         self.latest.save(
             epoch, TrainState(params, opt_state, np.asarray(epoch, np.int32), key), meta
         )
+
+    def on_disk(self, progress: Progress) -> str:
+        """What the workdir holds now, in words: the state's epoch and the best's."""
+        latest = self.latest.latest_epoch()
+        state = (
+            "no checkpoint was written (nothing finite to keep)"
+            if latest is None
+            else f"checkpoints/ holds the state of epoch {latest}"
+        )
+        best = (
+            "best/ holds nothing (no evaluation)"
+            if progress.saved_best is None
+            else f"best/ the best-validation params as of epoch {progress.saved_best}"
+        )
+        return f"in {self.workdir}, {state}; {best}"
 
     def save_best(self, progress: Progress) -> None:
         """Writes the best params to best/ when they changed since the last write.
@@ -272,8 +319,6 @@ class RunCheckpoints:
         if unsaved is None:
             return
         newest, record = unsaved
-        meta: dict[str, Any] = {**self.meta, "best": record}
-        if self.num_members > 1:
-            meta["diverged"] = list(progress.diverged_at)
-        self.best.save(newest, {"params": self.to_disk(progress.best_params)}, meta)
+        meta = {**self.meta, "best": record, "diverged": list(progress.diverged_at)}
+        self.best.save(newest, {"params": progress.best_params}, meta)
         progress.saved_best = newest

@@ -7,9 +7,9 @@
   the run was trained on.
 
 The run comes from `jaxbp.run.inference.load_trained`, under that module's contract (which
-parameters, in which precision). A member set's evaluation reports each member's test
-metrics, their mean (as ``summary.json``), and the ensemble's: the kept members' outputs
-averaged, as `jaxbp.run.inference` predicts.
+parameters, in which precision). Every run is a member set (M ≥ 1); its evaluation reports
+each member's test metrics, their mean (as ``summary.json``; for M = 1 the run's own), and the
+ensemble's: the kept members' outputs averaged, as `jaxbp.run.inference` predicts.
 
 Uses the ``experiments`` extra (orbax-checkpoint, scikit-learn).
 """
@@ -53,10 +53,10 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
 
     Returns:
       ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2`` (regression), the
-      keys of ``summary.json`` (a member set: the means over its kept members, with
-      ``test_*_std``, ``members`` with each one's, and ``ensemble`` with the averaged
-      outputs' metrics; the class report is then the ensemble's); ``num_test_examples``;
-      ``best_epoch`` (None: the latest state's parameters, or a member set's); and for
+      keys of ``summary.json``: the means over the kept members (a single run: its own),
+      with ``test_*_std``, ``members`` with each one's, and ``ensemble`` with the averaged
+      outputs' metrics (the class report is the ensemble's); ``num_test_examples``;
+      ``best_epoch`` (None: the latest state's parameters, or members of several); and for
       classification ``class_names``, ``confusion_matrix`` (a list of rows: row i counts
       the examples of true class i, column j those predicted as class j, both in
       ``class_names`` order) and ``precision``, ``recall`` and ``f1`` (dicts keyed by
@@ -79,16 +79,12 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
             y_hat = backprop.apply(model, params, x, backward="autodiff")
             return training.split_metrics(model, loss, params, x, y, task), y_hat
 
-        if trained.members is not None:
-            evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         metrics, y_hat = jax.jit(evaluate)(trained.params, dataset.x_test, dataset.y_test)
         metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
         y_hat = np.asarray(y_hat)
-        if trained.members is None:
-            result: dict[str, Any] = {f"test_{k}": float(v) for k, v in metrics.items()}
-        else:
-            result = _member_set_result(trained, metrics, y_hat, dataset.y_test)
-            y_hat = y_hat[inference.kept(trained)].mean(axis=0)
+        result = _member_set_result(trained, metrics, y_hat, dataset.y_test)
+        y_hat = y_hat[inference.kept(trained)].mean(axis=0)
     result["num_test_examples"] = len(dataset.x_test)
     result["best_epoch"] = trained.best_epoch
     if task == "classification":
@@ -108,10 +104,11 @@ def _member_set_result(
     kept = inference.kept(trained)
     result: dict[str, Any] = {f"test_{k}": float(v[kept].mean()) for k, v in metrics.items()}
     for k, v in metrics.items():
+        result[f"test_{k}_mean"] = result[f"test_{k}"]  # as summary.json names them too
         result[f"test_{k}_std"] = float(v[kept].std())
     result["members"] = [
         {**member, **{f"test_{k}": float(v[i]) for k, v in metrics.items()}}
-        for i, member in enumerate(trained.members or ())
+        for i, member in enumerate(trained.members)
     ]
     ensemble = y_hat[kept].mean(axis=0)
     loss_fn = losses.get_loss(trained.loss)

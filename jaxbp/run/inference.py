@@ -13,11 +13,11 @@ data's units: class names, or values ``ŷ · y_scale + y_mean``.
 * `load_trained`: the trained network, its parameters and preprocessing, as a `TrainedModel`.
 * `predict_rows`: labels or values, and class probabilities, for new rows.
 
-A member set's workdir (``repeats`` or ``sweep``) holds every member's params, stacked
-``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ averaged
-(probabilities for classes, values for regression), diverged members left out (`kept`);
-`member_predictions` gives each member's. `jaxbp.run.evaluation` builds on `load_trained` for a
-workdir's test metrics.
+Every workdir holds a member set, M ≥ 1 (a single run: M = 1; ``repeats`` or ``sweep``: more),
+its params stacked ``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ
+averaged (probabilities for classes, values for regression; for M = 1 the run's own),
+diverged members left out (`kept`); `member_predictions` gives each member's.
+`jaxbp.run.evaluation` builds on `load_trained` for a workdir's test metrics.
 
 Uses the ``experiments`` extra (orbax-checkpoint).
 """
@@ -53,16 +53,16 @@ class TrainedModel(NamedTuple):
     Attributes:
       config: the run's settings (``W/run.json``).
       model: the network of the checkpoint.
-      params: its parameters as numpy arrays in the run's precision, one
-        ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
+      params: its members' parameters as numpy arrays in the run's precision, one
+        ``{"W": (M, n_k, n_{k-1}), "b": (M, n_k)}`` dict per layer.
       loss: the loss it was trained with.
       preprocessing: ``task``, ``feature_names``, ``class_names``, ``x_mean``, ``x_scale``,
         ``y_mean``, ``y_scale`` (see `jaxbp.run.recipe.Preprocessing`).
-      best_epoch: the epoch whose parameters these are (best validation loss), or None when
-        they are the latest state's (or a member set's, each member with its own).
-      members: a member set's members, None for a single run: ``member``, ``seed``, the
-        swept values, ``best_epoch`` and ``diverged_at_epoch``; ``params`` are then stacked
-        ``(M, ...)``.
+      best_epoch: the epoch whose parameters these are (best validation loss) when every
+        member's come from the same one (always so for a single run), else None (also when
+        they are the latest state's).
+      members: the M members in order: ``member``, ``seed``, the swept values,
+        ``best_epoch`` and ``diverged_at_epoch``.
     """
 
     config: Config
@@ -71,7 +71,7 @@ class TrainedModel(NamedTuple):
     loss: str
     preprocessing: dict[str, Any]
     best_epoch: int | None
-    members: list[dict[str, Any]] | None = None
+    members: list[dict[str, Any]]
 
 
 # A live run may replace its newest checkpoint between listing and reading it.
@@ -134,50 +134,48 @@ def load_trained(workdir: str) -> TrainedModel:
             f"the checkpoint in {workdir} stores no preprocessing, so raw rows cannot be "
             "read for it; train the run again with this version of jaxbp."
         )
-    best = meta.get("best")
-    num_members = meta["network"].get("members", 1)
-    if num_members == 1:
-        return TrainedModel(
-            config,
-            model,
-            params,
-            meta["network"]["loss"],
-            meta["preprocessing"],
-            None if best is None else int(best["epoch"]),
-        )
-    bests = (best or {}).get("members") or [{"epoch": None}] * num_members
-    diverged = meta.get("diverged") or [None] * num_members
-    members = [
-        {
-            "member": m.index,
-            "seed": m.seed,
-            **m.values,
-            "best_epoch": b["epoch"],
-            "diverged_at_epoch": d,
-        }
-        for m, b, d in zip(config_lib.member_grid(config), bests, diverged, strict=True)
-    ]
     return TrainedModel(
-        config, model, params, meta["network"]["loss"], meta["preprocessing"], None, members
+        config,
+        model,
+        params,
+        meta["network"]["loss"],
+        meta["preprocessing"],
+        *_members(config, meta),
     )
+
+
+def _members(config: Config, meta: dict[str, Any]) -> tuple[int | None, list[dict[str, Any]]]:
+    """The common best epoch (or None) and each member's entry, from a checkpoint's meta.
+
+    A layout-1 single run's best record holds its ``epoch`` alone, without ``members``.
+    """
+    grid = config_lib.member_grid(config)
+    best = meta.get("best")
+    bests = (
+        [None] * len(grid) if best is None else [b["epoch"] for b in best.get("members", [best])]
+    )
+    diverged = meta.get("diverged") or [None] * len(grid)
+    members = [
+        {"member": m.index, "seed": m.seed, **m.values, "best_epoch": b, "diverged_at_epoch": d}
+        for m, b, d in zip(grid, bests, diverged, strict=True)
+    ]
+    return (bests[0] if len(set(bests)) == 1 else None), members
 
 
 def kept(trained: TrainedModel) -> np.ndarray:
     """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
-    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members or ()])
+    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members])
 
 
 def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
-    """ŷ of the network, ``(n, nL)``; for a member set ``(M, n, nL)``."""
+    """ŷ of every member, ``(M, n, nL)``."""
     model = trained.model
     with jax.enable_x64(trained.config.precision == "float64"):
 
         def forward(params, x):
             return backprop.apply(model, params, x, backward="autodiff")
 
-        if trained.members is not None:
-            forward = jax.vmap(forward, in_axes=(0, None))
-        return np.asarray(jax.jit(forward)(trained.params, x))
+        return np.asarray(jax.jit(jax.vmap(forward, in_axes=(0, None)))(trained.params, x))
 
 
 def predict_rows(
@@ -205,10 +203,15 @@ def predict_rows(
       NotTrainedError, jaxbp.run.workdir.WorkdirError: see `load_trained`.
     """
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
-    pre, model = trained.preprocessing, trained.model
     y_hat = _outputs(trained, standardise(trained, x_raw))
-    if trained.members is not None:  # the ensemble: the kept members' outputs averaged
-        y_hat = y_hat[kept(trained)].mean(axis=0)
+    return _in_data_units(trained, y_hat[kept(trained)].mean(axis=0))  # the ensemble
+
+
+def _in_data_units(
+    trained: TrainedModel, y_hat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`predict_rows`'s ``(predictions, probabilities)`` of outputs ``ŷ: (n, nL)``."""
+    pre, model = trained.preprocessing, trained.model
     bad = ~np.isfinite(y_hat).all(axis=1)
     if bad.any():  # never hand out NaN predictions as if they were results
         raise ValueError(
@@ -267,23 +270,11 @@ def standardise(trained: TrainedModel, x_raw: np.ndarray) -> np.ndarray:
 def member_predictions(
     workdir: str | TrainedModel, x_raw: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Each member's `predict_rows` for a member set's workdir, in member order.
-
-    Raises:
-      ValueError: when the workdir holds a single run (use `predict_rows`).
-    """
+    """Each member's `predict_rows`, in member order (diverged members too: their params
+    are those of the epoch before they diverged)."""
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
-    if trained.members is None:
-        raise ValueError("the workdir holds a single run, not a member set; use predict_rows.")
-    return [
-        predict_rows(
-            trained._replace(
-                params=jax.tree.map(lambda leaf, k=k: leaf[k], trained.params), members=None
-            ),
-            x_raw,
-        )
-        for k in range(len(trained.members))
-    ]
+    y_hat = _outputs(trained, standardise(trained, x_raw))
+    return [_in_data_units(trained, member) for member in y_hat]
 
 
 def class_indices(y: np.ndarray) -> np.ndarray:

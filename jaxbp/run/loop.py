@@ -9,24 +9,25 @@ metrics, TensorBoard events, curves, the latest and the best-validation checkpoi
 * **Nothing is mixed.** A workdir that holds a run resumes it only with the same data,
   network and seeds (`jaxbp.run.workdir.check_resume`); a resumed run ends bit-identical to an
   uninterrupted one, after a Ctrl-C or a kill at any point.
-* **Nothing bad is saved.** The loss and the parameters are checked finite after every
-  epoch, before any checkpoint; a damaged checkpoint is set aside and the one before it
-  used.
+* **Nothing bad is saved.** The step losses, the parameters and the loss at the epoch's
+  final parameters are checked finite after every epoch, before any checkpoint; a damaged
+  checkpoint is set aside and the one before it used.
 * **A stop is clean.** SIGINT and SIGTERM end the run after the current epoch with a
   checkpoint, curves and a summary marked ``interrupted``; `RunInterruptedError` carries the
   signal (`jaxbp.run.stop`).
 
-A config with ``repeats`` or ``sweep`` trains a *member set* (`jaxbp.training.members`): every
-combination of the swept values and the repeat seeds (`jaxbp.run.config.member_grid`), one
-compiled epoch for all of them, one stacked state in each checkpoint (a single run's
-checkpoint keeps its unstacked layout). Each member keeps its own best-validation params
-and early-stops only when all of them have run out of patience. **A diverging member is
-frozen:** when its loss or params stop being finite in an epoch, that epoch is thrown away
-for it alone, it keeps the params of the epoch before (finite, so every checkpoint stays
-loadable), is marked ``diverged_at_epoch`` in ``summary.json`` and left out of the means,
-the std, the sweep table's figures and the ensemble; the others train on unaffected. Only
-when every member has diverged does the run stop with `NonFiniteError` (a single run: at
-its first NaN).
+Every run is a *member set* of M ≥ 1 (`jaxbp.training.members`): a single run is M = 1, and
+a config with ``repeats`` or ``sweep`` trains every combination of the swept values and the
+repeat seeds (`jaxbp.run.config.member_grid`). One compiled epoch trains all of them, and one
+state, stacked ``(M, ...)``, is in memory and in each checkpoint. Each member keeps its own
+best-validation params and early-stops only when all of them have run out of patience. **A
+diverging member is frozen:** when its loss or params stop being finite in an epoch, that
+epoch is thrown away for it alone, it keeps the params of the epoch before (finite, so every
+checkpoint stays loadable), is marked ``diverged_at_epoch`` in ``summary.json`` and left out
+of the means, the std, the sweep table's figures and the ensemble; the others train on
+unaffected. When no member is left training (a single run: at its first non-finite loss),
+the state they kept, the epoch before's, is checkpointed and the run stops with
+`NonFiniteError`, saying what is on disk.
 
 A DP-SGD run (`jaxbp.run.privacy_plan`) trains with Poisson-sampled private epochs
 (`jaxbp.dp_sgd`), records the ε spent at every evaluation and in ``summary.json``, and reports
@@ -57,7 +58,7 @@ from jaxbp import losses, training
 from jaxbp.run import config as config_lib
 from jaxbp.run import config_checks, outputs, privacy_plan, programs, summary
 from jaxbp.run import workdir as workdir_lib
-from jaxbp.run.checkpoints import RunCheckpoints
+from jaxbp.run.checkpoints import RunCheckpoints, refuse_earlier_layout
 from jaxbp.run.config import Config, ConfigError
 from jaxbp.run.progress import Progress, progress_line
 from jaxbp.run.recipe import (
@@ -114,6 +115,7 @@ def train_and_evaluate(
         stored = workdir_lib.read_run_record(workdir)
         if stored is not None:
             workdir_lib.check_resume(workdir_lib.config_from_record(stored), config, allow_changes)
+            refuse_earlier_layout(workdir)
         return stored
 
     check_stored()  # before the data load, so a mismatch costs nothing
@@ -150,18 +152,28 @@ def _train(run: _Run) -> dict[str, Any]:
         for epoch in range(start + 1, config.epochs + 1):
             t0 = time.perf_counter()
             active = progress.active()
-            params, opt_state, step_losses, finite = programs.run_epoch(
+            params, opt_state, losses, finite = programs.run_epoch(
                 compiled, params, opt_state, key, epoch, active
             )
-            step_losses = parallel.to_host(step_losses)  # the one host sync of the epoch
+            losses, finite = jax.tree.map(parallel.to_host, (losses, finite))  # the host sync
             seconds = time.perf_counter() - t0
             train_seconds += seconds
-            run.check_finite(
-                progress, active, step_losses, parallel.to_host(finite), epoch, checkpoints
-            )
+            if (active & ~finite).any():
+                with phase("checkpoints"):
+                    run.freeze_diverged(
+                        progress,
+                        active,
+                        losses,
+                        finite,
+                        epoch,
+                        checkpoints,
+                        (params, opt_state, key),
+                    )
             evaluated = epoch % config.eval_interval == 0 or epoch == config.epochs
             if evaluated:
-                run.evaluate(compiled, params, epoch, step_losses, seconds, progress, writer)
+                run.evaluate(
+                    compiled, (params, opt_state), epoch, losses.steps, seconds, progress, writer
+                )
             patience = config.early_stopping_patience
             early = bool(patience and evaluated and progress.patience_out(epoch, patience))
             stopping = early or stop.signum is not None
@@ -173,7 +185,8 @@ def _train(run: _Run) -> dict[str, Any]:
                 saved_at = time.monotonic()
             if early:
                 status = "early_stopped"
-                since = progress.best_epoch[0] if run.num_members == 1 else "each member's best"
+                bests = set(progress.best_epoch)
+                since = bests.pop() if len(bests) == 1 else "each member's best"
                 log(f"early stop: no better val loss for {patience} epochs since {since}")
                 break
             if stop.signum is not None:
@@ -234,7 +247,6 @@ class _Run:
         self.privacy = privacy_plan.plan_privacy(config, len(data.x_train), data_devices)
         if self.privacy is not None:
             self.noise = privacy_plan.member_noise(self.privacy, self.members)
-        self.rates = self._epoch_rates()
         self.spec = programs.Spec(
             config,
             self.model,
@@ -260,27 +272,13 @@ class _Run:
         finally:
             self.phase_seconds[name] += time.perf_counter() - started
 
-    def _epoch_rates(self) -> np.ndarray:
-        """Every member's learning rate after each epoch, ``(epochs + 1, M)``, in one program
-        (called op by op, a schedule would compile a handful of scalar programs)."""
-        config = self.config
-        ends = np.arange(config.epochs + 1) * self.steps_per_epoch
-        if "learning_rate" not in self.hparams:
-            schedule = build_schedule(config, self.steps_per_epoch)
-            rates = np.asarray(jax.jit(jax.vmap(schedule))(ends), np.float64)
-            return np.repeat(rates[:, None], self.num_members, axis=1)
-        # Swept peak rates scale the shared unit schedule (`jaxbp.training.members`).
-        unit = build_schedule(dataclasses.replace(config, learning_rate=1.0), self.steps_per_epoch)
-        unit_rates = np.asarray(jax.jit(jax.vmap(unit))(ends), np.float64)
-        return unit_rates[:, None] * self.hparams["learning_rate"].astype(np.float64)
-
     def open_outputs(self, start_epoch: int) -> outputs.RunOutputs | None:
         """Records this start in run.json and opens the outputs (process 0 only)."""
         if not parallel.is_primary():
             return None
         with self.phase("setup"):
             self._record_start(start_epoch)
-            writer = outputs.RunOutputs(self.workdir, self.dataset.task, self.num_members)
+            writer = outputs.RunOutputs(self.workdir, self.dataset.task)
             writer.truncate_after(start_epoch)
         return writer
 
@@ -303,42 +301,37 @@ class _Run:
         for name in sorted(set(changes) - {"epochs"}):
             self.log(f"changed on resume: {name} {changes[name][0]} -> {changes[name][1]}")
 
-    def check_finite(self, progress, active, step_losses, finite, epoch: int, checkpoints):
-        """A single run stops at its first non-finite loss or params; in a set, the members
-        whose loss or params stopped being finite this epoch are frozen, and the run stops
-        only when every member has."""
-        finite = np.asarray(finite)
-        if self.num_members > 1:
-            for line in progress.mark_diverged(active & ~finite, step_losses, epoch, self.members):
+    def freeze_diverged(self, progress, active, losses, finite, epoch, checkpoints, state):
+        """Freezes the members whose loss or params stopped being finite in ``epoch``; when no
+        member is left training, checkpoints the state they kept (``epoch - 1``'s, as an
+        interval checkpoint would have) and stops, saying what is on disk.
+
+        Raises:
+          NonFiniteError: when every member has diverged.
+        """
+        newly = active & ~finite
+        causes = progress.causes(newly, losses, epoch, self.steps_per_epoch)
+        if (active & finite).any():
+            for line in progress.mark_diverged(newly, causes, epoch, self.members):
                 self.log(line)
-            if not progress.active().any():
-                raise NonFiniteError(
-                    f"every member diverged by epoch {epoch}; the last good checkpoint is kept "
-                    f"in {self.workdir}. Lower learning_rate or check the data."
-                )
             return
-        bad = np.flatnonzero(~np.isfinite(step_losses[0]))
-        if not bad.size and bool(finite[0]):
-            return
-        kept = checkpoints.latest.latest_epoch()
-        kept_text = (
-            f"the last good checkpoint (epoch {kept}) is kept"
-            if kept is not None
-            else "no checkpoint had been written"
-        )
-        if bad.size:
-            step = (epoch - 1) * self.steps_per_epoch + int(bad[0]) + 1
-            what = f"the loss became {step_losses[0][bad[0]]} at step {step} (epoch {epoch})"
-        else:
-            what = f"the parameters became non-finite in the last step of epoch {epoch}"
+        kept = epoch - 1  # the frozen state: every member's params of its last good epoch
+        if kept >= 1 and (checkpoints.latest.latest_epoch() or 0) < kept:
+            checkpoints.save(kept, *state, progress)
+        who, why = "every member", "; ".join(f"member {k}: {w}" for k, w in causes.items())
+        if self.num_members == 1:  # the words of a single run
+            who, why = "the run", causes[0]
         raise NonFiniteError(
-            f"{what}; {kept_text} in {self.workdir}. Lower learning_rate or check the data."
+            f"{who} diverged by epoch {epoch} ({why}); {checkpoints.on_disk(progress)}. "
+            "Lower learning_rate or check the data."
         )
 
-    def evaluate(self, compiled, params, epoch, step_losses, seconds, progress: Progress, writer):
-        """Every member's metrics after ``epoch``: logged, written, and the improved members'
-        params kept as their best, in memory (a copy: the epoch donates its inputs); they are
-        written only with a checkpoint, so a run is not paced by a save per improvement."""
+    def evaluate(self, compiled, state, epoch, step_losses, seconds, progress: Progress, writer):
+        """Every member's metrics after ``epoch`` (``state``: params and optimizer state):
+        logged, written, and the improved members' params kept as their best, in memory (a
+        copy: the epoch donates its inputs); they are written only with a checkpoint, so a
+        run is not paced by a save per improvement."""
+        params, opt_state = state
         with self.phase("evaluation"):
             metrics = {
                 split: programs.metrics_of(compiled, params, split)
@@ -351,7 +344,7 @@ class _Run:
                 # A DP-SGD run's step losses are its sampled rows' loss without noise: kept
                 # out of the records, which stay private.
                 step_losses=None if self.privacy else step_losses,
-                rates=self.rates[epoch],
+                rates=parallel.to_host(training.learning_rate_of(opt_state)),
                 seconds=seconds,
                 active=progress.active(),
                 epsilon=self.epsilons(epoch),

@@ -1,17 +1,18 @@
 """What a training run leaves in its workdir (matplotlib and tensorboardX, imported lazily).
 
-* ``metrics.jsonl``: one JSON line per evaluation (per member and evaluation for a member
-  set, each line with its ``member`` index); a resumed run first drops the lines written
+* ``metrics.jsonl``: one JSON line per member and evaluation, each with its ``member``
+  index (a single run: member 0); a resumed run first drops the lines written
   after the checkpoint it starts from (and a last line cut short by a kill), so the file
   ends as a straight run's would;
-* ``tensorboard/``: the same scalars as TensorBoard events, one writer for the run (a
-  set: each member's scalars tagged ``NAME/member_000``, ...), and the hparams with the
-  final metrics (a set: their means over the members);
-* ``curves.png``: loss and accuracy (or R²) against epochs (a set: the mean over members
-  with a ±1 std band, one colour per swept value), and where the records carry the
+* ``tensorboard/``: the same scalars as TensorBoard events, one writer for the run (each
+  member's scalars tagged ``NAME/member_000``, ...), and the hparams with the final metrics
+  (their means over the members);
+* ``curves.png``: loss and accuracy (or R²) against epochs (a set of several: the mean over
+  members with a ±1 std band, one colour per swept value), and where the records carry the
   gradient flow, each layer's gradient signal-to-noise ratio ``train_flow/snr/k``;
 * ``summary.json``: the final figures and the config;
-* ``sweep.md`` (a set only): test metrics by swept value, mean ± std over the members.
+* ``sweep.md`` (a set of several members only): test metrics by swept value, mean ± std
+  over the members.
 
 `environment` gives the versions, platform and git commit the summary records, and
 `tensorboard_hparams` the config as TensorBoard hparams.
@@ -46,14 +47,12 @@ class RunOutputs:
     Args:
       workdir: the run's folder.
       task: ``"classification"`` (accuracy curves) or ``"regression"`` (R²).
-      num_members: members of the run (1: a single run, the records carry no ``member``).
     """
 
-    def __init__(self, workdir: str, task: str, num_members: int = 1):
+    def __init__(self, workdir: str, task: str):
         self.workdir = workdir
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.task = task
-        self.num_members = num_members
         from tensorboardX import SummaryWriter
 
         # One writer for every member: 32 writers cost a short run more than its training.
@@ -78,12 +77,11 @@ class RunOutputs:
         return records
 
     def write(self, *records: dict[str, Any]) -> None:
-        """Appends evaluations (each with ``epoch`` and ``step``, and ``member`` in a set) to
-        the jsonl and TensorBoard, and flushes once."""
+        """Appends evaluations (each with ``member``, ``epoch`` and ``step``) to the jsonl and
+        TensorBoard, and flushes once."""
         for record in records:
             workdir_lib.append_line(self.metrics_path, json.dumps(record))
-            member = record.get("member")
-            suffix = "" if member is None else f"/member_{int(member):03d}"
+            suffix = f"/member_{int(record['member']):03d}"
             for name, value in record.items():
                 if name not in ("epoch", "step", "member") and value is not None:
                     self._tensorboard.add_scalar(name + suffix, value, record["step"])
@@ -98,12 +96,12 @@ class RunOutputs:
         The seconds this takes are added to the summary's ``phase_seconds["outputs"]``
         where it has one, before summary.json is written.
 
-        A member set also gets ``sweep.md`` (`sweep_table`), also as TensorBoard text; its
-        hparams carry the means over the members (each member's figures are in the
+        A set of several members also gets ``sweep.md`` (`sweep_table`), also as TensorBoard
+        text; the hparams carry the means over the members (each member's figures are in the
         summary's ``members`` and in sweep.md).
         """
         started = time.perf_counter()
-        members = summary.get("members")
+        members = summary["members"] if len(summary["members"]) > 1 else None
         if hparams is not None:
             metrics = {
                 f"hparam/{k}": v

@@ -5,8 +5,9 @@ its config, network, loss, task, sizes and mesh) and of arrays:
 
 * `train_epoch`: the epoch of every member (`jaxbp.training.members.make_epoch` over
   `member_step`, one program for all M members), *checked*: a member whose loss or params
-  stop being finite in it keeps its state of the epoch before, and the epoch reports which
-  members stayed finite. It donates its params and optimizer state;
+  stop being finite in it (or whose final params give a non-finite loss) keeps its state of
+  the epoch before, and the epoch reports which members stayed finite. It donates its
+  params and optimizer state;
 * `member_metrics`: the metrics of every member on a split, ``{name: (M,)}``: loss and
   accuracy or R² (`jaxbp.training.split_metrics`), and on the training split also ‖∇L‖ and
   the gradient flow (`jaxbp.gradient_flow`) of its first `FLOW_ROWS` rows (on the
@@ -33,7 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxbp import dp_sgd, per_example, training
+from jaxbp import backprop, dp_sgd, per_example, training
 from jaxbp.data import Dataset
 from jaxbp.gradient_flow import gradient_flow
 from jaxbp.mlp import MLP, Params
@@ -108,6 +109,14 @@ def member_step(spec: Spec, hparams: members.Hyperparams) -> training.StepFn:
     )
 
 
+class EpochLosses(NamedTuple):
+    """An epoch's losses: ``steps: (M, steps)`` at each step's params, ``end: (M,)`` at the
+    epoch's final params (on the first batch's rows)."""
+
+    steps: Any
+    end: Any
+
+
 def _per_member(num: int, keep: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     """``new`` for the members where ``keep: (M,)`` is True, else ``old``."""
     return jnp.where(keep.reshape((num,) + (1,) * (new.ndim - 1)), new, old)
@@ -117,9 +126,10 @@ def _per_member(num: int, keep: jax.Array, new: jax.Array, old: jax.Array) -> ja
 def train_epoch(spec: Spec, params, opt_state, hparams, x, y, keys, epoch, active):
     """Epoch ``epoch`` of every member, checked: ``(params, opt_state, losses, finite)``.
 
-    ``losses`` are ``(M, steps)`` and ``finite`` is ``(M,)``, True for the members whose loss
-    and params stayed finite. Members not ``active``, and those not finite, keep their old
-    state. Donates ``params`` and ``opt_state``.
+    ``losses`` are `EpochLosses` and ``finite`` is ``(M,)``, True for the members whose step
+    losses, final params and loss at the final params are all finite. Members not
+    ``active``, and those not finite, keep their old state. Donates ``params`` and
+    ``opt_state``.
     """
     num, shard = spec.num_members, parallel.shard_batch(spec.mesh)
     run_one = None
@@ -140,13 +150,22 @@ def train_epoch(spec: Spec, params, opt_state, hparams, x, y, keys, epoch, activ
     )
     new_params, new_opt_state, metrics = epoch_fn(params, opt_state, hparams, x, y, keys, epoch)
     losses = metrics["loss"]  # (M, steps)
-    finite = jnp.all(jnp.isfinite(losses), axis=1)
+    # Params can end the epoch finite yet so large (1e38) that their loss overflows: the
+    # loss at the final params, on the first batch's rows, must be finite too.
+    rows = min(spec.config.batch_size, spec.num_examples)  # x past num_examples is padding
+    end_loss = members.over_members(
+        lambda p: backprop.loss_value(spec.model, spec.loss, p, x[:rows], y[:rows]),
+        num,
+        (0,),
+        spmd_axis_name=parallel.MEMBER_AXIS,
+    )(new_params)
+    finite = jnp.all(jnp.isfinite(losses), axis=1) & jnp.isfinite(end_loss)
     for leaf in jax.tree.leaves(new_params):
         finite &= jnp.all(jnp.isfinite(leaf.reshape(num, -1)), axis=1)
     keep = functools.partial(_per_member, num, active & finite)
     new_params = jax.tree.map(keep, new_params, params)
     new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    return new_params, new_opt_state, losses, finite
+    return new_params, new_opt_state, EpochLosses(losses, end_loss), finite
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -73,8 +73,6 @@ class Progress:
         newest = max((e for e in self.best_epoch if e is not None), default=None)
         if newest is None or newest == self.saved_best:
             return None
-        if len(self.best_epoch) == 1:
-            return newest, {"epoch": newest, "val_loss": float(self.best_val[0])}
         return newest, {
             "epoch": newest,
             "members": [
@@ -85,32 +83,46 @@ class Progress:
 
     def resume_best(self, saved_epoch: int, record: dict[str, Any], params: Params) -> None:
         """Takes up the best params a resumed run finds, written with ``record``."""
-        bests = record.get("members", [record])
+        bests = record["members"]
         self.best_epoch[:] = [b["epoch"] for b in bests]
         self.best_val[:] = [math.inf if b["epoch"] is None else b["val_loss"] for b in bests]
         self.best_params = params
         self.saved_best = saved_epoch
 
+    def causes(
+        self, newly: np.ndarray, losses: Any, epoch: int, steps_per_epoch: int
+    ) -> dict[int, str]:
+        """Why each member of ``newly: (M,)`` diverged in ``epoch``, ``{k: text}``.
+
+        ``losses``: the epoch's `jaxbp.run.programs.EpochLosses` on the host.
+        """
+        causes = {}
+        for k in np.flatnonzero(newly):
+            bad = np.flatnonzero(~np.isfinite(losses.steps[k]))
+            if bad.size:
+                step = (epoch - 1) * steps_per_epoch + int(bad[0]) + 1
+                what = f"the loss became {losses.steps[k][bad[0]]} at step {step}"
+            elif not np.isfinite(losses.end[k]):
+                what = f"the loss at its params after the epoch is {losses.end[k]}"
+            else:
+                what = "its params became non-finite"
+            causes[int(k)] = what
+        return causes
+
     def mark_diverged(
-        self,
-        newly: np.ndarray,
-        step_losses: np.ndarray,
-        epoch: int,
-        members: list[Member],
+        self, newly: np.ndarray, causes: dict[int, str], epoch: int, members: list[Member]
     ) -> list[str]:
-        """Freezes the members whose loss or params stopped being finite this epoch.
+        """Freezes the members of ``newly: (M,)``, diverged in ``epoch`` (`causes`).
 
         Returns one log line per member frozen.
         """
         lines = []
         for k in np.flatnonzero(newly):
             self.diverged_at[k] = epoch
-            bad = np.flatnonzero(~np.isfinite(step_losses[k]))
-            what = f"loss {step_losses[k][bad[0]]}" if bad.size else "non-finite params"
             lines.append(
                 f"member {k} ({member_label(members[k])}) diverged in epoch {epoch} "
-                f"({what}); it keeps its params of epoch {epoch - 1} and is left out of the "
-                "means."
+                f"({causes[int(k)]}); it keeps its params of epoch "
+                f"{epoch - 1} and is left out of the means."
             )
         return lines
 

@@ -113,13 +113,18 @@ def build_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The config's optax optimizer with `build_schedule`'s learning rate."""
-    return training.make_optimizer(
-        config.optimizer,
-        build_schedule(config, steps_per_epoch),
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    """The config's optax optimizer with `build_schedule`'s learning rate, injected into its
+    state (`jaxbp.training.learning_rate_of` reads the rate of the last step)."""
+
+    def make(learning_rate):
+        return training.make_optimizer(
+            config.optimizer,
+            learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+
+    return training.inject_learning_rate(make, build_schedule(config, steps_per_epoch))
 
 
 def initial_state(
@@ -200,11 +205,9 @@ def initial_member_state(
 
 
 def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
-    """The JSON description a checkpoint of this run must match (``members`` for a set)."""
-    num_members = len(config_lib.member_grid(config))
-    extra = {"members": num_members} if num_members > 1 else {}
+    """The JSON description a checkpoint of this run must match (``members``: M ≥ 1)."""
     return {
-        **extra,
+        "members": len(config_lib.member_grid(config)),
         "sizes": list(model.sizes),
         "activation": model.activation,
         "output_activation": model.output_activation,

@@ -3,8 +3,11 @@
 `restore_trained` starts from a workdir that `jaxbp.run.loop.train_and_evaluate` wrote and
 rebuilds what the run trained, in the run's precision: the config from the run record
 (`jaxbp.run.workdir`), the network from the checkpoint's own meta, and the params of the newest
-best-validation checkpoint (the newest train state's when no evaluation was made). A member
-set's params come back stacked ``(M, ...)``. `jaxbp.run.inference` builds on it.
+best-validation checkpoint (the newest train state's when no evaluation was made), stacked
+``(M, ...)`` with M ≥ 1 (a single run: M = 1). It reads the params alone, without a template
+of the rest of the state, so the workdirs of every checkpoint layout read back
+(`jaxbp.run.checkpoints.LAYOUT`; a single run's unstacked params of layout 1 get their member
+axis here). `jaxbp.run.inference` builds on it.
 
 Uses the ``experiments`` extra (orbax-checkpoint).
 """
@@ -16,16 +19,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbp.mlp import MLP, Params, init_params
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import Config
-from jaxbp.run.recipe import build_optimizer, initial_member_state, initial_state, member_optimizer
-from jaxbp.training import members
 
 
 def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
-    """The config, network, best parameters and checkpoint meta of a trained workdir.
+    """The config, network, best parameters ``(M, ...)`` and checkpoint meta of a workdir.
 
     Reads the run record and the newest best-validation checkpoint (the newest train
     state's params when no evaluation was made). Loads no data and writes nothing. A
@@ -34,6 +36,7 @@ def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
 
     Raises:
       FileNotFoundError: when the workdir holds no run or no checkpoint.
+      ValueError: when the checkpoint's params do not fit its network.
       Exception: what orbax raises for a checkpoint that cannot be read.
     """
     from jaxbp.run.checkpoints import Checkpointer
@@ -45,7 +48,7 @@ def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
             "of a training run."
         )
     config = workdir_lib.config_from_record(record)
-    for folder, is_state in (("best", False), ("checkpoints", True)):
+    for folder in ("best", "checkpoints"):
         path = os.path.join(workdir, folder)
         if not os.path.isdir(path):
             continue
@@ -55,33 +58,41 @@ def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:
             if not epochs:
                 continue
             with jax.enable_x64(config.precision == "float64"):
-                model, params, meta = _read_params(checkpointer, epochs[-1], config, is_state)
+                meta = checkpointer.read_meta(epochs[-1])
+                model = _network(meta)
+                params = _member_params(checkpointer.restore_params(epochs[-1]), model, meta)
             return config, model, params, meta
         finally:
             checkpointer.close()
     raise FileNotFoundError(f"{workdir} holds no checkpoint; train it first.")
 
 
-def _read_params(checkpointer, epoch: int, config: Config, is_state: bool):
-    """``(model, params, meta)`` of one checkpoint, its template built from its meta."""
-    meta = checkpointer.read_meta(epoch)
+def _network(meta: dict[str, Any]) -> MLP:
+    """The network a checkpoint's meta describes."""
     network = meta["network"]
-    model = MLP(
+    return MLP(
         tuple(network["sizes"]),
         network["activation"],
         network["output_activation"],
         network["use_bias"],
     )
-    like_params = init_params(jax.random.PRNGKey(0), model, dtype=jnp.dtype(config.precision))
-    num_members = network.get("members", 1)
-    if num_members > 1:  # a member set's checkpoint holds the stacked state
-        like_params = members.stack([like_params] * num_members)
-    if is_state and num_members > 1:
-        like = initial_member_state(config, model, member_optimizer(config, 1))
-        params = checkpointer.restore(epoch, like).params
-    elif is_state:
-        like = initial_state(config, model, build_optimizer(config, 1))._replace(params=like_params)
-        params = checkpointer.restore(epoch, like).params
-    else:
-        params = checkpointer.restore(epoch, {"params": like_params})["params"]
-    return model, params, meta
+
+
+def _member_params(params: Params, model: MLP, meta: dict[str, Any]) -> Params:
+    """A checkpoint's params with the member axis, checked against its network.
+
+    Layout 1 (no ``layout`` in the meta) stored a single run's params without the axis
+    (its network meta has no ``members``).
+    """
+    num_members = meta["network"].get("members", 1)
+    if "layout" not in meta and "members" not in meta["network"]:
+        params = jax.tree.map(lambda leaf: jnp.expand_dims(leaf, 0), params)
+    like = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), model))
+    want = [(num_members, *leaf.shape) for leaf in jax.tree.leaves(like)]
+    got = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(params)]
+    if str(jax.tree.structure(like)) != str(jax.tree.structure(params)) or want != got:
+        raise ValueError(
+            f"the checkpoint's params {got} do not fit its network {model.sizes} of "
+            f"{num_members} member(s) {want}; the checkpoint is not this run's."
+        )
+    return params

@@ -29,14 +29,14 @@ def epoch_records(
     active: np.ndarray,
     epsilon: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One metrics record per member (with ``member`` for a set of several).
+    """One metrics record per member, each with its ``member`` index.
 
     Args:
       evaluated: ``{split: {name: (M,)}}`` for the splits the record carries.
       epoch, steps_per_epoch: where the run stands.
       step_losses: ``(M, steps)``, the epoch's losses; None: no ``epoch_loss`` (a DP-SGD
         run's, which are not private).
-      rates: ``(M,)``, every member's learning rate after the epoch.
+      rates: ``(M,)``, every member's learning rate in the epoch's last step.
       seconds: the epoch's wall time.
       active: ``(M,)``; a diverged member's record holds its frozen params' metrics and no
         ``epoch_loss`` (null: its epoch was thrown away).
@@ -45,8 +45,7 @@ def epoch_records(
     num = len(active)
     records = []
     for k in range(num):
-        record: dict[str, Any] = {"member": k} if num > 1 else {}
-        record.update({"epoch": epoch, "step": epoch * steps_per_epoch})
+        record: dict[str, Any] = {"member": k, "epoch": epoch, "step": epoch * steps_per_epoch}
         if step_losses is not None:
             record["epoch_loss"] = float(step_losses[k].mean()) if active[k] else None
         for split, metrics in evaluated.items():
@@ -72,12 +71,13 @@ def run_summary(
     accounts: list[PrivacyAccount] | None = None,
 ) -> dict[str, Any]:
     """The summary of a run: the best-validation params' metrics (``best``: ``{split: {name:
-    (M,)}}``), the last epoch's test metrics, and for a set each member's and the means and
-    standard deviations over the members that did not diverge.
+    (M,)}}``), the last epoch's test metrics, each member's, and the means and standard
+    deviations over the members that did not diverge (a single run: its own figures at the
+    top, std 0). ``best_epoch`` is the members' common best epoch, None when they differ.
 
-    A DP-SGD run's ``accounts`` (one per member) give its ``privacy`` record, each member's
-    in a set, and at the top the member's of the largest ε (the weakest guarantee of one
-    model; releasing several members spends more)."""
+    A DP-SGD run's ``accounts`` (one per member) give its ``privacy`` record, each member's,
+    and at the top the member's of the largest ε (the weakest guarantee of one model;
+    releasing several members spends more)."""
     kept = progress.active()
 
     def mean(values: np.ndarray) -> float:
@@ -89,19 +89,17 @@ def run_summary(
         **{f"test_{k}": mean(v) for k, v in test.items()},
         **{f"val_{k}": mean(v) for k, v in val.items() if k != "grad_norm"},
         **({"train_loss": mean(best["train"]["loss"])} if "train" in best else {}),
-        "best_epoch": progress.best_epochs(epoch)[0],
+        "best_epoch": _common(progress.best_epochs(epoch)),
         **{f"last_epoch_test_{k}": mean(v) for k, v in last_test.items()},
     }
-    if len(members) > 1:
-        del summary["best_epoch"]  # each member has its own
-        for name, values in test.items():
-            summary[f"test_{name}_mean"] = mean(values)
-            summary[f"test_{name}_std"] = float(np.std(values[kept]))
-        summary["num_members"] = len(members)
-        summary["num_diverged"] = int((~kept).sum())
-        summary["members"] = progress.member_summaries(list(members), test, val, epoch)
-        for entry, account in zip(summary["members"], accounts or (), strict=False):
-            entry["privacy"] = account.to_dict()
+    for name, values in test.items():
+        summary[f"test_{name}_mean"] = mean(values)
+        summary[f"test_{name}_std"] = float(np.std(values[kept]))
+    summary["num_members"] = len(members)
+    summary["num_diverged"] = int((~kept).sum())
+    summary["members"] = progress.member_summaries(list(members), test, val, epoch)
+    for entry, account in zip(summary["members"], accounts or (), strict=False):
+        entry["privacy"] = account.to_dict()
     if accounts:
         summary["privacy"] = max(accounts, key=lambda a: a.epsilon).to_dict()
     summary.update(run_facts)
@@ -113,3 +111,8 @@ def run_summary(
         }
     )
     return summary
+
+
+def _common(values: list[Any]) -> Any:
+    """The one value all entries share, else None."""
+    return values[0] if len(set(values)) == 1 else None

@@ -22,7 +22,14 @@ from jaxbp.training.epoch import (
     scan_steps,
 )
 from jaxbp.training.metrics import output_metrics, split_metrics
-from jaxbp.training.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from jaxbp.training.optimizers import (
+    OPTIMIZERS,
+    SCHEDULES,
+    inject_learning_rate,
+    learning_rate_of,
+    make_optimizer,
+    make_schedule,
+)
 from jaxbp.training.step import Batch, StepFn, make_loss_and_grad, make_train_step
 
 __all__ = (
@@ -33,6 +40,8 @@ __all__ = (
     "batches_per_epoch",
     "epoch_key",
     "epoch_order",
+    "inject_learning_rate",
+    "learning_rate_of",
     "make_epoch",
     "make_loss_and_grad",
     "make_optimizer",

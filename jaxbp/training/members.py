@@ -109,9 +109,10 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """`jaxbp.training.make_optimizer` with numbers that may be traced (one member's scalars).
 
-    The rate at step t is ``learning_rate · unit_schedule(t)``; for ``unit_schedule =
-    make_schedule(1.0, s)`` and schedule ``s`` constant or cosine this is bit for bit
-    optax's optimizer with ``make_schedule(learning_rate, s)`` (warmup_cosine: to rounding).
+    The rate at step t is ``learning_rate · unit_schedule(t)``, injected into the state
+    (`jaxbp.training.inject_learning_rate`); for ``unit_schedule = make_schedule(1.0, s)`` and
+    schedule ``s`` constant or cosine this is bit for bit optax's optimizer with
+    ``make_schedule(learning_rate, s)`` (warmup_cosine: to rounding).
 
     Args:
       name: one of `jaxbp.training.OPTIMIZERS`.
@@ -126,9 +127,12 @@ def make_optimizer(
     def rate(count):
         return learning_rate * unit_schedule(count)
 
-    return training.make_optimizer(
-        name, rate, momentum=momentum, weight_decay=weight_decay, decay=decay
-    )
+    def make(rate_now):
+        return training.make_optimizer(
+            name, rate_now, momentum=momentum, weight_decay=weight_decay, decay=decay
+        )
+
+    return training.inject_learning_rate(make, rate)
 
 
 def make_epoch(

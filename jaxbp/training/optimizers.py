@@ -3,8 +3,13 @@
 Contract: `make_schedule` maps a peak rate and a schedule name to an optax schedule
 ``step -> η_step``; `make_optimizer` maps an optimiser name, a rate (a number, a traced scalar
 or a schedule) and its numbers to an `optax.GradientTransformation`. Both refuse an unknown
-name with the list of known ones.
+name with the list of known ones. `inject_learning_rate` puts the rate of every step into the
+optimizer state (`optax.inject_hyperparams`), where `learning_rate_of` reads it back, so a run
+logs the rate it used without rebuilding its schedule.
 """
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -85,3 +90,30 @@ def make_optimizer(
     else:
         raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}.")
     return optax.chain(optax.add_decayed_weights(weight_decay), sgd) if decay else sgd
+
+
+def inject_learning_rate(
+    make: Callable[[jax.Array], optax.GradientTransformation],
+    learning_rate: float | jax.Array | optax.Schedule,
+) -> optax.GradientTransformation:
+    """``make(η)`` with η injected by `optax.inject_hyperparams`.
+
+    Each update evaluates ``learning_rate`` (a schedule of the step count, or a number) and
+    keeps the value in the state (`learning_rate_of`); the update is the one ``make`` builds
+    with that value, bit for bit the optimizer ``make(learning_rate)`` of a schedule.
+
+    Args:
+      make: an optimizer from one rate, e.g. ``lambda lr: make_optimizer("adam", lr)``.
+      learning_rate: η, or a schedule ``step -> η_step``.
+    """
+    return optax.inject_hyperparams(lambda learning_rate: make(learning_rate))(
+        learning_rate=learning_rate
+    )
+
+
+def learning_rate_of(opt_state: Any) -> jax.Array:
+    """The rate of the last update of an `inject_learning_rate` state (before any: step 0's).
+
+    Stacked states (a leading member axis) give one rate per member, ``(M,)``.
+    """
+    return opt_state.hyperparams["learning_rate"]

@@ -16,7 +16,8 @@ def test_evaluate_workdir_gives_the_summary_test_metrics(trained, name):
     result = evaluation.evaluate_workdir(workdir)
     summary_keys = {k for k in summary if k.startswith("test_")}
     assert summary_keys == {k for k in result if k.startswith("test_")}
-    assert len(summary_keys) == 2  # the loss and the accuracy or R²
+    # The loss and the accuracy or R², each with its mean and std over the members (one).
+    assert len(summary_keys) == 6 and summary["members"][0]["member"] == 0
     for key in summary_keys:
         assert result[key] == pytest.approx(summary[key], rel=1e-6), key
     assert result["best_epoch"] == summary["best_epoch"]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from jaxbp import data as data_lib
-from jaxbp.run import checkpoints, evaluation, loop, recipe
+from jaxbp import training
+from jaxbp.run import checkpoints, evaluation, inference, loop, recipe
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import ConfigError
-from jaxbp.run.restore import restore_trained
 
 
 def _train(workdir, dataset="iris", log=None, allow_changes=(), **overrides):
@@ -33,12 +33,9 @@ def _records(workdir):
 
 
 def _latest_params(workdir):
-    """The params of the newest train-state checkpoint."""
-    config = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
-    model = restore_trained(str(workdir))[1]
+    """The params of the newest train-state checkpoint, stacked ``(1, ...)``."""
     checkpointer = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
-    state = recipe.initial_state(config, model, recipe.build_optimizer(config, 1))
-    params = checkpointer.restore(checkpointer.latest_epoch(), state).params
+    params = checkpointer.restore_params(checkpointer.latest_epoch())
     checkpointer.close()
     return params
 
@@ -78,6 +75,9 @@ def test_a_run_leaves_every_output_and_names_its_model_first(tmp_path):
     assert all(np.isfinite(v) and v > 0 for v in flow.values())
     lrs = [r["learning_rate"] for r in records]
     assert lrs[0] > lrs[1] > lrs[2] >= 0  # cosine decays
+    schedule = recipe.build_schedule(config_lib.make_config("iris", epochs=3), records[0]["step"])
+    for record in records:  # the rate of the epoch's last step, as the optimizer state has it
+        assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)))
     with open(workdir / "summary.json") as f:
         stored = json.load(f)
     assert stored == json.loads(json.dumps(summary))
@@ -184,21 +184,38 @@ def test_a_live_run_holds_the_workdir(tmp_path):
         _train(tmp_path / "w")
 
 
-def test_a_non_finite_loss_stops_and_keeps_only_good_checkpoints(tmp_path):
-    common = dict(dataset="diabetes", optimizer="sgd", schedule="constant")
+@pytest.mark.parametrize(
+    "extra, learning_rate, cause",
+    [
+        ({}, 1e12, r"the loss became inf at step \d+"),
+        # One step an epoch (a batch of all 310 training rows): at lr 1e25 the step of epoch
+        # 3 starts from finite params with a finite loss and ends at params near 1e25,
+        # finite, whose loss overflows float32. Epoch 3 is not good either.
+        ({"batch_size": 310}, 1e25, r"the loss at its params after the epoch is inf"),
+    ],
+)
+def test_a_non_finite_loss_stops_and_keeps_only_good_checkpoints(
+    tmp_path, extra, learning_rate, cause
+):
+    common = dict(dataset="diabetes", optimizer="sgd", schedule="constant", **extra)
     _train(tmp_path / "w", epochs=2, learning_rate=1e-3, **common)
-    with pytest.raises(loop.NonFiniteError, match=r"epoch 3\).*epoch 2\) is kept"):
+    with pytest.raises(
+        loop.NonFiniteError,
+        match=rf"the run diverged by epoch 3 \({cause}\); in .*, checkpoints/ holds the state "
+        r"of epoch 2; best/ the best-validation params as of epoch 2",
+    ):
         _train(
             tmp_path / "w",
             epochs=4,
-            learning_rate=1e12,
+            learning_rate=learning_rate,
             allow_changes=("learning_rate",),
             **common,
         )
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["1", "2"]
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_latest_params(tmp_path / "w")))
-    with pytest.raises(loop.NonFiniteError, match="no checkpoint had been written"):
-        _train(tmp_path / "fresh", epochs=2, learning_rate=1e12, **common)
+    if not extra:
+        with pytest.raises(loop.NonFiniteError, match="no checkpoint was written"):
+            _train(tmp_path / "fresh", epochs=2, learning_rate=learning_rate, **common)
 
 
 def _damage_newest(workdir, how):
@@ -331,3 +348,48 @@ def test_a_workdir_written_before_checkpoint_seconds_resumes_and_evaluates(tmp_p
     assert summary["epochs"] == 3 and summary["status"] == "completed"
     evaluated = evaluation.evaluate_workdir(str(workdir))
     assert evaluated["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def _as_layout_1(workdir, config):
+    """Rewrites a single run's checkpoints as layout 1 wrote them: the params and key without
+    the member axis, an optimizer state without the rate, a meta without ``layout``,
+    ``diverged`` or the network's ``members``, and the best record of one epoch."""
+    for folder in ("checkpoints", "best"):
+        path = os.path.join(workdir, folder)
+        current = checkpoints.Checkpointer(path)
+        stored = [(e, current.restore_params(e), current.read_meta(e)) for e in current.epochs()]
+        current.close()
+        shutil.rmtree(path)
+        earlier = checkpoints.Checkpointer(path)
+        for epoch, params, meta in stored:
+            params = jax.tree.map(lambda leaf: np.asarray(leaf)[0], params)
+            meta = {k: v for k, v in meta.items() if k not in ("layout", "diverged")}
+            meta["network"] = {k: v for k, v in meta["network"].items() if k != "members"}
+            if folder == "best":
+                (best,) = meta["best"]["members"]
+                meta["best"] = {"epoch": best["epoch"], "val_loss": best["val_loss"]}
+                earlier.save(epoch, {"params": params}, meta)
+                continue
+            optimizer = training.make_optimizer(config.optimizer, recipe.build_schedule(config, 4))
+            key = jax.random.PRNGKey(config.seed)
+            state = recipe.TrainState(params, optimizer.init(params), np.int32(epoch), key)
+            earlier.save(epoch, state, meta)
+        earlier.close()
+
+
+def test_a_workdir_of_the_earlier_checkpoint_layout_evaluates_and_refuses_to_resume(tmp_path):
+    workdir = tmp_path / "w"
+    summary = _train(workdir, epochs=2)
+    _as_layout_1(workdir, config_lib.make_config("iris", epochs=2))
+    trained = inference.load_trained(str(workdir))
+    assert trained.params[0]["W"].shape == (1, 16, 4)
+    assert trained.best_epoch == summary["best_epoch"] and len(trained.members) == 1
+    evaluated = evaluation.evaluate_workdir(str(workdir))
+    assert evaluated["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    records = (workdir / "run.json").read_text(), (workdir / "metrics.jsonl").read_text()
+    with pytest.raises(
+        checkpoints.EarlierLayoutError,
+        match="earlier checkpoint layout and cannot be resumed .*; train again in a new workdir",
+    ):
+        _train(workdir, epochs=3)
+    assert ((workdir / "run.json").read_text(), (workdir / "metrics.jsonl").read_text()) == records

@@ -155,7 +155,8 @@ def test_a_member_set_summary_has_each_member_and_their_mean_and_std(member_set)
     assert len(set(loss)) == 4  # four different runs
     assert summary["num_members"] == 4 and summary["num_diverged"] == 0
     assert all(m["diverged_at_epoch"] is None and 1 <= m["best_epoch"] <= 3 for m in members)
-    assert "best_epoch" not in summary  # each member has its own
+    bests = {m["best_epoch"] for m in members}  # the one they share, else None
+    assert summary["best_epoch"] == (bests.pop() if len(bests) == 1 else None)
     with open(workdir / "summary.json") as f:
         assert json.load(f) == json.loads(json.dumps(summary))
     assert "4 members" in lines[1]
@@ -176,6 +177,12 @@ def test_a_member_set_writes_member_lines_one_tensorboard_writer_curves_and_a_ta
     assert [(r["epoch"], r["member"]) for r in records] == [
         (e, k) for e in (1, 2, 3) for k in range(4)
     ]
+    # Each member's peak rate on the shared unit schedule, at the epoch's last step.
+    steps = records[0]["step"]  # per epoch
+    unit = recipe.build_schedule(config_lib.make_config("iris", epochs=3, learning_rate=1.0), steps)
+    for r in records:
+        peak = summary["members"][r["member"]]["learning_rate"]
+        assert r["learning_rate"] == pytest.approx(peak * float(unit(r["step"] - 1)), rel=1e-6)
     assert records[0]["learning_rate"] != records[2]["learning_rate"]  # per member
     events = [name for name in os.listdir(workdir / "tensorboard") if name.startswith("events")]
     assert len(events) == 1  # one writer for the set, the members as tags
@@ -248,8 +255,44 @@ def test_a_diverged_member_stays_frozen_across_a_resume(tmp_path):
 
 
 def test_a_set_whose_every_member_diverges_stops(tmp_path):
-    with pytest.raises(loop.NonFiniteError, match="every member diverged by epoch 1"):
+    with pytest.raises(
+        loop.NonFiniteError,
+        match=r"every member diverged by epoch 1 \(member 0: the loss became .* at step \d; "
+        r"member 1: .*\); in .*, no checkpoint was written .*; best/ holds nothing",
+    ):
         _train(tmp_path / "w", **{**DIVERGING, "sweep": (("learning_rate", (1e30, 1e31)),)})
+    assert not os.listdir(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("sweep", [(30.0, 40.0), ()])
+def test_when_every_member_diverges_the_state_they_kept_is_on_disk(tmp_path, sweep):
+    """Both members (or the single run, lr 30) of sgd at these rates diverge in epoch 2; with
+    checkpoint_seconds large no interval checkpoint was due, so the run saves the state they
+    kept, epoch 1's, says so, and a lower rate resumes from it."""
+    fields = dict(DIVERGING, sweep=(("learning_rate", sweep),) if sweep else ())
+    fields.update(learning_rate=30.0, checkpoint_seconds=1e6, epochs=4)
+    with pytest.raises(
+        loop.NonFiniteError,
+        match=r"diverged by epoch 2 \(.*\); in .*, checkpoints/ holds the state of epoch 1; "
+        r"best/ the best-validation params as of epoch 1\.",
+    ):
+        _train(tmp_path / "w", **fields)
+    state = _latest_state(tmp_path / "w")
+    assert int(state.epoch) == 1
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
+    trained = inference.load_trained(str(tmp_path / "w"))
+    assert trained.best_epoch == 1 and all(m["diverged_at_epoch"] is None for m in trained.members)
+    if sweep:  # a member set's rates are its sweep, a fixed setting
+        return
+    lines = []
+    summary = loop.train_and_evaluate(
+        config_lib.make_config("iris", checkpoint_interval=1, **dict(fields, learning_rate=0.05)),
+        str(tmp_path / "w"),
+        allow_changes=("learning_rate",),
+        log=lines.append,
+    )
+    assert "resuming from the checkpoint of epoch 1" in lines[0]
+    assert summary["status"] == "completed" and summary["members"][0]["diverged_at_epoch"] is None
 
 
 # -- eval and predict ----------------------------------------------------------------------

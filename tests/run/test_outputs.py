@@ -11,6 +11,7 @@ from jaxbp.run.outputs import RunOutputs, plot_curves
 def _record(epoch, task="classification"):
     quality = "accuracy" if task == "classification" else "r2"
     return {
+        "member": 0,
         "epoch": epoch,
         "step": 10 * epoch,
         "train_loss": 1.0 / epoch,
@@ -28,9 +29,11 @@ def test_write_truncate_and_finish(tmp_path):
     outputs.truncate_after(2)  # a resume from the checkpoint of epoch 2
     assert [r["epoch"] for r in outputs.records()] == [1, 2]
     outputs.write(_record(3))
-    outputs.finish({"test_accuracy": 0.9})
+    summary = {"test_accuracy": 0.9, "members": [{"member": 0}]}
+    outputs.finish(summary)
     with open(tmp_path / "summary.json") as f:
-        assert json.load(f) == {"test_accuracy": 0.9}
+        assert json.load(f) == summary
+    assert not os.path.exists(tmp_path / "sweep.md")  # a run of one member has no sweep
     with open(tmp_path / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
@@ -49,8 +52,8 @@ def test_curves_get_a_panel_of_the_gradient_snr_when_the_records_have_it(tmp_pat
     for epoch in (1, 2, 3):
         for member in (0, 1) if member_set else (None,):
             record = {**_record(epoch), "train_flow/snr/1": 0.5 * epoch, "train_flow/snr/2": 2.0}
-            if member is not None:
-                record["member"] = member
+            if member is None:
+                del record["member"]
             records.append(record)
     records[-1]["train_flow/snr/2"] = float("inf")  # no variance: drawn as a gap
     labels = {0: "lr=0.1", 1: "lr=0.01"} if member_set else None
@@ -65,5 +68,5 @@ def test_regression_curves_and_an_empty_start(tmp_path):
     outputs.truncate_after(0)  # a fresh run: nothing to drop, an empty file
     assert outputs.records() == []
     outputs.write(_record(1, "regression"))
-    outputs.finish({"test_r2": 0.5})
+    outputs.finish({"test_r2": 0.5, "members": [{"member": 0}]})
     assert os.path.getsize(tmp_path / "curves.png") > 0

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from jaxbp.run.config import Member
+from jaxbp.run.programs import EpochLosses
 from jaxbp.run.progress import Progress, member_label, progress_line
 
 
@@ -30,10 +31,10 @@ def test_bests_are_noted_and_recorded_once():
     assert progress.unsaved_best() is None
 
 
-def test_a_single_run_records_its_best_without_members():
+def test_a_single_run_records_its_best_as_a_set_of_one():
     progress = Progress.new(1)
     progress.note_best(np.array([True]), np.array([0.25]), epoch=4)
-    assert progress.unsaved_best() == (4, {"epoch": 4, "val_loss": 0.25})
+    assert progress.unsaved_best() == (4, {"epoch": 4, "members": [{"epoch": 4, "val_loss": 0.25}]})
 
 
 def test_resume_best_takes_up_the_stored_record():
@@ -49,16 +50,28 @@ def test_a_diverged_member_is_frozen_and_left_out_of_the_patience():
     members = [Member(0, 0, {"learning_rate": 0.1}), Member(1, 1, {"learning_rate": 10.0})]
     progress = Progress.new(2)
     progress.note_best(np.array([True, False]), np.array([0.5, 0.0]), epoch=1)
-    lines = progress.mark_diverged(
-        np.array([False, True]), np.array([[0.1, 0.2], [0.3, np.nan]]), 2, members
-    )
+    newly = np.array([False, True])
+    losses = EpochLosses(np.array([[0.1, 0.2], [0.3, np.nan]]), np.array([0.1, 0.2]))
+    causes = progress.causes(newly, losses, epoch=2, steps_per_epoch=2)
+    assert causes == {1: "the loss became nan at step 4"}
+    lines = progress.mark_diverged(newly, causes, 2, members)
     assert progress.diverged_at == [None, 2] and list(progress.active()) == [True, False]
     assert lines == [
-        "member 1 (seed 1, learning_rate=10) diverged in epoch 2 (loss nan); it keeps its "
-        "params of epoch 1 and is left out of the means."
+        "member 1 (seed 1, learning_rate=10) diverged in epoch 2 (the loss became nan at step "
+        "4); it keeps its params of epoch 1 and is left out of the means."
     ]
     assert progress.patience_out(3, patience=2) and not progress.patience_out(2, patience=2)
     assert progress.best_epochs(5) == [1, None]
+
+
+def test_the_cause_names_a_loss_that_overflows_after_the_epoch_or_non_finite_params():
+    progress = Progress.new(3)
+    losses = EpochLosses(np.ones((3, 2)), np.array([np.inf, 1.0, 1.0]))
+    causes = progress.causes(np.array([True, True, False]), losses, epoch=1, steps_per_epoch=2)
+    assert causes == {
+        0: "the loss at its params after the epoch is inf",
+        1: "its params became non-finite",
+    }
 
 
 def test_member_label_names_the_seed_and_the_swept_values():

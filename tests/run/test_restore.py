@@ -26,6 +26,6 @@ def test_restore_trained_needs_no_data(tmp_path, monkeypatch):
     assert config.dataset == "iris" and model.sizes == (4, 16, 3)
     assert meta["preprocessing"]["class_names"] == ["setosa", "versicolor", "virginica"]
     assert len(meta["preprocessing"]["x_mean"]) == 4
-    assert [p["W"].shape for p in params] == [(16, 4), (3, 16)]
+    assert [p["W"].shape for p in params] == [(1, 16, 4), (1, 3, 16)]  # a set of one member
     with pytest.raises(FileNotFoundError, match="holds no run"):
         restore_trained(str(tmp_path / "empty"))

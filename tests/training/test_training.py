@@ -150,6 +150,31 @@ def test_schedules(schedule):
         assert float(fn(100)) < 1e-6
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_an_injected_rate_is_the_scheduled_optimizer_and_the_state_keeps_the_rate(name):
+    with jax.enable_x64(True):
+        model, params, x, y = _problem()
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        x = x.astype(jnp.float64)
+        schedule = training.make_schedule(0.1, "cosine", total_steps=5)
+        plain = training.make_optimizer(name, schedule)
+        injected = training.inject_learning_rate(
+            lambda lr: training.make_optimizer(name, lr), schedule
+        )
+        assert float(training.learning_rate_of(injected.init(params))) == float(schedule(0))
+        runs = {}
+        for label, opt in (("plain", plain), ("injected", injected)):
+            step = jax.jit(training.make_train_step(model, "softmax_cross_entropy", opt))
+            p, s = params, opt.init(params)
+            for _ in range(3):
+                p, s, _ = step(p, s, (x, y))
+            runs[label] = (p, s)
+        chex.assert_trees_all_equal(runs["plain"][0], runs["injected"][0])  # bit for bit
+        # The state holds the rate of the last update, step 2's (counting from 0).
+        assert float(training.learning_rate_of(runs["injected"][1])) == float(schedule(2))
+        assert float(schedule(2)) != float(schedule(3))
+
+
 def test_bad_optimizer_settings():
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         training.make_optimizer("rmsprop", 0.1)
