@@ -29,23 +29,19 @@ unaffected. When no member is left training (a single run: at its first non-fini
 the state they kept, the epoch before's, is checkpointed and the run stops with
 `NonFiniteError`, saying what is on disk.
 
-A DP-SGD run (`jaxbp.run.privacy_plan`) trains with Poisson-sampled private epochs
-(`jaxbp.dp_sgd`), records the ε spent at every evaluation and in ``summary.json``, and reports
-nothing computed on training rows outside the private step (its records are the validation
-split's).
+A DP-SGD run (`jaxbp.run.privacy_plan`, `jaxbp.dp_sgd`) records the ε spent at every
+evaluation and in ``summary.json``, and nothing computed on training rows outside the private
+step (its records are the validation split's).
 
 The loop is `_train`, one screen: restore, then per epoch one compiled program
 (`jaxbp.run.programs.train_epoch`), evaluate (`jaxbp.run.programs.member_metrics`), keep
-the best, checkpoint (`jaxbp.run.checkpoints`), stop. What a run is built from is
-`jaxbp.run.recipe`'s, where each member stands is `jaxbp.run.progress`'s, what it reports is
-`jaxbp.run.summary`'s and the files it leaves are `jaxbp.run.outputs`'s;
-`jaxbp.run.restore.restore_trained` reads a trained run back.
+the best, checkpoint (`jaxbp.run.checkpoints`), stop. `jaxbp.run.recipe` builds the run,
+`jaxbp.run.progress` tracks each member, `jaxbp.run.summary` and `jaxbp.run.outputs` report.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,17 +56,17 @@ from jaxbp.run import config_checks, outputs, privacy_plan, programs, summary
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.checkpoints import RunCheckpoints, refuse_earlier_layout
 from jaxbp.run.config import Config, ConfigError
-from jaxbp.run.progress import Progress, progress_line
+from jaxbp.run.progress import Progress, diverged_line, progress_line
 from jaxbp.run.recipe import (
     Preprocessing,
     build_model,
-    build_schedule,
     describe_run,
     initial_member_state,
     load_data,
     member_hparams,
     member_optimizer,
     network_meta,
+    schedule_change,
 )
 from jaxbp.run.stop import RunInterruptedError, stop_signals
 from jaxbp.training import parallel
@@ -91,6 +87,9 @@ def train_and_evaluate(
     log: Log = print,
 ) -> dict[str, Any]:
     """Trains, evaluates, logs and checkpoints one run (see the module docstring).
+
+    The loop is `_train`; its epoch is `jaxbp.run.programs.train_epoch` (run by
+    `jaxbp.run.programs.run_epoch`) over the step `jaxbp.run.programs.member_step`.
 
     Args:
       config: the run's settings.
@@ -158,17 +157,9 @@ def _train(run: _Run) -> dict[str, Any]:
             losses, finite = jax.tree.map(parallel.to_host, (losses, finite))  # the host sync
             seconds = time.perf_counter() - t0
             train_seconds += seconds
-            if (active & ~finite).any():
-                with phase("checkpoints"):
-                    run.freeze_diverged(
-                        progress,
-                        active,
-                        losses,
-                        finite,
-                        epoch,
-                        checkpoints,
-                        (params, opt_state, key),
-                    )
+            if (active & ~finite).any():  # freezes them; raises when none is left training
+                now = (params, opt_state, key)
+                run.freeze_diverged(progress, active, losses, finite, epoch, checkpoints, now)
             evaluated = epoch % config.eval_interval == 0 or epoch == config.epochs
             if evaluated:
                 run.evaluate(
@@ -287,17 +278,8 @@ class _Run:
             self.workdir, self.stored, self.config, self.started_at, start_epoch
         )
         if "epochs" in changes and self.config.schedule != "constant":
-            old_epochs, new_epochs = changes["epochs"]
-            step = start_epoch * self.steps_per_epoch
-            old, new = (
-                build_schedule(dataclasses.replace(self.config, epochs=e), self.steps_per_epoch)
-                for e in (old_epochs, new_epochs)
-            )
-            self.log(
-                f"epochs {old_epochs} -> {new_epochs}: the {self.config.schedule} schedule now "
-                f"spans {new_epochs} epochs; the learning rate at epoch {start_epoch + 1} is "
-                f"{float(new(step)):.3g} instead of {float(old(step)):.3g}."
-            )
+            old, new = changes["epochs"]
+            self.log(schedule_change(self.config, old, new, start_epoch, self.steps_per_epoch))
         for name in sorted(set(changes) - {"epochs"}):
             self.log(f"changed on resume: {name} {changes[name][0]} -> {changes[name][1]}")
 
@@ -317,13 +299,10 @@ class _Run:
             return
         kept = epoch - 1  # the frozen state: every member's params of its last good epoch
         if kept >= 1 and (checkpoints.latest.latest_epoch() or 0) < kept:
-            checkpoints.save(kept, *state, progress)
-        who, why = "every member", "; ".join(f"member {k}: {w}" for k, w in causes.items())
-        if self.num_members == 1:  # the words of a single run
-            who, why = "the run", causes[0]
+            with self.phase("checkpoints"):
+                checkpoints.save(kept, *state, progress)
         raise NonFiniteError(
-            f"{who} diverged by epoch {epoch} ({why}); {checkpoints.on_disk(progress)}. "
-            "Lower learning_rate or check the data."
+            diverged_line(epoch, causes, self.num_members, checkpoints.on_disk(progress))
         )
 
     def evaluate(self, compiled, state, epoch, step_losses, seconds, progress: Progress, writer):
@@ -347,7 +326,7 @@ class _Run:
                 rates=parallel.to_host(training.learning_rate_of(opt_state)),
                 seconds=seconds,
                 active=progress.active(),
-                epsilon=self.epsilons(epoch),
+                epsilon=privacy_plan.epsilons(self.accounts(epoch)),
             )
         if writer:
             with self.phase("outputs"):
@@ -370,11 +349,6 @@ class _Run:
             return None
         steps = epoch * self.steps_per_epoch
         return privacy_plan.member_accounts(self.privacy, self.noise, steps)
-
-    def epsilons(self, epoch: int) -> np.ndarray | None:
-        """Each member's ε after ``epoch`` epochs, ``(M,)`` (None: no DP)."""
-        accounts = self.accounts(epoch)
-        return None if accounts is None else np.asarray([a.epsilon for a in accounts])
 
     def summarize(self, compiled, params, progress, epoch, status, train_seconds) -> dict[str, Any]:
         """The run's summary: the best-validation params' metrics, and the run's facts."""

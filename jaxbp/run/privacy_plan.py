@@ -114,3 +114,8 @@ def member_accounts(
         for sigma in dict.fromkeys(float(s) for s in noise)
     }
     return [by_sigma[float(s)] for s in noise]
+
+
+def epsilons(accounts: list[privacy.PrivacyAccount] | None) -> np.ndarray | None:
+    """Each member's ε, ``(M,)``, of `member_accounts`' accounts (None: no DP)."""
+    return None if accounts is None else np.asarray([a.epsilon for a in accounts])

@@ -10,7 +10,7 @@ A single run is a member set of one. `Progress` keeps, for each member k,
   of the means, the std, the progress line and the early stop.
 
 `progress_line` is the log line of one evaluation: one member's figures, or the mean ± std
-over the members still training.
+over the members still training; `diverged_line` the message when none is left.
 """
 
 from __future__ import annotations
@@ -163,6 +163,17 @@ def member_label(member: Member) -> str:
     """``seed 3, learning_rate=0.01``: a member's seed and swept values."""
     values = ", ".join(f"{k}={v:g}" for k, v in member.values.items())
     return f"seed {member.seed}" + (f", {values}" if values else "")
+
+
+def diverged_line(epoch: int, causes: dict[int, str], num_members: int, on_disk: str) -> str:
+    """The message of a run whose every member has diverged, ``causes`` those of ``epoch``."""
+    who, why = "every member", "; ".join(f"member {k}: {w}" for k, w in causes.items())
+    if num_members == 1:  # the words of a single run
+        who, why = "the run", causes[0]
+    return (
+        f"{who} diverged by epoch {epoch} ({why}); {on_disk}. Lower learning_rate or check "
+        "the data."
+    )
 
 
 def progress_line(

@@ -7,10 +7,13 @@ experiment scripts build the same run from the same config:
 * `load_data`: the config's data set, split by ``data_seed``, in the config's precision,
   and `Preprocessing`, how its raw rows become network inputs (stored with each checkpoint);
 * `build_model`: the MLP ``(num_features, *hidden_sizes, num_outputs)`` with the task's head;
-* `build_schedule`, `build_optimizer`: the learning-rate schedule and the optax optimizer;
-* `initial_state`: the `TrainState` before epoch 1, params from ``fold_in(PRNGKey(seed), 0)``;
-* for a member set (``repeats`` or ``sweep``, `jaxbp.training.members`): `member_optimizer`,
-  `member_hparams` and `initial_member_state`, every member's state stacked ``(M, ...)``;
+* `build_schedule`, `build_optimizer`: the learning-rate schedule and the optax optimizer
+  (the rate injected into its state), and `schedule_change`, a resume's word on a new length;
+* `initial_member_state`: the run's `TrainState` before epoch 1, every member's stacked
+  ``(M, ...)`` (M ≥ 1: a single run is a set of one; `jaxbp.training.members`), member k's
+  params from ``fold_in(PRNGKey(seed_k), 0)``, with `member_optimizer` and `member_hparams`,
+  each member's optimizer and swept values; `initial_state`, one model's, unstacked, for
+  scripts that train one model by hand;
 * `network_meta` and `describe_run`: the JSON a checkpoint must match, and the run's first
   log line.
 """
@@ -37,12 +40,16 @@ from jaxbp.training import members
 class TrainState(NamedTuple):
     """What a checkpoint holds: everything the next epoch needs.
 
+    A run's state is stacked: every leaf of ``params``, ``opt_state`` and ``key`` has a
+    leading member axis of M ≥ 1 (`initial_member_state`); the shapes below are one member's.
+
     Attributes:
       params: one ``{"W": (n_k, n_{k-1}), "b": (n_k,)}`` dict per layer.
-      opt_state: the optax state of ``params``.
-      epoch: epochs completed, an int32 scalar.
-      key: the run's raw ``uint32[2]`` PRNG key: ``fold_in(key, 0)`` drew the initial
-        params, ``fold_in(key, e)`` orders epoch ``e``.
+      opt_state: the optax state of ``params``, with the learning rate of its last update
+        (`jaxbp.training.learning_rate_of`).
+      epoch: epochs completed, an int32 scalar (shared by the members).
+      key: the raw ``uint32[2]`` PRNG key: ``fold_in(key, 0)`` drew the initial params,
+        ``fold_in(key, e)`` orders epoch ``e``.
     """
 
     params: Params
@@ -125,6 +132,22 @@ def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
         )
 
     return training.inject_learning_rate(make, build_schedule(config, steps_per_epoch))
+
+
+def schedule_change(
+    config: Config, old_epochs: int, new_epochs: int, start_epoch: int, steps_per_epoch: int
+) -> str:
+    """The line that says how a resume's new ``epochs`` moves a schedule that spans them."""
+    step = start_epoch * steps_per_epoch
+    old, new = (
+        build_schedule(dataclasses.replace(config, epochs=e), steps_per_epoch)
+        for e in (old_epochs, new_epochs)
+    )
+    return (
+        f"epochs {old_epochs} -> {new_epochs}: the {config.schedule} schedule now spans "
+        f"{new_epochs} epochs; the learning rate at epoch {start_epoch + 1} is "
+        f"{float(new(step)):.3g} instead of {float(old(step)):.3g}."
+    )
 
 
 def initial_state(
