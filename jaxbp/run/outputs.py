@@ -320,8 +320,8 @@ def curves_figure(
 
 
 def _plot_per_layer(ax: Any, records: list[dict[str, float]], keys: list[str], labels: Any) -> None:
-    """Each of ``keys`` (one per layer, ``.../k``, or one alone) per epoch; a set: the mean
-    over the members of each swept value (its colour), one line style per layer."""
+    """Each of ``keys`` (one per layer, ending in its number k, or one alone) per epoch; a
+    set: the mean over the members of each swept value (its colour), one style per layer."""
     groups = {None: records} if labels is None else {}
     for label in dict.fromkeys((labels or {}).values()):
         groups[label] = [r for r in records if labels.get(int(r.get("member", -1))) == label]

@@ -189,10 +189,11 @@ def progress_line(
         parts.append(f"{EPOCH_LOSS_LABEL} {value('epoch_loss', plain)}")
     if f"train_{quality}" in record:
         parts.append(f"train {quality} {value(f'train_{quality}')}")
-    parts.append(f"val {quality} {value(f'val_{quality}')}{members_text}")
+    val = f"val {quality} {value(f'val_{quality}')}"
     if "val_rmse" in record:  # regression: the errors in the targets' units
         rmse, mae = (value(f"val_{k}", lambda v: f"{v:.4g}") for k in ("rmse", "mae"))
-        parts.append(f"val RMSE {rmse} MAE {mae} (target units)")
+        val += f"  val RMSE {rmse} MAE {mae} (target units)"
+    parts.append(val + members_text)
     if "privacy/epsilon" in record:
         parts.append(f"ε {value('privacy/epsilon', lambda v: f'{v:.3g}')}")
     parts.append(f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s")
