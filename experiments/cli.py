@@ -72,3 +72,26 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+MEMBER_HELP = (
+    "Which member predicts: K, the member of that index (0 for a single run), or best, the "
+    "member with the lowest best validation loss (among those that did not diverge); "
+    "unset, the ensemble of a member set's kept members (a single run itself)."
+)
+
+
+def parse_member(text: str | None) -> int | str | None:
+    """``--member``'s value: None (unset), ``"best"``, or an index K ≥ 0.
+
+    Raises:
+      ValueError: for anything else, naming the values it takes.
+    """
+    if text is None or text == "best":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ValueError(
+        f"--member={text} is neither a member's index (0, 1, ...) nor best; give one of those, "
+        "or leave it out for the ensemble."
+    )

@@ -16,8 +16,9 @@ data's units: class names, or values ``ŷ · y_scale + y_mean``.
 A member set's workdir (``repeats`` or ``sweep``) holds every member's params, stacked
 ``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ averaged
 (probabilities for classes, values for regression), diverged members left out (`kept`);
-`member_predictions` gives each member's. `jaxbp.run.evaluation` builds on `load_trained` for a
-workdir's test metrics.
+`member_predictions` gives each member's. `choose_member` picks one member instead (by index,
+or ``"best"``: the lowest best validation loss), and `one_member` makes it a single run.
+`jaxbp.run.evaluation` builds on `load_trained` for a workdir's test metrics.
 
 Uses the ``experiments`` extra (orbax-checkpoint).
 """
@@ -36,11 +37,16 @@ from jaxbp.mlp import MLP, Params
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import Config
+from jaxbp.run.progress import member_label
 from jaxbp.run.restore import restore_trained
 
 
 class NotTrainedError(FileNotFoundError):
     """The workdir does not exist, holds no run, or holds no checkpoint to use."""
+
+
+class NoSuchMemberError(ValueError):
+    """The member asked for is not one of the workdir's (an index out of range, or no best)."""
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -61,8 +67,10 @@ class TrainedModel(NamedTuple):
       best_epoch: the epoch whose parameters these are (best validation loss), or None when
         they are the latest state's (or a member set's, each member with its own).
       members: a member set's members, None for a single run: ``member``, ``seed``, the
-        swept values, ``best_epoch`` and ``diverged_at_epoch``; ``params`` are then stacked
-        ``(M, ...)``.
+        swept values, ``best_epoch``, ``best_val_loss`` (None before any evaluation) and
+        ``diverged_at_epoch``; ``params`` are then stacked ``(M, ...)``.
+      best_val_loss: a single run's best validation loss (None: no evaluation yet, or a
+        member set's).
     """
 
     config: Config
@@ -72,6 +80,7 @@ class TrainedModel(NamedTuple):
     preprocessing: dict[str, Any]
     best_epoch: int | None
     members: list[dict[str, Any]] | None = None
+    best_val_loss: float | None = None
 
 
 # A live run may replace its newest checkpoint between listing and reading it.
@@ -144,6 +153,7 @@ def load_trained(workdir: str) -> TrainedModel:
             meta["network"]["loss"],
             meta["preprocessing"],
             None if best is None else int(best["epoch"]),
+            best_val_loss=None if best is None else best.get("val_loss"),
         )
     bests = (best or {}).get("members") or [{"epoch": None}] * num_members
     diverged = meta.get("diverged") or [None] * num_members
@@ -153,6 +163,7 @@ def load_trained(workdir: str) -> TrainedModel:
             "seed": m.seed,
             **m.values,
             "best_epoch": b["epoch"],
+            "best_val_loss": b.get("val_loss"),
             "diverged_at_epoch": d,
         }
         for m, b, d in zip(config_lib.member_grid(config), bests, diverged, strict=True)
@@ -275,15 +286,85 @@ def member_predictions(
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
     if trained.members is None:
         raise ValueError("the workdir holds a single run, not a member set; use predict_rows.")
-    return [
-        predict_rows(
-            trained._replace(
-                params=jax.tree.map(lambda leaf, k=k: leaf[k], trained.params), members=None
-            ),
-            x_raw,
+    return [predict_rows(one_member(trained, k), x_raw) for k in range(len(trained.members))]
+
+
+def choose_member(trained: TrainedModel, member: int | str) -> int:
+    """The index of the member that ``member`` names: an index K itself, or ``"best"``, the
+    member with the lowest best validation loss among those that did not diverge.
+
+    A single run is a set of one: ``0`` and ``"best"`` name it.
+
+    Raises:
+      NoSuchMemberError: for an index outside ``0 .. M − 1`` (naming the range), a name
+        other than ``"best"``, or ``"best"`` where no member that did not diverge was
+        evaluated.
+    """
+    num = 1 if trained.members is None else len(trained.members)
+    if member == "best":
+        if trained.members is None:
+            return 0
+        candidates = [
+            m
+            for m in trained.members
+            if m["diverged_at_epoch"] is None and m.get("best_val_loss") is not None
+        ]
+        if not candidates:
+            raise NoSuchMemberError(
+                "no member has a best validation loss (each diverged or was never evaluated); "
+                f"choose one by index, 0 to {num - 1}."
+            )
+        return int(min(candidates, key=lambda m: m["best_val_loss"])["member"])
+    if isinstance(member, str) or not 0 <= member < num:
+        held = "a single run: member 0" if num == 1 else f"{num} members: 0 to {num - 1}"
+        raise NoSuchMemberError(
+            f"member {member!r} does not name a member; the workdir holds {held}, or 'best' "
+            "(the lowest best validation loss)."
         )
-        for k in range(len(trained.members))
-    ]
+    return int(member)
+
+
+def one_member(trained: TrainedModel, k: int) -> TrainedModel:
+    """Member ``k`` of a member set as a single run (its params and best epoch); a single
+    run itself for ``k = 0``."""
+    if trained.members is None:
+        return trained
+    member = trained.members[k]
+    return trained._replace(
+        params=jax.tree.map(lambda leaf: leaf[k], trained.params),
+        members=None,
+        best_epoch=member["best_epoch"],
+        best_val_loss=member["best_val_loss"],
+    )
+
+
+def select_members(
+    trained: TrainedModel, member: int | str | None
+) -> tuple[TrainedModel, list[int], str]:
+    """The model that predicts for ``member`` (None: the ensemble of a set's kept members;
+    an index or ``"best"``: `choose_member`'s, as a single run), the indices of the members
+    its predictions come from, and that said in words for the user.
+
+    Raises:
+      NoSuchMemberError: see `choose_member`.
+    """
+    if member is None and trained.members is None:
+        return trained, [0], "the single run"
+    if member is None:
+        used = np.flatnonzero(kept(trained)).tolist()
+        left = len(kept(trained)) - len(used)
+        text = f"the ensemble of members {', '.join(map(str, used))} (their outputs averaged"
+        return trained, used, text + (f"; {left} diverged, left out)" if left else ")")
+    k = choose_member(trained, member)
+    if trained.members is None:
+        return trained, [0], "the single run (member 0)"
+    text = f"member {k} ({member_label(config_lib.member_grid(trained.config)[k])})"
+    if member == "best":
+        text += ", the lowest best validation loss"
+    diverged = trained.members[k]["diverged_at_epoch"]
+    if diverged is not None:
+        text += f", which diverged in epoch {diverged}"
+    return one_member(trained, k), [k], text
 
 
 def class_indices(y: np.ndarray) -> np.ndarray:

@@ -245,6 +245,7 @@ class _Run:
             self.steps_per_epoch,
             self.mesh,
             self.privacy,
+            y_scale=None if data.y_scale is None else tuple(map(float, data.y_scale)),
         )
         self.meta = {
             "network": network_meta(config, self.model, self.loss),
