@@ -4,7 +4,8 @@
   it takes and needs, and the training recipe that suits it;
 * `datasets`: `load_dataset(name, ...)` and the `Dataset` it returns: checked, split and
   standardised;
-* `files`: the user's npz and csv files, and new examples' features for prediction;
+* `csv_file`, `npz_file`: the user's csv and npz data files;
+* `files`: new examples' features (and identifiers) for prediction;
 * `idx`: MNIST's IDX files;
 * `checks`: the checks every reader shares (finite, numeric, what kind of file).
 """

@@ -17,7 +17,7 @@ What cannot be read faithfully is refused before any split is made, with a one-l
 wrong kind of file, a truncated or corrupt file, NaN or ±inf anywhere, complex or non-numeric
 features, labels out of range, a target column that is only partly numeric, duplicate column
 names, a single class, and arguments the chosen data set does not use. Nothing is unpickled.
-The files are read and checked by `jaxbp.data.files` (npz, csv, new examples' features),
+The files are read and checked by `jaxbp.data.csv_file`, `jaxbp.data.npz_file`,
 `jaxbp.data.idx` (MNIST's IDX files) and `jaxbp.data.checks`; this module loads, infers the
 task, splits and standardises.
 """

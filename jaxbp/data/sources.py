@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxbp.data.files import read_csv_data, read_npz_data
+from jaxbp.data.csv_file import read_csv_data
 from jaxbp.data.idx import read_mnist_files
+from jaxbp.data.npz_file import read_npz_data
 
 DEFAULT_NUM_SAMPLES = 1000  # enough to see a decision boundary; trains in seconds on a CPU
 _MOONS_NOISE = 0.2  # the moons overlap a little, so 100% accuracy means overfitting
