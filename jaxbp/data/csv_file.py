@@ -6,6 +6,7 @@ file, the lines at fault, what was expected and the fix (`jaxbp.data.checks`). A
 header row of names, then one example per line; blank lines are skipped.
 
 * `read_csv_data`: a data set's csv: features, the target column and the feature names;
+* `read_csv_test_data`: the data set's own test csv, with the training file's columns;
 * `read_csv_rows`, `feature_column`: the rows of any csv and one numeric column of them,
   for `jaxbp.data.files` to read new examples' features.
 """
@@ -161,3 +162,38 @@ def parse_floats(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with contextlib.suppress(ValueError):
                 values[i], parsed[i] = float(cell), True
         return values, parsed
+
+
+def read_csv_test_data(
+    path: str, target_column: str, feature_names: tuple[str, ...], train_path: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A csv data set's own test file: the training file's columns, in any order.
+
+    Args:
+      path: the test csv.
+      target_column: the target's name, as in the training file.
+      feature_names: the training file's features (`read_csv_data`), the column order of
+        the returned features.
+      train_path: the training csv, for the errors.
+
+    Returns:
+      ``(x_test, y_test)``: ``(n_test, len(feature_names))`` float64 in ``feature_names``
+      order, and the target, float64 or str as the training file's is.
+
+    Raises:
+      ValueError: the header's columns differ from the training file's (named), or the
+        target is numbers in one file and class names in the other, or the file cannot be
+        read faithfully (`read_csv_data`).
+    """
+    x, y, names = read_csv_data(path, target_column)
+    missing = [name for name in feature_names if name not in names]
+    extra = [name for name in names if name not in feature_names]
+    if missing or extra:
+        differ = [f"lacks {first_few(missing)}"] if missing else []
+        differ += [f"adds {first_few(extra)}"] if extra else []
+        raise ValueError(
+            f"{path!r}: its header {' and '.join(differ)} against the training file "
+            f"{train_path!r}; a test file has the training file's columns. Make the headers "
+            "the same."
+        )
+    return x[:, [names.index(name) for name in feature_names]], y
