@@ -54,6 +54,7 @@ import jax
 import numpy as np
 
 from jaxbp import losses, training
+from jaxbp.data import split_record
 from jaxbp.run import config as config_lib
 from jaxbp.run import config_checks, outputs, privacy_plan, programs, summary
 from jaxbp.run import workdir as workdir_lib
@@ -402,6 +403,9 @@ class _Run:
             "steps": epoch * self.steps_per_epoch,
             "seconds": train_seconds,
             "task": self.dataset.task,
+            "splits": split_record(
+                self.dataset, self.config.val_fraction, self.config.test_fraction
+            ),
             "sizes": list(self.model.sizes),
             "output_activation": self.model.output_activation,
             "loss": self.loss,
