@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 
 from experiments import cli
-from jaxbp.run import evaluation, inference
-from jaxbp.run import workdir as workdir_lib
+from jaxbp.run import evaluation
 from jaxbp.run.config import SWEEPABLE as _SWEEPABLE
 
 _WORKDIR = flags.DEFINE_string(
@@ -31,30 +30,25 @@ _WORKDIR = flags.DEFINE_string(
 _MEMBER = flags.DEFINE_string("member", None, cli.MEMBER_HELP)
 
 PROGRAM = "eval.py"
+_HINT = "give the workdir of a training run."
 fail = cli.failer(PROGRAM)
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    problem = cli.command_line_problem(argv, _WORKDIR, hint=_HINT)
+    if problem:
+        return fail(problem, 2)
     workdir = _WORKDIR.value
-    if not workdir:
-        return fail("--workdir is required: give the workdir of a training run.", 2)
     try:
         member = cli.parse_member(_MEMBER.value)
     except ValueError as e:
         return fail(str(e), 2)
     try:
         result = evaluation.evaluate_workdir(workdir, member)
-    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
-        return fail(str(e), 2)
-    except inference.NoSuchMemberError as e:
-        return fail(f"--member={_MEMBER.value}: {e}", 2)
     except KeyboardInterrupt:
         return fail("interrupted; nothing was written.", 130)
-    except Exception as e:  # a fault: changed data, a damaged checkpoint, a failed write
-        return fail(f"{type(e).__name__}: {e}", 1)
+    except Exception as e:  # no trained run, no such member, or a fault
+        return fail(*cli.reading_failure(e, _MEMBER.value))
     print_report(result, workdir)
     return 0
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from experiments import cli
 from jaxbp.data import files
@@ -82,17 +82,16 @@ def check_output(output: str, data_path: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
-    missing = [f"--{holder.name}" for holder in (_WORKDIR, _DATA_PATH, _OUTPUT) if not holder.value]
-    if missing:
-        return fail(
-            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: give "
-            "--workdir of a training run, --data_path of the rows to predict and --output for "
-            "the predictions.",
-            2,
-        )
+    problem = cli.command_line_problem(
+        argv,
+        _WORKDIR,
+        _DATA_PATH,
+        _OUTPUT,
+        hint="give --workdir of a training run, --data_path of the rows to predict and "
+        "--output for the predictions.",
+    )
+    if problem:
+        return fail(problem, 2)
     workdir, data_path, output = _WORKDIR.value, _DATA_PATH.value, _OUTPUT.value
     problem = check_output(output, data_path)
     if problem:
@@ -109,12 +108,8 @@ def main(argv: list[str]) -> int:
         )
     try:
         trained, _, source = inference.select_members(inference.load_trained(workdir), member)
-    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
-        return fail(str(e), 2)
-    except inference.NoSuchMemberError as e:
-        return fail(f"--member={_MEMBER.value}: {e}", 2)
-    except Exception as e:  # a fault: a damaged checkpoint
-        return fail(f"{type(e).__name__}: {e}", 1)
+    except Exception as e:  # no trained run, no such member, or a fault
+        return fail(*cli.reading_failure(e, _MEMBER.value))
     if _LAPLACE.value:
         from experiments import laplace_run
 
