@@ -3,9 +3,12 @@
     ./launch.sh eval --workdir=runs/iris-20250101-120000
 
 Prints the test loss and accuracy (or R²) of the run's best-validation parameters, as its
-summary.json has them, and for classification the confusion matrix and each class's
+summary.json has them (for regression with the RMSE and MAE in the target's units), and for
+classification the confusion matrix and each class's
 precision, recall and F1; writes them to W/eval.json. Nothing is trained; the data split is
-loaded again and refused if it changed since training. Exit status: 0 done, 2 a bad flag or
+loaded again and refused if it changed since training. A member set's figures are its
+ensemble's and each member's; ``--member=K`` (an index) or ``--member=best`` (the lowest best
+validation loss) evaluates one member alone. Exit status: 0 done, 2 a bad flag or
 a workdir that holds no trained run, 1 a fault (changed data, a damaged checkpoint).
 """
 
@@ -14,36 +17,38 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from absl import flags, logging
+from absl import flags
 
 from experiments import cli
-from jaxbp.run import evaluation, inference
-from jaxbp.run import workdir as workdir_lib
+from jaxbp.run import evaluation
 from jaxbp.run.config import SWEEPABLE as _SWEEPABLE
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "The workdir of a training run (required: it holds the checkpoint)."
 )
 
+_MEMBER = flags.DEFINE_string("member", None, cli.MEMBER_HELP)
+
 PROGRAM = "eval.py"
+_HINT = "give the workdir of a training run."
 fail = cli.failer(PROGRAM)
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    problem = cli.command_line_problem(argv, _WORKDIR, hint=_HINT)
+    if problem:
+        return fail(problem, 2)
     workdir = _WORKDIR.value
-    if not workdir:
-        return fail("--workdir is required: give the workdir of a training run.", 2)
     try:
-        result = evaluation.evaluate_workdir(workdir)
-    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
+        member = cli.parse_member(_MEMBER.value)
+    except ValueError as e:
         return fail(str(e), 2)
+    try:
+        result = evaluation.evaluate_workdir(workdir, member)
     except KeyboardInterrupt:
         return fail("interrupted; nothing was written.", 130)
-    except Exception as e:  # a fault: changed data, a damaged checkpoint, a failed write
-        return fail(f"{type(e).__name__}: {e}", 1)
+    except Exception as e:  # no trained run, no such member, or a fault
+        return fail(*cli.reading_failure(e, _MEMBER.value))
     print_report(result, workdir)
     return 0
 
@@ -59,6 +64,7 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
     if len(members) > 1:
         params = f"{len(members)} members' best-validation parameters"
     print(f"{workdir}: {params} on {result['num_test_examples']} test examples")
+    print(f"predictions from {result['predictions_from']}")
     quality = "accuracy" if "test_accuracy" in result else "r2"
 
     def show(value: float) -> str:
@@ -70,6 +76,8 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
             ("test loss", f"{result['test_loss']:.4f}"),
             (label, show(result[f"test_{quality}"])),
         ]
+        if "test_rmse" in result:  # regression: the errors in the target's units
+            rows += [(f"test {k.upper()}", f"{result[f'test_{k}']:.4g}") for k in ("rmse", "mae")]
         for name, value in rows:
             print(f"  {name:<14}{value:>10}")
     else:
@@ -93,6 +101,13 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
         print(f"  {'':<{width}}{'test loss':>10}  {label}")
         for name, loss, quality_text in rows:
             print(f"  {name:<{width}}{loss:>10.4f}  {quality_text}")
+        if "test_rmse" in ensemble:  # regression: the errors in the target's units
+            print(
+                f"  in the target's units: the ensemble's test RMSE {ensemble['test_rmse']:.4g}, "
+                f"MAE {ensemble['test_mae']:.4g}; the members' RMSE {result['test_rmse']:.4g} "
+                f"± {result['test_rmse_std']:.2g}, MAE {result['test_mae']:.4g} "
+                f"± {result['test_mae_std']:.2g}"
+            )
         if "confusion_matrix" in result:
             print("\nthe ensemble's predictions:")
     if "confusion_matrix" in result:

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import cli, laplace_run
 from jaxbp import laplace
@@ -51,20 +51,14 @@ fail = cli.failer(PROGRAM)
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    problem = cli.command_line_problem(argv, _WORKDIR, hint="give the workdir of a training run.")
+    if problem:
+        return fail(problem, 2)
     workdir = _WORKDIR.value
-    if not workdir:
-        return fail("--workdir is required: give the workdir of a training run.", 2)
-    from jaxbp.run import inference
-
     try:
         trained, dataset = laplace_run.load_run(workdir)
-    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
-        return fail(str(e), 2)
-    except Exception as e:  # a fault: changed data, a damaged checkpoint
-        return fail(f"{type(e).__name__}: {e}", 1)
+    except Exception as e:  # no trained run, or a fault: changed data, a damaged checkpoint
+        return fail(*cli.reading_failure(e))
     problem = laplace_run.check_likelihood(trained)
     if problem:
         return fail(problem, 2)

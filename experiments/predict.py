@@ -11,7 +11,9 @@ classification, one ``probability_<class>`` column per class; ``--id_column=NAME
 the data file's column NAME first, so each prediction keeps its row's identifier. For a
 member set (a run with ``--repeats`` or ``--sweep``) ``prediction`` and the probabilities
 are the ensemble's (the members' outputs averaged) and ``member_0``, ``member_1``, ... hold
-each member's prediction (single-target runs). With ``--laplace`` the predictions and
+each member's prediction (single-target runs); ``--member=K`` (an index) or ``--member=best``
+(the lowest best validation loss) predicts with that member alone. The console says which
+members the predictions come from. With ``--laplace`` the predictions and
 probabilities are the Laplace predictive's (``./launch.sh laplace``: its stored posterior
 settings and tuned prior when W/laplace.json exists, else the defaults tuned on the
 validation split), and for regression a ``variance`` column holds the predictive variance.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from experiments import cli
 from jaxbp.data import files
@@ -53,6 +55,8 @@ _ID_COLUMN = flags.DEFINE_string(
     "each prediction keeps its row's identifier.",
 )
 
+_MEMBER = flags.DEFINE_string("member", None, cli.MEMBER_HELP)
+
 PROGRAM = "predict.py"
 fail = cli.failer(PROGRAM)
 
@@ -78,27 +82,34 @@ def check_output(output: str, data_path: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
-    missing = [f"--{holder.name}" for holder in (_WORKDIR, _DATA_PATH, _OUTPUT) if not holder.value]
-    if missing:
-        return fail(
-            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: give "
-            "--workdir of a training run, --data_path of the rows to predict and --output for "
-            "the predictions.",
-            2,
-        )
+    problem = cli.command_line_problem(
+        argv,
+        _WORKDIR,
+        _DATA_PATH,
+        _OUTPUT,
+        hint="give --workdir of a training run, --data_path of the rows to predict and "
+        "--output for the predictions.",
+    )
+    if problem:
+        return fail(problem, 2)
     workdir, data_path, output = _WORKDIR.value, _DATA_PATH.value, _OUTPUT.value
     problem = check_output(output, data_path)
     if problem:
         return fail(problem, 2)
     try:
-        trained = inference.load_trained(workdir)
-    except (inference.NotTrainedError, workdir_lib.WorkdirError) as e:
+        member = cli.parse_member(_MEMBER.value)
+    except ValueError as e:
         return fail(str(e), 2)
-    except Exception as e:  # a fault: a damaged checkpoint
-        return fail(f"{type(e).__name__}: {e}", 1)
+    if member is not None and _LAPLACE.value:
+        return fail(
+            "--member with --laplace: the Laplace predictive is fitted for every kept member "
+            "of the workdir; drop --member (or --laplace to predict with one member).",
+            2,
+        )
+    try:
+        trained, _, source = inference.select_members(inference.load_trained(workdir), member)
+    except Exception as e:  # no trained run, no such member, or a fault
+        return fail(*cli.reading_failure(e, _MEMBER.value))
     if _LAPLACE.value:
         from experiments import laplace_run
 
@@ -133,7 +144,7 @@ def main(argv: list[str]) -> int:
         return fail(f"interrupted; {output} was not written.", 130)
     except Exception as e:  # a fault: a failed write
         return fail(f"{type(e).__name__}: {e}", 1)
-    print_report(predictions, trained, workdir, output, laplace=_LAPLACE.value)
+    print_report(predictions, trained, workdir, output, laplace=_LAPLACE.value, source=source)
     return 0
 
 
@@ -144,6 +155,7 @@ def print_report(
     output: str,
     *,
     laplace: bool = False,
+    source: str | None = None,
 ) -> None:
     """How many rows were predicted, by which parameters, what came out, and where it went."""
     params = (
@@ -159,6 +171,8 @@ def print_report(
         )
     by = "the Laplace predictive around " if laplace else ""
     print(f"{len(predictions)} rows predicted with {by}{params} of {workdir}")
+    if source is not None:
+        print(f"predictions from {source}")
     if trained.preprocessing["task"] == "classification":
         names, counts = np.unique(predictions, return_counts=True)
         print("  " + ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True)))

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from absl import flags, logging
+from absl import flags
 
 from experiments import cli, compilation_cache, config_flags
 from jaxbp.run import config as config_lib
@@ -101,9 +101,9 @@ def resolve_config() -> tuple[config_lib.Config, str]:
 
 
 def main(argv: list[str]) -> int:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if len(argv) > 1:
-        return fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+    problem = cli.command_line_problem(argv, hint="")
+    if problem:
+        return fail(problem, 2)
     try:
         config, workdir = resolve_config()
         config_checks.validate(config)

@@ -102,6 +102,7 @@ def test_predict_writes_the_labels_and_probabilities(iris_run, rows_csv, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "30 rows predicted" in result.stdout and f"written to {output}" in result.stdout
+    assert "\npredictions from the single run\n" in result.stdout
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
@@ -168,3 +169,25 @@ def test_predict_carries_an_identifier_column_through(iris_run, rows_csv, tmp_pa
     assert [r["species"] for r in rows] == list(truth)
     missing = _run("predict", *flags, "--id_column=name")
     _one_error_line(missing, "predict.py", 2, "has no single column 'name'")
+
+
+def test_eval_and_predict_take_one_member_and_refuse_others(iris_run, rows_csv, tmp_path):
+    workdir, summary, _, _ = iris_run
+    result = _run("eval", f"--workdir={workdir}", "--member=best")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\npredictions from the single run (member 0)\n" in result.stdout
+    assert re.search(rf"\n  test loss +{summary['test_loss']:.4f}\n", result.stdout)
+    with open(os.path.join(workdir, "eval.json")) as f:
+        stored = json.load(f)
+    assert stored["members_used"] == [0] and stored["member_choice"] == "best"
+    output = tmp_path / "one.csv"
+    flags = [f"--workdir={workdir}", f"--data_path={rows_csv}", f"--output={output}"]
+    refused = _run("predict", *flags, "--member=1")
+    _one_error_line(refused, "predict.py", 2, "--member=1: member 1 does not name a member; the ")
+    assert "holds a single run: member 0" in refused.stderr and not output.exists()
+    _one_error_line(
+        _run("eval", f"--workdir={workdir}", "--member=last"),
+        "eval.py",
+        2,
+        "--member=last is neither a member's index (0, 1, ...) nor best",
+    )

@@ -132,6 +132,12 @@ def test_a_private_run_reports_the_epsilon_dp_accounting_gives(tmp_path):
             ["--learning_rate=0.5", "--sweep=learning_rate=1e-3,3e-3"],
             "--learning_rate=0.5: given together with --sweep=learning_rate=0.001,0.003",
         ),
+        (["--task=regression"], "--task=regression: --dataset=digits is a classification"),
+        (
+            ["--val_fraction=0.6", "--test_fraction=0.5"],
+            "--test_fraction=0.5: with --val_fraction=0.6 it leaves no training data",
+        ),
+        (["--test_path=t.csv"], "--test_path=t.csv: does not apply to --dataset=digits"),
     ],
 )
 def test_bad_flags_stop_with_one_clear_line(tmp_path, flags, message):
@@ -165,6 +171,10 @@ def test_help_lists_the_run_settings_and_exits_0():
     assert result.returncode == 0, result.stderr[-2000:]
     text = " ".join(result.stdout.split())
     assert "--dataset: " in text and "--learning_rate: Peak learning rate" in text
+    assert "--task: What the target of an npz or csv is" in text
+    assert "One of: auto, classification, regression" in text
+    assert "--val_fraction: Share of the examples for validation" in text
+    assert "(default: '0.1')" in text and "--test_path: A csv data set's own test file" in text
 
 
 @pytest.mark.parametrize(
@@ -308,3 +318,57 @@ def test_a_member_set_from_flags_stops_resumes_evaluates_and_predicts(tmp_path):
     assert "the ensemble of 4 members" in predicted.stdout
     header = output.read_text().splitlines()[0].split(",")
     assert header[0] == "prediction" and header[-4:] == [f"member_{k}" for k in range(4)]
+
+
+def test_an_npz_of_integer_prices_stops_with_the_task_flags_that_fix_it(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    prices = tmp_path / "prices.npz"
+    np.savez(prices, x=x, y=(50_000 + 1_000 * np.arange(120)).astype(np.int64))
+    result = _train("--dataset=npz", f"--data_path={prices}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "120 distinct values and 120 of them appear only once" in lines[0]
+    assert "--task=regression" in lines[0] and "--task=classification" in lines[0]
+
+
+def test_a_csv_with_its_own_test_file_task_and_fractions_is_recorded(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def table(n):  # rooms 1..5 would be 5 classes under auto
+        area = rng.uniform(20, 200, n)
+        rooms = np.clip(np.round(area / 40), 1, 5).astype(int)
+        return "area,rooms\n" + "".join(f"{a:.2f},{r}\n" for a, r in zip(area, rooms, strict=True))
+
+    (tmp_path / "train.csv").write_text(table(80))
+    (tmp_path / "test.csv").write_text(table(30))
+    workdir = tmp_path / "run"
+    result = _train(
+        "--dataset=csv",
+        f"--data_path={tmp_path / 'train.csv'}",
+        "--target_column=rooms",
+        f"--test_path={tmp_path / 'test.csv'}",
+        "--task=regression",
+        "--val_fraction=0.25",
+        "--test_fraction=0.3",
+        "--epochs=1",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "csv: regression, sizes 1-128-1" in result.stdout
+    summary = _summary(workdir)
+    assert summary["task"] == "regression" and summary["config"]["task"] == "regression"
+    assert summary["splits"] == {
+        "train": 60,
+        "val": 20,
+        "test": 30,
+        "val_fraction": 0.25,
+        "test_fraction": None,
+        "test_source": "own",
+    }
+    stored = workdir_lib.config_from_record(workdir_lib.read_run_record(str(workdir)))
+    assert (stored.task, stored.val_fraction, stored.test_path) == (
+        "regression",
+        0.25,
+        str(tmp_path / "test.csv"),
+    )

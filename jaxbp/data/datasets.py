@@ -17,7 +17,7 @@ What cannot be read faithfully is refused before any split is made, with a one-l
 wrong kind of file, a truncated or corrupt file, NaN or ±inf anywhere, complex or non-numeric
 features, labels out of range, a target column that is only partly numeric, duplicate column
 names, a single class, and arguments the chosen data set does not use. Nothing is unpickled.
-The files are read and checked by `jaxbp.data.files` (npz, csv, new examples' features),
+The files are read and checked by `jaxbp.data.csv_file`, `jaxbp.data.npz_file`,
 `jaxbp.data.idx` (MNIST's IDX files) and `jaxbp.data.checks`; this module loads, infers the
 task, splits and standardises.
 """
@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxbp.data.checks import check_features, check_finite, flat
 from jaxbp.data.sources import DATASETS, DEFAULT_NUM_SAMPLES, SOURCES, Raw, Request, users_of
+from jaxbp.data.targets import AUTO, TASKS
 
 _NEEDED = {  # a needed argument that is missing -> the fix the error names
     "path": "pass the {name} file to load.",
@@ -61,6 +62,9 @@ class Dataset(NamedTuple):
     y_mean: np.ndarray | None  # (num_outputs,) float64, regression only
     y_scale: np.ndarray | None  # (num_outputs,) float64, regression only
     feature_names: tuple[str, ...]  # (num_features,) names of the columns of x_*
+    # Where x_test comes from: "split" (test_fraction of the examples), "own" (the data's
+    # own test set: MNIST's, an npz's x_test, a csv's test_path) or "all" (xor's 4 points).
+    test_source: str = "split"
 
     @property
     def num_features(self) -> int:
@@ -83,14 +87,17 @@ def load_dataset(
     data_dir: str | None = None,
     path: str | None = None,
     target_column: str | None = None,
+    test_path: str | None = None,
+    task: str = AUTO,
     num_samples: int | None = None,
     dtype: type | np.dtype = np.float32,
 ) -> Dataset:
     """Loads, splits, standardises and encodes a dataset.
 
     `xor` is the 4-point truth table used as train, validation and test alike (4 points cannot be
-    split). `mnist`, `fashion_mnist` and an `npz` with `x_test`/`y_test` keep their own test set;
-    validation is then `val_fraction` of their training set and `test_fraction` is unused.
+    split). `mnist`, `fashion_mnist`, an `npz` with `x_test`/`y_test` and a `csv` with a
+    `test_path` keep their own test set; validation is then `val_fraction` of their training
+    set and `test_fraction` is unused (`Dataset.test_source` says which).
     MNIST pixels are scaled to [0, 1] and standardised with one mean/std over all pixels, since
     per-pixel statistics blow up the rarely-inked border pixels.
 
@@ -104,11 +111,17 @@ def load_dataset(
         `.gz`); labels must be integers 0..9.
       path: `npz`/`csv` only. `npz`: arrays `x`, `y` or `x_train`, `y_train`, `x_test`, `y_test`,
         of shape `(n, ...)` and `(n,)`, `(n, k)` or one-hot `(n, C)`; x real numbers (bool is
-        0/1). `csv`: header row of distinct names, numeric features. A target of integer or
-        string dtype, one-hot, or integer-valued with at most 20 distinct values is read as class
-        labels; anything else is a regression target. A csv target column is numeric if every
-        cell is a number, class names if no cell is; a mix is refused.
+        0/1). `csv`: header row of distinct names, numeric features. A csv target column is
+        numeric if every cell is a number, class names if no cell is; a mix is refused. What
+        the target is follows `task`.
       target_column: `csv` only: the name of the target column; every other column is a feature.
+      test_path: `csv` only: the data's own test csv, with the columns of `path` (in any
+        order); validation then comes from `path` alone.
+      task: `npz`/`csv`: what the target is (`jaxbp.data.targets`): "auto" reads names,
+        one-hot rows, integer dtypes and integer values with at most 20 distinct ones as
+        class labels and other numbers as values, and refuses an integer-dtype target with
+        more than 20 distinct values of which most appear once; "classification" and
+        "regression" say it. A built-in set has its own task; another one is refused.
       num_samples: `moons`, `spirals`, `teacher` only: number of examples (default 1000).
       dtype: float dtype of the returned `x_*` and `y_*`.
 
@@ -128,7 +141,12 @@ def load_dataset(
     source = SOURCES.get(name)
     if source is None:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    given = {"path": path, "target_column": target_column, "data_dir": data_dir}
+    given = {
+        "path": path,
+        "target_column": target_column,
+        "test_path": test_path,
+        "data_dir": data_dir,
+    }
     for arg, given_value in given.items():
         if given_value is not None and arg not in source.takes:
             users = users_of(arg)
@@ -140,6 +158,13 @@ def load_dataset(
         if given[arg] is None:
             fix = _NEEDED[arg].format(name=name)
             raise ValueError(f"Dataset {name!r} needs {arg}=...; {fix}")
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}; pass one of them.")
+    if source.task not in (None, task) and task != AUTO:
+        raise ValueError(
+            f"task={task} was given for {name!r}, a {source.task} data set; drop it, or load "
+            "your own data with 'npz' or 'csv'."
+        )
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
             raise ValueError(f"{arg} must be in (0, 1), got {value}; pass e.g. 0.1.")
@@ -159,10 +184,33 @@ def load_dataset(
     gen_ss, split_ss = np.random.SeedSequence(seed).spawn(2)
     n = DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
     rng = np.random.default_rng(gen_ss)
-    raw = source.load(Request(name, rng, n, data_dir, path, target_column))
+    raw = source.load(Request(name, rng, n, data_dir, path, target_column, task, test_path))
     where = repr(path) if path is not None else f"dataset {name!r}"
     _check_raw(raw, where, fix="use num_samples >= 2" if generated else None)
     return _assemble(name, raw, np.random.default_rng(split_ss), val_fraction, test_fraction, dtype)
+
+
+def split_record(dataset: Dataset, val_fraction: float, test_fraction: float) -> dict:
+    """How ``dataset`` was split, as JSON: the sizes, the fractions used, and the test's source.
+
+    Args:
+      dataset: a `load_dataset` result.
+      val_fraction, test_fraction: the fractions it was loaded with.
+
+    Returns:
+      ``{"train": n, "val": n, "test": n, "val_fraction": f, "test_fraction": f,
+      "test_source": s}``: a fraction is None where it was unused (``test_fraction`` for the
+      data's own test set, both for xor's whole set); ``test_source`` as in `Dataset`.
+    """
+    split = dataset.test_source != "all"
+    return {
+        "train": len(dataset.x_train),
+        "val": len(dataset.x_val),
+        "test": len(dataset.x_test),
+        "val_fraction": val_fraction if split else None,
+        "test_fraction": test_fraction if dataset.test_source == "split" else None,
+        "test_source": dataset.test_source,
+    }
 
 
 def _check_raw(raw: Raw, source: str, fix: str | None) -> None:
@@ -233,13 +281,15 @@ def _assemble(
     x = flat(raw.x).astype(dtype, copy=False)
     labels = raw.y if raw.task == "classification" else None
     splits: list[tuple[np.ndarray, np.ndarray]]
+    test_source = "split"
     if not source.split:  # too few points to split (xor's 4): the whole set is every split
-        splits = [(x, raw.y)] * 3
+        splits, test_source = [(x, raw.y)] * 3, "all"
     elif raw.test is None:
         splits = [
             (x[i], raw.y[i]) for i in _split(labels, len(x), val_fraction, test_fraction, rng)
         ]
-    else:  # the source's own test set; validation comes out of its training set
+    else:
+        test_source = "own"  # the source's own test set; validation from its training set
         train_val = _split(labels, len(x), val_fraction, 0.0, rng)[:2]
         x_test = flat(raw.test[0]).astype(dtype, copy=False)
         splits = [(x[i], raw.y[i]) for i in train_val] + [(x_test, raw.test[1])]
@@ -292,4 +342,5 @@ def _assemble(
         y_mean,
         y_scale,
         features,
+        test_source,
     )

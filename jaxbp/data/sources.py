@@ -20,15 +20,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxbp.data.files import read_csv_data, read_npz_data
+from jaxbp.data.csv_file import read_csv_data, read_csv_test_data
 from jaxbp.data.idx import read_mnist_files
+from jaxbp.data.npz_file import read_npz_data
+from jaxbp.data.targets import read_targets
 
 DEFAULT_NUM_SAMPLES = 1000  # enough to see a decision boundary; trains in seconds on a CPU
 _MOONS_NOISE = 0.2  # the moons overlap a little, so 100% accuracy means overfitting
 _SPIRAL_NOISE = 0.3  # arms lie pi apart radially, so this keeps them separable but not trivially
 _TEACHER_SIZES = (8, 16)  # teacher input width and tanh hidden width
 _TEACHER_NOISE = 0.1  # target noise std; sets the best achievable test loss
-_MAX_CLASSES = 20  # an integer target with at most this many values is read as class labels
 FASHION_NAMES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
 FASHION_NAMES += ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -54,6 +55,8 @@ class Request(NamedTuple):
     data_dir: str | None
     path: str | None
     target_column: str | None
+    task: str  # what a user file's target is: one of jaxbp.data.targets.TASKS
+    test_path: str | None  # a csv's own test file
 
 
 class Source(NamedTuple):
@@ -62,7 +65,8 @@ class Source(NamedTuple):
     Attributes:
       load: ``Request -> Raw``.
       takes: the `jaxbp.data.load_dataset` arguments it uses beyond the name (``path``,
-        ``target_column``, ``data_dir``, ``num_samples``); any other is refused.
+        ``target_column``, ``test_path``, ``data_dir``, ``num_samples``); any other is
+        refused.
       needs: those of ``takes`` it cannot do without.
       recipe: the training settings (`jaxbp.run.config.Config` fields) that differ from the
         defaults for it, so that its name alone gives a good run.
@@ -70,6 +74,8 @@ class Source(NamedTuple):
         every split.
       per_feature_scale: False to standardise with one mean and std over all features
         (MNIST: per-pixel statistics blow up the rarely-inked border pixels).
+      task: the task of a built-in set; None for the user's files, whose target decides
+        (`jaxbp.data.targets`).
     """
 
     load: Callable[[Request], Raw]
@@ -78,9 +84,12 @@ class Source(NamedTuple):
     recipe: dict[str, Any] = {}
     split: bool = True
     per_feature_scale: bool = True
+    task: str | None = None
 
 
-def _sklearn(loader: str, task: str) -> Callable[[Request], Raw]:
+def _sklearn(loader: str, task: str, **fields: Any) -> Source:
+    """scikit-learn's bundled set ``loader`` (e.g. ``load_iris``) as a `Source`."""
+
     def load(request: Request) -> Raw:
         if request.name == "digits" and (shipped := read_shipped_digits()) is not None:
             return shipped
@@ -89,7 +98,7 @@ def _sklearn(loader: str, task: str) -> Callable[[Request], Raw]:
         features = tuple(str(c) for c in bunch.feature_names) if "feature_names" in bunch else None
         return Raw(bunch.data, bunch.target, task, names, feature_names=features)
 
-    return load
+    return Source(load, task=task, **fields)
 
 
 def read_shipped_digits() -> Raw | None:
@@ -184,52 +193,57 @@ def _user_file(request: Request) -> str:
 
 def load_npz(request: Request) -> Raw:
     """The user's npz: ``x``, ``y`` or ``x_train``, ``y_train``, ``x_test``, ``y_test``."""
-    arrays = read_npz_data(_user_file(request))
+    path = _user_file(request)
+    arrays = read_npz_data(path)
     if len(arrays) == 2:
-        return Raw(arrays["x"], *infer_task(arrays["y"]))
+        return Raw(arrays["x"], *read_targets(arrays["y"], request.task, repr(path)))
     x_train, y_train, x_test, y_test = arrays.values()
-    y, task, names = infer_task(np.concatenate([y_train, y_test]))  # one label set
-    return Raw(x_train, y[: len(y_train)], task, names, (x_test, y[len(y_train) :]))
+    return Raw(x_train, *_train_and_test(y_train, y_test, request.task, path, x_test))
 
 
 def load_csv(request: Request) -> Raw:
-    """The user's csv: a header row, numeric features and the ``target_column``."""
-    x, y, features = read_csv_data(_user_file(request), request.target_column)
-    return Raw(x, *infer_task(y), feature_names=features)
+    """The user's csv: a header row, numeric features and the ``target_column``; and its
+    own test csv, ``test_path``, with the same columns."""
+    path = _user_file(request)
+    x, y, features = read_csv_data(path, request.target_column)
+    if request.test_path is None:
+        return Raw(x, *read_targets(y, request.task, repr(path)), feature_names=features)
+    assert request.target_column is not None  # read_csv_data refused its absence
+    test_path = _user_file(request._replace(path=request.test_path))
+    x_test, y_test = read_csv_test_data(test_path, request.target_column, features, path)
+    if (y.dtype.kind == "U") != (y_test.dtype.kind == "U"):
+        kinds = ("class names", "numbers") if y.dtype.kind == "U" else ("numbers", "class names")
+        raise ValueError(
+            f"{test_path!r}: target column {request.target_column!r} holds {kinds[1]}, but in "
+            f"the training file {path!r} it holds {kinds[0]}; make them the same kind."
+        )
+    return Raw(x, *_train_and_test(y, y_test, request.task, path, x_test), features)
 
 
-def infer_task(y: np.ndarray) -> tuple[np.ndarray, str, tuple[str, ...] | None]:
-    """Returns (labels or targets, task, class_names); see load_dataset's `target_column`."""
-    if y.ndim == 2 and y.shape[1] > 1:
-        if np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():  # one-hot
-            return y.argmax(axis=1), "classification", tuple(str(c) for c in range(y.shape[1]))
-        return y.astype(np.float64), "regression", None
-    y = y.reshape(len(y))
-    try:
-        values = y.astype(np.float64)
-    except ValueError:  # non-numeric: class names
-        classes, labels = np.unique(y.astype(str), return_inverse=True)
-        return labels, "classification", tuple(str(c) for c in classes)
-    classes, labels = np.unique(values, return_inverse=True)
-    few_integers = np.all(classes == np.round(classes)) and len(classes) <= _MAX_CLASSES
-    if y.dtype.kind in "biu" or few_integers:
-        return labels, "classification", tuple(str(int(c)) for c in classes)
-    return values, "regression", None
+def _train_and_test(
+    y_train: np.ndarray, y_test: np.ndarray, task: str, path: str, x_test: np.ndarray
+) -> tuple[np.ndarray, str, tuple[str, ...] | None, tuple[np.ndarray, np.ndarray]]:
+    """(y_train, task, class_names, (x_test, y_test)), both targets read as one label set."""
+    y, task, names = read_targets(np.concatenate([y_train, y_test]), task, repr(path))
+    return y[: len(y_train)], task, names, (x_test, y[len(y_train) :])
 
 
-def _generated(make: Callable[[Request], Raw], **recipe: Any) -> Source:
-    return Source(make, takes=("num_samples",), recipe=recipe)
+def _generated(make: Callable[[Request], Raw], task: str, **recipe: Any) -> Source:
+    return Source(make, takes=("num_samples",), recipe=recipe, task=task)
 
 
-_IDX: dict[str, Any] = dict(takes=("data_dir",), needs=("data_dir",), per_feature_scale=False)
+_IDX: dict[str, Any] = dict(
+    takes=("data_dir",), needs=("data_dir",), per_feature_scale=False, task="classification"
+)
 _MNIST_RECIPE = dict(
     hidden_sizes=(256,), activation="relu", batch_size=128, epochs=10, learning_rate=1e-3
 )
 SOURCES: dict[str, Source] = {
-    "digits": Source(_sklearn("load_digits", "classification")),
+    "digits": _sklearn("load_digits", "classification"),
     # The network of eqs. (1.1)-(1.9): one sigmoid unit on the 30 features, MSE, plain SGD.
-    "breast_cancer": Source(
-        _sklearn("load_breast_cancer", "classification"),
+    "breast_cancer": _sklearn(
+        "load_breast_cancer",
+        "classification",
         recipe=dict(
             hidden_sizes=(),
             output_activation="sigmoid",
@@ -240,16 +254,19 @@ SOURCES: dict[str, Source] = {
             optimizer="sgd",
         ),
     ),
-    "iris": Source(
-        _sklearn("load_iris", "classification"),
+    "iris": _sklearn(
+        "load_iris",
+        "classification",
         recipe=dict(hidden_sizes=(16,), batch_size=8, epochs=60, learning_rate=1e-2),
     ),
-    "wine": Source(
-        _sklearn("load_wine", "classification"),
+    "wine": _sklearn(
+        "load_wine",
+        "classification",
         recipe=dict(hidden_sizes=(16,), batch_size=8, epochs=40, learning_rate=1e-2),
     ),
-    "diabetes": Source(
-        _sklearn("load_diabetes", "regression"),
+    "diabetes": _sklearn(
+        "load_diabetes",
+        "regression",
         recipe=dict(hidden_sizes=(32,), activation="relu", epochs=60),
     ),
     # The classic 2-2-1 sigmoid network on the 4 points of the truth table, full-batch SGD.
@@ -258,6 +275,7 @@ SOURCES: dict[str, Source] = {
     "xor": Source(
         make_xor,
         split=False,
+        task="classification",
         recipe=dict(
             hidden_sizes=(2,),
             activation="sigmoid",
@@ -270,19 +288,25 @@ SOURCES: dict[str, Source] = {
             eval_interval=100,
         ),
     ),
-    "moons": _generated(make_moons, hidden_sizes=(16,), epochs=40),
+    "moons": _generated(make_moons, "classification", hidden_sizes=(16,), epochs=40),
     "spirals": _generated(
         make_spirals,
+        "classification",
         hidden_sizes=(64, 64),
         activation="relu",
         epochs=100,
         checkpoint_interval=20,
         eval_interval=5,
     ),
-    "teacher": _generated(make_teacher, hidden_sizes=(32,), learning_rate=1e-2),
+    "teacher": _generated(make_teacher, "regression", hidden_sizes=(32,), learning_rate=1e-2),
     # A user's table is often a few hundred rows: 30 epochs of them are too few steps.
     "npz": Source(load_npz, ("path",), ("path",), dict(epochs=100)),
-    "csv": Source(load_csv, ("path", "target_column"), ("path", "target_column"), dict(epochs=100)),
+    "csv": Source(
+        load_csv,
+        ("path", "target_column", "test_path"),
+        ("path", "target_column"),
+        dict(epochs=100),
+    ),
     "mnist": Source(load_mnist, **_IDX, recipe=_MNIST_RECIPE),
     "fashion_mnist": Source(load_mnist, **_IDX, recipe=_MNIST_RECIPE),
 }

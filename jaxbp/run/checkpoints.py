@@ -17,9 +17,10 @@ is used, so one bad write never ends a run's ability to resume (`Checkpointer`).
 
 Every tree is stacked, every leaf ``(M, ...)`` with M ≥ 1 (a single run is a member set of
 one), and its optimizer state carries the learning rate (`jaxbp.training.inject_learning_rate`);
-the meta's ``layout`` says so (`LAYOUT`). A workdir of an earlier layout (a single run's
-unstacked state, an optimizer state without the rate) is refused for resuming before any
-work (`refuse_earlier_layout`); `jaxbp.run.restore` still reads its params. A resume takes
+the meta's ``layout`` says so (`jaxbp.run.restore.LAYOUT`). A workdir of an earlier layout
+(a single run's unstacked state, an optimizer state without the rate) is refused for
+resuming (`jaxbp.run.restore.refuse_earlier_layout`); `jaxbp.run.restore` still reads its
+params. A resume takes
 the newest readable checkpoint whose network matches the run's (`check_same_network`); the
 best is always saved just before the state, so a best newer than the state found is not
 the run's own and is redone.
@@ -27,8 +28,10 @@ the run's own and is redone.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,52 +43,57 @@ from jaxbp.mlp import Params
 from jaxbp.run.config import ConfigError
 from jaxbp.run.progress import Progress
 from jaxbp.run.recipe import TrainState
-from jaxbp.run.workdir import ResumeConflictError
-
-# The checkpoint layout this version writes, in every checkpoint's meta: 2, every tree
-# stacked ``(M, ...)`` and the learning rate in the optimizer state. A checkpoint without it
-# is of layout 1: a single run's tree unstacked, an optimizer state without the rate.
-LAYOUT = 2
+from jaxbp.run.restore import LAYOUT, EarlierLayoutError, earlier_layout_message
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint belongs to a different network."""
 
 
-class EarlierLayoutError(ResumeConflictError):
-    """The workdir's checkpoints are of an earlier layout: they cannot be resumed."""
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, a read-only folder);
+    the checkpoints written before it are intact."""
 
 
-def earlier_layout_message(workdir: str) -> str:
-    """The one line that refuses to resume a workdir of an earlier checkpoint layout."""
-    return (
-        f"{workdir} was written by an earlier checkpoint layout and cannot be resumed (eval, "
-        "predict and laplace still read it); train again in a new workdir."
-    )
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:limit]
 
 
-def refuse_earlier_layout(workdir: str) -> None:
-    """Refuses, before any work, to resume a workdir whose newest readable train state is of
-    an earlier layout than `LAYOUT`.
+class _OrbaxLogFilter(logging.Filter):
+    """Drops orbax's own warning and error lines (with their tracebacks): every failure they
+    accompany is reported by `Checkpointer` as one line that names the cause."""
 
-    Raises:
-      EarlierLayoutError: naming the fix (a new workdir).
+    def filter(self, record: logging.LogRecord) -> bool:
+        orbax_file = f"{os.sep}orbax{os.sep}" in record.pathname
+        return not (orbax_file and record.levelno >= logging.WARNING)
+
+
+def _drop_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that ignores ``RuntimeError: Event loop is closed``.
+
+    When orbax fails to read one array of a damaged checkpoint, it closes its event loop
+    while tensorstore still completes the other reads; their callbacks then raise into the
+    closed loop, outside any caller, and Python would print each as a traceback although
+    the failure itself is already handled (the checkpoint is set aside).
     """
-    path = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(path):
-        return
-    checkpointer = Checkpointer(path)
-    try:
-        for epoch in reversed(checkpointer.epochs()):
-            try:
-                meta = checkpointer.read_meta(epoch)
-            except Exception:  # damage: the resume sets it aside and names it
-                continue
-            if meta.get("layout") != LAYOUT:
-                raise EarlierLayoutError(earlier_layout_message(workdir))
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
-    finally:
-        checkpointer.close()
+        previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _quiet_orbax() -> None:
+    """Installs, once per process, the two filters above."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxLogFilter())
+    if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 class Checkpointer:
@@ -99,6 +107,7 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 3):
         import orbax.checkpoint as ocp  # experiments extra: not needed by `import jaxbp`
 
+        _quiet_orbax()
         self._ocp = ocp
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
@@ -122,16 +131,33 @@ class Checkpointer:
                 self._manager.delete(later)
 
     def save(self, epoch: int, tree: Any, meta: dict[str, Any]) -> None:
-        """Writes ``tree`` and ``meta`` for ``epoch`` atomically and waits until on disk."""
+        """Writes ``tree`` and ``meta`` for ``epoch`` atomically and waits until on disk.
+
+        Raises:
+          CheckpointWriteError: when the write fails; the older checkpoints are intact.
+        """
         ocp = self._ocp
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # orbax wraps the OS error in its own types
+            kept = [e for e in self.epochs() if e != epoch]
+            before = (
+                f"the checkpoints before it (epochs {', '.join(map(str, kept))}) are intact"
+                if kept
+                else "no checkpoint had been written before it"
+            )
+            raise CheckpointWriteError(
+                f"the checkpoint of epoch {epoch} could not be written to {self.directory} "
+                f"({_why_not_written(e)}); {before}. Free disk space or fix the folder, then "
+                "run the same command again to resume."
+            ) from e
 
     def read_meta(self, epoch: int) -> dict[str, Any]:
         """The JSON ``meta`` block of ``epoch``'s checkpoint."""
@@ -199,9 +225,9 @@ class Checkpointer:
         os.makedirs(damaged, exist_ok=True)
         target = os.path.join(damaged, f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(os.path.join(self.directory, str(epoch)), target)
-        first_line = (str(error).strip().splitlines() or [""])[0][:160]
         log(
-            f"checkpoint of epoch {epoch} is damaged ({type(error).__name__}: {first_line}); "
+            f"checkpoint of epoch {epoch} is damaged ({type(error).__name__}: "
+            f"{_first_line(error)}); "
             f"moved to {target}, trying the one before it."
         )
         self._manager.reload()
@@ -210,6 +236,21 @@ class Checkpointer:
         """Finishes pending writes."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _why_not_written(error: BaseException) -> str:
+    """The OS's reason when orbax's message carries one (``No space left on device``)."""
+    text = str(error)
+    for reason in (
+        "No space left on device",
+        "File too large",
+        "Permission denied",
+        "Read-only file system",
+        "Disk quota exceeded",
+    ):
+        if reason in text:
+            return reason
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _all_finite(leaf: Any) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from jaxbp import activations, backprop, losses, privacy, training
 from jaxbp import data as data_lib
+from jaxbp.data.targets import MAX_CLASSES
 
 AUTO = "auto"  # output activation and loss follow the task the data define
 Sweep = tuple[tuple[str, tuple[float, ...]], ...]  # ((name, (v1, v2, ...)), ...)
@@ -122,12 +123,36 @@ class Config:
     )
     data_path: str | None = _field(None, "The .npz or .csv file of dataset npz or csv.", "fixed")
     target_column: str | None = _field(None, "The target column of a csv data set.", "fixed")
+    test_path: str | None = _field(
+        None,
+        "A csv data set's own test file, with the columns of data_path; unset: the test set is "
+        "test_fraction of data_path.",
+        "fixed",
+    )
+    task: str = _field(
+        AUTO,
+        "What the target of an npz or csv is; auto: names, one-hot rows, integer dtypes and "
+        f"integers with at most {MAX_CLASSES} distinct values are classes, other numbers "
+        f"values (an integer-dtype target with over {MAX_CLASSES} values, most of them "
+        "seen once, is refused: say which). Built-in sets have their own.",
+        "fixed",
+        data_lib.TASKS,
+    )
     data_dir: str | None = _field(None, "Folder of the MNIST/Fashion-MNIST IDX files.", "fixed")
     num_samples: int | None = _field(
         None, "Size of a generated set (moons, spirals, teacher); unset: 1000.", "fixed"
     )
     data_seed: int = _field(
         0, "Seeds the train/val/test split (and generated sets): fixed, so runs compare.", "fixed"
+    )
+    val_fraction: float = _field(
+        0.1, "Share of the examples for validation (early stopping, best epoch).", "fixed"
+    )
+    test_fraction: float = _field(
+        0.2,
+        "Share of the examples for test; unused where the data bring their own test set "
+        "(mnist, fashion_mnist, an npz with x_test, a csv with test_path).",
+        "fixed",
     )
     # Model.
     hidden_sizes: tuple[int, ...] = _field(

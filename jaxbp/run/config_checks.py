@@ -2,7 +2,8 @@
 
 Every refusal is a `ConfigError` naming the field, the value given and what would be right:
 a number out of its range, a choice not among the field's choices, a data field that does
-not apply to the data set (or one it needs and lacks), a network the losses and activations
+not apply to the data set (or one it needs and lacks, or a task it does not have), split
+fractions that leave no training data, a network the losses and activations
 cannot build, and a sweep or a repeat count that cannot form one compiled member set.
 """
 
@@ -218,7 +219,7 @@ def _field_names(arguments: tuple[str, ...]) -> tuple[str, ...]:
 def _check_data_fields(config: Config) -> None:
     """A data field that does not apply to the data set is an error, never ignored."""
     source = sources.SOURCES[config.dataset]
-    for argument in ("path", "target_column", "data_dir", "num_samples"):
+    for argument in ("path", "target_column", "test_path", "data_dir", "num_samples"):
         name, datasets = _FIELD.get(argument, argument), sources.users_of(argument)
         value = getattr(config, name)
         if value is not None and config.dataset not in datasets:
@@ -235,8 +236,26 @@ def _check_data_fields(config: Config) -> None:
         _check_int(config, "num_samples", 1)
     if config.data_path is not None and not os.path.isfile(config.data_path):
         raise ConfigError("data_path", config.data_path, "no such file; check the path.")
+    if config.test_path is not None and not os.path.isfile(config.test_path):
+        raise ConfigError("test_path", config.test_path, "no such file; check the path.")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise ConfigError("data_dir", config.data_dir, "no such folder; check the path.")
+    if config.task not in (AUTO, source.task) and source.task is not None:
+        raise ConfigError(
+            "task",
+            config.task,
+            f"dataset={config.dataset} is a {source.task} data set; drop it, or train on "
+            "your own data with dataset=npz or dataset=csv.",
+        )
+    for name in ("val_fraction", "test_fraction"):
+        _check_float(config, name, 0.0, low_open=True, high=1.0, high_open=True)
+    if config.val_fraction + config.test_fraction >= 1.0:
+        raise ConfigError(
+            "test_fraction",
+            config.test_fraction,
+            f"with val_fraction={config.val_fraction} it leaves no training data; the two "
+            "must sum to less than 1. Make them smaller.",
+        )
 
 
 def _check_model_fields(config: Config) -> None:

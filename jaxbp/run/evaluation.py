@@ -9,7 +9,9 @@
 The run comes from `jaxbp.run.inference.load_trained`, under that module's contract (which
 parameters, in which precision). Every run is a member set (M ≥ 1); its evaluation reports
 each member's test metrics, their mean (as ``summary.json``; for M = 1 the run's own), and the
-ensemble's: the kept members' outputs averaged, as `jaxbp.run.inference` predicts.
+ensemble's: the kept members' outputs averaged, as `jaxbp.run.inference` predicts; with
+``member`` one member alone is evaluated, as a run of its own. Regression reports the RMSE and
+MAE in the targets' units beside R² (`jaxbp.training.output_metrics`).
 
 Uses the ``experiments`` extra (orbax-checkpoint, scikit-learn).
 """
@@ -38,7 +40,7 @@ class DataChangedError(ValueError):
     """The data loaded now are not the data the run was trained on."""
 
 
-def evaluate_workdir(workdir: str) -> dict[str, Any]:
+def evaluate_workdir(workdir: str, member: int | str | None = None) -> dict[str, Any]:
     """The test metrics of a trained workdir, recomputed from its checkpoint; also ``W/eval.json``.
 
     Loads the run's parameters (`jaxbp.run.inference.load_trained`) and its data split (the
@@ -50,34 +52,41 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
 
     Args:
       workdir: the workdir of a training run.
+      member: None, a member set's ensemble (a single run itself); an index K or
+        ``"best"``: that member alone (`jaxbp.run.inference.choose_member`).
 
     Returns:
-      ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2`` (regression), the
-      keys of ``summary.json``: the means over the kept members (a single run: its own),
+      ``test_loss`` and ``test_accuracy`` (classification) or ``test_r2``, ``test_rmse`` and
+      ``test_mae`` (regression, the last two in the targets' units), the keys of
+      ``summary.json``: the means over the kept members (a single run: its own),
       with ``test_*_std``, ``members`` with each one's, and ``ensemble`` with the averaged
       outputs' metrics (the class report is the ensemble's); ``num_test_examples``;
       ``best_epoch`` (None: the latest state's parameters, or members of several); and for
       classification ``class_names``, ``confusion_matrix`` (a list of rows: row i counts
       the examples of true class i, column j those predicted as class j, both in
       ``class_names`` order) and ``precision``, ``recall`` and ``f1`` (dicts keyed by
-      class name; 0 where a class is never predicted or never present).
+      class name; 0 where a class is never predicted or never present); ``members_used``
+      (the indices of the members the figures and class report come from) and
+      ``predictions_from`` (that in words), and with ``member`` given, ``member_choice``.
 
     Raises:
+      jaxbp.run.inference.NoSuchMemberError: when ``member`` names no member.
       jaxbp.run.inference.NotTrainedError, jaxbp.run.workdir.WorkdirError: see
         `jaxbp.run.inference.load_trained`.
       DataChangedError: when the data differ from those the run was trained on.
       FileNotFoundError, ValueError: when the run's data can no longer be loaded.
     """
-    trained = inference.load_trained(workdir)
+    trained, used, source = inference.select_members(inference.load_trained(workdir), member)
     model, loss = trained.model, trained.loss
     task, class_names = trained.preprocessing["task"], trained.preprocessing["class_names"]
+    y_scale = trained.preprocessing["y_scale"]
     with jax.enable_x64(trained.config.precision == "float64"):
         dataset = recipe.load_data(trained.config)
         check_same_data(trained.preprocessing, dataset, workdir)
 
         def evaluate(params, x, y):  # one program: the confusion matrix sees the accuracy's ŷ
             y_hat = backprop.apply(model, params, x, backward="autodiff")
-            return training.split_metrics(model, loss, params, x, y, task), y_hat
+            return training.split_metrics(model, loss, params, x, y, task, y_scale), y_hat
 
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         metrics, y_hat = jax.jit(evaluate)(trained.params, dataset.x_test, dataset.y_test)
@@ -87,6 +96,9 @@ def evaluate_workdir(workdir: str) -> dict[str, Any]:
         y_hat = y_hat[inference.kept(trained)].mean(axis=0)
     result["num_test_examples"] = len(dataset.x_test)
     result["best_epoch"] = trained.best_epoch
+    result["members_used"], result["predictions_from"] = used, source
+    if member is not None:
+        result["member_choice"] = member
     if task == "classification":
         result.update(_class_report(dataset.y_test, y_hat, class_names))
     workdir_lib.write_atomic(os.path.join(workdir, EVAL_FILE), json.dumps(result, indent=2))
@@ -114,7 +126,8 @@ def _member_set_result(
     loss_fn = losses.get_loss(trained.loss)
     with jax.enable_x64(trained.config.precision == "float64"):
         ensemble_hat, targets = jnp.asarray(ensemble), jnp.asarray(y)
-        quality = training.output_metrics(ensemble_hat, targets, trained.preprocessing["task"])
+        pre = trained.preprocessing
+        quality = training.output_metrics(ensemble_hat, targets, pre["task"], pre["y_scale"])
         value = loss_fn.value(ensemble_hat, targets)
     result["ensemble"] = {
         "num_members": int(kept.sum()),

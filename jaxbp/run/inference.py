@@ -16,7 +16,9 @@ data's units: class names, or values ``ŷ · y_scale + y_mean``.
 Every workdir holds a member set, M ≥ 1 (a single run: M = 1; ``repeats`` or ``sweep``: more),
 its params stacked ``(M, ...)``. Its predictions are the *ensemble*'s: the members' outputs ŷ
 averaged (probabilities for classes, values for regression; for M = 1 the run's own),
-diverged members left out (`kept`); `member_predictions` gives each member's.
+diverged members left out (`kept`); `member_predictions` gives each member's. `choose_member`
+picks one member instead (by index, or ``"best"``: the lowest best validation loss), and
+`one_member` makes it a run of its own.
 `jaxbp.run.evaluation` builds on `load_trained` for a workdir's test metrics.
 
 Uses the ``experiments`` extra (orbax-checkpoint).
@@ -36,11 +38,16 @@ from jaxbp.mlp import MLP, Params
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import Config
+from jaxbp.run.progress import member_label
 from jaxbp.run.restore import restore_trained
 
 
 class NotTrainedError(FileNotFoundError):
     """The workdir does not exist, holds no run, or holds no checkpoint to use."""
+
+
+class NoSuchMemberError(ValueError):
+    """The member asked for is not one of the workdir's (an index out of range, or no best)."""
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -62,7 +69,8 @@ class TrainedModel(NamedTuple):
         member's come from the same one (always so for a single run), else None (also when
         they are the latest state's).
       members: the M members in order: ``member``, ``seed``, the swept values,
-        ``best_epoch`` and ``diverged_at_epoch``.
+        ``best_epoch``, ``best_val_loss`` (None before any evaluation) and
+        ``diverged_at_epoch``.
     """
 
     config: Config
@@ -147,24 +155,33 @@ def load_trained(workdir: str) -> TrainedModel:
 def _members(config: Config, meta: dict[str, Any]) -> tuple[int | None, list[dict[str, Any]]]:
     """The common best epoch (or None) and each member's entry, from a checkpoint's meta.
 
-    A layout-1 single run's best record holds its ``epoch`` alone, without ``members``.
+    A layout-1 single run's best record holds its ``epoch`` and ``val_loss``, without ``members``.
     """
     grid = config_lib.member_grid(config)
     best = meta.get("best")
-    bests = (
-        [None] * len(grid) if best is None else [b["epoch"] for b in best.get("members", [best])]
-    )
+    bests = [{"epoch": None}] * len(grid) if best is None else best.get("members", [best])
     diverged = meta.get("diverged") or [None] * len(grid)
     members = [
-        {"member": m.index, "seed": m.seed, **m.values, "best_epoch": b, "diverged_at_epoch": d}
+        {
+            "member": m.index,
+            "seed": m.seed,
+            **m.values,
+            "best_epoch": b["epoch"],
+            "best_val_loss": b.get("val_loss"),
+            "diverged_at_epoch": d,
+        }
         for m, b, d in zip(grid, bests, diverged, strict=True)
     ]
-    return (bests[0] if len(set(bests)) == 1 else None), members
+    epochs = {b["epoch"] for b in bests}
+    return (epochs.pop() if len(epochs) == 1 else None), members
 
 
 def kept(trained: TrainedModel) -> np.ndarray:
-    """``(M,)`` True for the members the ensemble averages (those that did not diverge)."""
-    return np.asarray([m["diverged_at_epoch"] is None for m in trained.members])
+    """``(M,)`` True for the members the ensemble averages: those that did not diverge (a
+    member chosen alone, `one_member`, is used even if it diverged: its params are those of
+    the epoch before)."""
+    live = np.asarray([m["diverged_at_epoch"] is None for m in trained.members])
+    return live if live.any() else np.ones_like(live)
 
 
 def _outputs(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
@@ -275,6 +292,81 @@ def member_predictions(
     trained = workdir if isinstance(workdir, TrainedModel) else load_trained(workdir)
     y_hat = _outputs(trained, standardise(trained, x_raw))
     return [_in_data_units(trained, member) for member in y_hat]
+
+
+def choose_member(trained: TrainedModel, member: int | str) -> int:
+    """The index of the member that ``member`` names: an index K itself, or ``"best"``, the
+    member with the lowest best validation loss among those that did not diverge.
+
+    A single run is a set of one: ``0`` and ``"best"`` name it (evaluated or not).
+
+    Raises:
+      NoSuchMemberError: for an index outside ``0 .. M − 1`` (naming the range), a name
+        other than ``"best"``, or ``"best"`` where no member that did not diverge was
+        evaluated.
+    """
+    num = len(trained.members)
+    if member == "best":
+        if num == 1:  # the only member
+            return 0
+        candidates = [
+            m
+            for m in trained.members
+            if m["diverged_at_epoch"] is None and m.get("best_val_loss") is not None
+        ]
+        if not candidates:
+            raise NoSuchMemberError(
+                "no member has a best validation loss (each diverged or was never evaluated); "
+                f"choose one by index, 0 to {num - 1}."
+            )
+        return int(min(candidates, key=lambda m: m["best_val_loss"])["member"])
+    if isinstance(member, str) or not 0 <= member < num:
+        held = "a single run: member 0" if num == 1 else f"{num} members: 0 to {num - 1}"
+        raise NoSuchMemberError(
+            f"member {member!r} does not name a member; the workdir holds {held}, or 'best' "
+            "(the lowest best validation loss)."
+        )
+    return int(member)
+
+
+def one_member(trained: TrainedModel, k: int) -> TrainedModel:
+    """Member ``k`` alone, a run of one member: its params ``(1, ...)``, entry and best epoch."""
+    member = trained.members[k]
+    return trained._replace(
+        params=jax.tree.map(lambda leaf: leaf[k : k + 1], trained.params),
+        members=[member],
+        best_epoch=member["best_epoch"],
+    )
+
+
+def select_members(
+    trained: TrainedModel, member: int | str | None
+) -> tuple[TrainedModel, list[int], str]:
+    """The model that predicts for ``member`` (None: the ensemble of a set's kept members;
+    an index or ``"best"``: `choose_member`'s, as a single run), the indices of the members
+    its predictions come from, and that said in words for the user.
+
+    Raises:
+      NoSuchMemberError: see `choose_member`.
+    """
+    single = len(trained.members) == 1  # the words of a single run
+    if member is None and single:
+        return trained, [0], "the single run"
+    if member is None:
+        used = np.flatnonzero(kept(trained)).tolist()
+        left = len(kept(trained)) - len(used)
+        text = f"the ensemble of members {', '.join(map(str, used))} (their outputs averaged"
+        return trained, used, text + (f"; {left} diverged, left out)" if left else ")")
+    k = choose_member(trained, member)
+    if single:
+        return trained, [0], "the single run (member 0)"
+    text = f"member {k} ({member_label(config_lib.member_grid(trained.config)[k])})"
+    if member == "best":
+        text += ", the lowest best validation loss"
+    diverged = trained.members[k]["diverged_at_epoch"]
+    if diverged is not None:
+        text += f", which diverged in epoch {diverged}"
+    return one_member(trained, k), [k], text
 
 
 def class_indices(y: np.ndarray) -> np.ndarray:

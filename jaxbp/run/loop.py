@@ -51,10 +51,11 @@ import jax
 import numpy as np
 
 from jaxbp import losses, training
+from jaxbp.data import split_record
 from jaxbp.run import config as config_lib
 from jaxbp.run import config_checks, outputs, privacy_plan, programs, summary
 from jaxbp.run import workdir as workdir_lib
-from jaxbp.run.checkpoints import RunCheckpoints, refuse_earlier_layout
+from jaxbp.run.checkpoints import RunCheckpoints
 from jaxbp.run.config import Config, ConfigError
 from jaxbp.run.progress import Progress, diverged_line, progress_line
 from jaxbp.run.recipe import (
@@ -68,6 +69,7 @@ from jaxbp.run.recipe import (
     network_meta,
     schedule_change,
 )
+from jaxbp.run.restore import refuse_earlier_layout
 from jaxbp.run.stop import RunInterruptedError, stop_signals
 from jaxbp.training import parallel
 
@@ -248,6 +250,7 @@ class _Run:
             self.steps_per_epoch,
             self.mesh,
             self.privacy,
+            y_scale=None if data.y_scale is None else tuple(map(float, data.y_scale)),
         )
         self.meta = {
             "network": network_meta(config, self.model, self.loss),
@@ -368,6 +371,9 @@ class _Run:
             "steps": epoch * self.steps_per_epoch,
             "seconds": train_seconds,
             "task": self.dataset.task,
+            "splits": split_record(
+                self.dataset, self.config.val_fraction, self.config.test_fraction
+            ),
             "sizes": list(self.model.sizes),
             "output_activation": self.model.output_activation,
             "loss": self.loss,

@@ -9,7 +9,9 @@
   (their means over the members);
 * ``curves.png``: loss and accuracy (or R²) against epochs (a set of several: the mean over
   members with a ±1 std band, one colour per swept value), and where the records carry the
-  gradient flow, each layer's gradient signal-to-noise ratio ``train_flow/snr/k``;
+  gradient flow, a panel each for the layers' gradient signal-to-noise ratio
+  ``train_flow/snr/k``, mean ‖δ_i‖ ``train_flow/delta_norm/k``, gradient norm
+  ``train_flow/grad_norm/k`` and the gradient noise scale ``train_flow/noise_scale``;
 * ``summary.json``: the final figures and the config;
 * ``sweep.md`` (a set of several members only): test metrics by swept value, mean ± std
   over the members.
@@ -39,6 +41,7 @@ import numpy as np
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import Config
+from jaxbp.run.progress import EPOCH_LOSS_LABEL
 
 
 class RunOutputs:
@@ -216,11 +219,39 @@ def plot_curves(
     path: str,
     labels: dict[int, str] | None = None,
 ) -> None:
-    """Loss (log scale) and accuracy or R² per epoch, train and validation, as a PNG.
+    """`curves_figure` of the records, written as a PNG to ``path``."""
+    import matplotlib.pyplot as plt
 
-    With ``labels`` (member index -> its swept values) the records are a member set's: each
+    fig = curves_figure(records, task, labels)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    workdir_lib.write_atomic(path, buffer.getvalue())
+
+
+# The gradient-flow panels the records may carry: (key prefix, title, y label).
+FLOW_PANELS = (
+    ("train_flow/snr/", "gradient SNR (train)", "‖ḡ‖² / Σ Var"),
+    ("train_flow/delta_norm/", "mean ‖δ_i‖ per layer (train)", "‖δ_i‖"),
+    ("train_flow/grad_norm/", "‖∂L/∂W‖ per layer (train)", "‖∂L/∂W‖_F"),
+    ("train_flow/noise_scale", "gradient noise scale (train)", "B_simple (examples)"),
+)
+TRAIN_LABEL = "train (end of epoch)"  # the end-of-epoch params' loss on the whole split
+
+
+def curves_figure(
+    records: list[dict[str, float]], task: str, labels: dict[int, str] | None = None
+) -> Any:
+    """Loss (log scale) and accuracy or R² per epoch, train and validation, and the gradient
+    flow the records carry (`FLOW_PANELS`, log scale), as a matplotlib figure of 5 × 4 inch
+    panels, three to a row.
+
+    The ``train`` curves are the loss and accuracy of each epoch's end-of-epoch params on the
+    whole training split (`TRAIN_LABEL`); a single run also draws the mean of the epoch's
+    step losses (``epoch_loss``, the progress line's `EPOCH_LOSS_LABEL`), dotted. With
+    ``labels`` (member index -> its swept values) the records are a member set's: each
     label gets one colour, its mean over members drawn with a ±1 std band (validation
-    solid, train dashed).
+    solid, train dashed); the flow panels show the mean over each label's members.
     """
     import matplotlib
 
@@ -228,18 +259,38 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     quality = "accuracy" if task == "classification" else "r2"
-    snr_keys = sorted({k for r in records for k in r if k.startswith("train_flow/snr/")})
-    fig, axes = plt.subplots(1, 3 if snr_keys else 2, figsize=(15 if snr_keys else 10, 4))
+    flows = []
+    for prefix, title, ylabel in FLOW_PANELS:
+        keys = sorted({k for r in records for k in r if k.startswith(prefix)})
+        if keys:
+            flows.append((keys, title, ylabel))
+    num = 2 + len(flows)
+    cols, rows = min(num, 3), math.ceil(num / 3)
+    fig, grid = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[num:]:  # the row's empty places
+        ax.remove()
+    axes = axes[:num]
     ax_loss, ax_quality = axes[:2]
-    if snr_keys:
-        _plot_snr(axes[2], records, snr_keys, labels)
+    for ax, (keys, title, ylabel) in zip(axes[2:], flows, strict=True):
+        _plot_per_layer(ax, records, keys, labels)
+        ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=title)
     # A DP-SGD run's records have no training split (they stay private).
     splits = [s for s in ("train", "val") if records and f"{s}_loss" in records[0]]
+    names = {"train": TRAIN_LABEL, "val": "val"}
     if labels is None:
         epochs = [r["epoch"] for r in records]
         for split in splits:
-            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=split)
+            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], label=names[split])
             ax_quality.plot(epochs, [r[f"{split}_{quality}"] for r in records], label=split)
+        if records and "epoch_loss" in records[0]:
+            ax_loss.plot(
+                epochs,
+                [np.nan if r["epoch_loss"] is None else r["epoch_loss"] for r in records],
+                ":",
+                color="C0",
+                label=f"train ({EPOCH_LOSS_LABEL})",
+            )
     else:
         for colour, label in enumerate(dict.fromkeys(labels.values())):
             group = [r for r in records if labels.get(int(r.get("member", -1))) == label]
@@ -251,26 +302,24 @@ def plot_curves(
                     ]
                     mean = np.asarray([v.mean() for v in by_epoch])
                     std = np.asarray([v.std() for v in by_epoch])
-                    ax.plot(epochs, mean, style, color=f"C{colour}", label=f"{split} {label}")
+                    name = names[split] if ax is ax_loss else split
+                    ax.plot(epochs, mean, style, color=f"C{colour}", label=f"{name} {label}")
                     if split == "val":
                         ax.fill_between(
                             epochs, mean - std, mean + std, color=f"C{colour}", alpha=0.2
                         )
-    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss on the whole split", yscale="log", title="loss")
     ax_quality.set(xlabel="epoch", ylabel=quality, title=quality)
     for ax in axes:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    workdir_lib.write_atomic(path, buffer.getvalue())
+    return fig
 
 
-def _plot_snr(ax: Any, records: list[dict[str, float]], keys: list[str], labels: Any) -> None:
-    """Each layer's ``train_flow/snr/k`` per epoch, log scale; a set: the mean over the
-    members of each swept value (its colour), one line style per layer."""
+def _plot_per_layer(ax: Any, records: list[dict[str, float]], keys: list[str], labels: Any) -> None:
+    """Each of ``keys`` (one per layer, ending in its number k, or one alone) per epoch; a
+    set: the mean over the members of each swept value (its colour), one style per layer."""
     groups = {None: records} if labels is None else {}
     for label in dict.fromkeys((labels or {}).values()):
         groups[label] = [r for r in records if labels.get(int(r.get("member", -1))) == label]
@@ -278,9 +327,11 @@ def _plot_snr(ax: Any, records: list[dict[str, float]], keys: list[str], labels:
         epochs = sorted({r["epoch"] for r in group if keys[0] in r})
         for k, key in enumerate(keys):
             mean = [np.mean([r[key] for r in group if r["epoch"] == e]) for e in epochs]
-            name = f"layer {key.rsplit('/', 1)[1]}" + ("" if label is None else f" {label}")
+            layer = key.rsplit("/", 1)[1]
+            name = (f"layer {layer}" if layer.isdigit() else layer) + (
+                "" if label is None else f" {label}"
+            )
             style = ("-", "--", ":", "-.")[k % 4] if label is not None else "-"
             color = f"C{k if label is None else colour}"
             values = np.where(np.isfinite(mean), mean, np.nan)  # +inf (no variance): a gap
             ax.plot(epochs, values, style, color=color, label=name)
-    ax.set(xlabel="epoch", ylabel="‖ḡ‖² / Σ Var", yscale="log", title="gradient SNR (train)")

@@ -9,9 +9,10 @@ its config, network, loss, task, sizes and mesh) and of arrays:
   the epoch before, and the epoch reports which members stayed finite. It donates its
   params and optimizer state;
 * `member_metrics`: the metrics of every member on a split, ``{name: (M,)}``: loss and
-  accuracy or R² (`jaxbp.training.split_metrics`), and on the training split also ‖∇L‖ and
-  the gradient flow (`jaxbp.gradient_flow`) of its first `FLOW_ROWS` rows (on the
-  validation split in a DP-SGD run, whose epoch is `jaxbp.dp_sgd.run_private_epoch`);
+  accuracy or R² with RMSE and MAE in the targets' units (`jaxbp.training.split_metrics`),
+  and on the training split also ‖∇L‖ and the gradient flow (`jaxbp.gradient_flow`) of
+  its first `FLOW_ROWS` rows (on the validation split in a DP-SGD run, whose epoch is
+  `jaxbp.dp_sgd.run_private_epoch`);
 * `select_best`: the improved members' params taken over their best ones.
 
 `compile_programs` places the data splits on the mesh once (`jaxbp.training.parallel`),
@@ -62,6 +63,9 @@ class Spec(NamedTuple):
     steps_per_epoch: int
     mesh: Mesh
     privacy: PrivacyPlan | None = None  # a DP-SGD run's sampling, σ and δ
+    # Regression: each target's scale (`jaxbp.data.Dataset.y_scale`), for RMSE and MAE in
+    # the targets' units; a tuple, so that the spec stays hashable.
+    y_scale: tuple[float, ...] | None = None
 
 
 def flow_split(spec: Spec) -> str:
@@ -177,7 +181,7 @@ def member_metrics(spec: Spec, params: Params, x, y, with_grad_norm: bool) -> di
     flow_rows = min(x.shape[0], FLOW_ROWS)
 
     def one(params, x, y):
-        metrics = training.split_metrics(model, loss, params, x, y, spec.task)
+        metrics = training.split_metrics(model, loss, params, x, y, spec.task, spec.y_scale)
         if with_grad_norm:  # ‖∇L‖ and the gradient flow
             metrics["grad_norm"] = optax.tree.norm(loss_and_grad(params, x, y)[1])
             if flow_rows >= 2:

@@ -10,7 +10,11 @@ A single run is a member set of one. `Progress` keeps, for each member k,
   of the means, the std, the progress line and the early stop.
 
 `progress_line` is the log line of one evaluation: one member's figures, or the mean ± std
-over the members still training; `diverged_line` the message when none is left.
+over the members still training; `diverged_line` the message when none is left. Its loss is
+the *epoch mean* (the mean of the epoch's step losses, each on its batch with the params of
+that step, `EPOCH_LOSS_LABEL`), not the loss of the end-of-epoch params on the whole training
+split that ``curves.png`` plots as ``train``; regression adds the validation RMSE and MAE in
+the targets' units.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import numpy as np
 
 from jaxbp.mlp import Params
 from jaxbp.run.config import Member
+
+# The name of the mean of an epoch's step losses, in the progress line and curves.png.
+EPOCH_LOSS_LABEL = "epoch-mean loss"
 
 
 @dataclasses.dataclass
@@ -203,10 +210,14 @@ def progress_line(
     record = records[0]
     parts = [f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}"]
     if "epoch_loss" in record:  # not in a DP-SGD run's records
-        parts.append(f"loss {value('epoch_loss', plain)}")
+        parts.append(f"{EPOCH_LOSS_LABEL} {value('epoch_loss', plain)}")
     if f"train_{quality}" in record:
         parts.append(f"train {quality} {value(f'train_{quality}')}")
-    parts.append(f"val {quality} {value(f'val_{quality}')}{members_text}")
+    val = f"val {quality} {value(f'val_{quality}')}"
+    if "val_rmse" in record:  # regression: the errors in the targets' units
+        rmse, mae = (value(f"val_{k}", lambda v: f"{v:.4g}") for k in ("rmse", "mae"))
+        val += f"  val RMSE {rmse} MAE {mae} (target units)"
+    parts.append(val + members_text)
     if "privacy/epsilon" in record:
         parts.append(f"ε {value('privacy/epsilon', lambda v: f'{v:.3g}')}")
     parts.append(f"{record['steps_per_second']:,.0f} steps/s  ETA {math.ceil(eta)}s")

@@ -242,13 +242,17 @@ def network_meta(config: Config, model: MLP, loss: str) -> dict[str, Any]:
 
 
 def load_data(config: Config) -> data_lib.Dataset:
-    """The config's data set, split by ``data_seed``, in the config's precision."""
+    """The config's data set, split by ``data_seed`` and the fractions, in its precision."""
     return data_lib.load_dataset(
         config.dataset,
         seed=config.data_seed,
         data_dir=config.data_dir,
         path=config.data_path,
         target_column=config.target_column,
+        test_path=config.test_path,
+        task=config.task,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
         num_samples=config.num_samples,
         dtype=np.dtype(config.precision),
     )

@@ -1,4 +1,5 @@
-"""Reading a trained run back: its config, network and best parameters.
+"""Reading a trained run back (its config, network and best parameters), and the checkpoint
+layouts: the one a run writes and resumes (`LAYOUT`), and the earlier ones only read.
 
 `restore_trained` starts from a workdir that `jaxbp.run.loop.train_and_evaluate` wrote and
 rebuilds what the run trained, in the run's precision: the config from the run record
@@ -6,8 +7,8 @@ rebuilds what the run trained, in the run's precision: the config from the run r
 best-validation checkpoint (the newest train state's when no evaluation was made), stacked
 ``(M, ...)`` with M ≥ 1 (a single run: M = 1). It reads the params alone, without a template
 of the rest of the state, so the workdirs of every checkpoint layout read back
-(`jaxbp.run.checkpoints.LAYOUT`; a single run's unstacked params of layout 1 get their member
-axis here). `jaxbp.run.inference` builds on it.
+(a single run's unstacked params of layout 1 get their member axis here);
+`refuse_earlier_layout` refuses to resume those workdirs. `jaxbp.run.inference` builds on it.
 
 Uses the ``experiments`` extra (orbax-checkpoint).
 """
@@ -24,6 +25,49 @@ import numpy as np
 from jaxbp.mlp import MLP, Params, init_params
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import Config
+
+# The checkpoint layout this version writes, in every checkpoint's meta: 2, every tree
+# stacked ``(M, ...)`` and the learning rate in the optimizer state. A checkpoint without it
+# is of layout 1: a single run's tree unstacked, an optimizer state without the rate.
+LAYOUT = 2
+
+
+class EarlierLayoutError(workdir_lib.ResumeConflictError):
+    """The workdir's checkpoints are of an earlier layout: they cannot be resumed."""
+
+
+def earlier_layout_message(workdir: str) -> str:
+    """The one line that refuses to resume a workdir of an earlier checkpoint layout."""
+    return (
+        f"{workdir} was written by an earlier checkpoint layout and cannot be resumed (eval, "
+        "predict and laplace still read it); train again in a new workdir."
+    )
+
+
+def refuse_earlier_layout(workdir: str) -> None:
+    """Refuses, before any work, to resume a workdir whose newest readable train state is of
+    an earlier layout than `LAYOUT`.
+
+    Raises:
+      EarlierLayoutError: naming the fix (a new workdir).
+    """
+    path = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(path):
+        return
+    from jaxbp.run.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(path)
+    try:
+        for epoch in reversed(checkpointer.epochs()):
+            try:
+                meta = checkpointer.read_meta(epoch)
+            except Exception:  # damage: the resume sets it aside and names it
+                continue
+            if meta.get("layout") != LAYOUT:
+                raise EarlierLayoutError(earlier_layout_message(workdir))
+            return
+    finally:
+        checkpointer.close()
 
 
 def restore_trained(workdir: str) -> tuple[Config, MLP, Params, dict[str, Any]]:

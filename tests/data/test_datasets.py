@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from data_writers import id_npz, unstandardise, write_columns_csv, write_idx
 
-from jaxbp.data import DATASETS, load_dataset, sources
+from jaxbp.data import DATASETS, load_dataset, sources, split_record
 
 # name -> (total examples, num_features, num_outputs, task, num_classes)
 BUILTIN = {
@@ -306,3 +306,141 @@ def test_feature_names_of_xor_npz_csv_and_mnist(tmp_path):
 
 def test_module_constants_are_consistent():
     assert len(sources.FASHION_NAMES) == 10 and len(set(DATASETS)) == len(DATASETS)
+
+
+def _prices_npz(tmp_path, n=200):
+    """An npz whose integer target is a price: n distinct integers, each appearing once."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 3))
+    y = (100_000 + 20_000 * x[:, 0]).astype(np.int64) + np.arange(n)  # distinct: +row
+    assert len(np.unique(y)) == n
+    path = tmp_path / "prices.npz"
+    np.savez(path, x=x, y=y)
+    return str(path), y
+
+
+def test_an_npz_of_integer_prices_is_refused_under_auto_and_regressed_when_asked(tmp_path):
+    path, y = _prices_npz(tmp_path)
+    with pytest.raises(ValueError, match="200 distinct values and 200 of them appear only once"):
+        load_dataset("npz", path=path)
+    ds = load_dataset("npz", path=path, task="regression")
+    assert (ds.task, ds.num_outputs, ds.num_classes) == ("regression", 1, None)
+    regressed = np.concatenate([ds.y_train, ds.y_val, ds.y_test]) * ds.y_scale + ds.y_mean
+    np.testing.assert_allclose(np.sort(regressed[:, 0]), np.sort(y), rtol=1e-6)
+    # told classification, it makes 200 classes of one example: no validation split is left
+    with pytest.raises(ValueError, match="validation split is empty"):
+        load_dataset("npz", path=path, task="classification")
+
+
+def test_a_csv_task_overrides_what_auto_reads(tmp_path):
+    rooms = {"area": np.arange(60) * 1.5, "rooms": np.arange(60) % 5 + 1}
+    path = write_columns_csv(tmp_path / "rooms.csv", rooms)
+    assert load_dataset("csv", path=path, target_column="rooms").num_classes == 5
+    ds = load_dataset("csv", path=path, target_column="rooms", task="regression")
+    assert (ds.task, ds.num_outputs) == ("regression", 1)
+    with pytest.raises(ValueError, match="not integers .*task=regression"):
+        load_dataset("csv", path=path, target_column="area", task="classification")
+
+
+def test_a_built_in_set_takes_only_its_own_task():
+    assert load_dataset("xor", task="classification").task == "classification"
+    with pytest.raises(ValueError, match="task=regression was given for 'iris', a classification"):
+        load_dataset("iris", task="regression")
+    with pytest.raises(ValueError, match="task='numbers' is not one of"):
+        load_dataset("iris", task="numbers")
+
+
+@pytest.mark.parametrize("fractions", [(0.1, 0.2), (0.25, 0.35)])
+def test_split_record_gives_the_fractions_and_sizes(fractions):
+    ds = load_dataset("iris", val_fraction=fractions[0], test_fraction=fractions[1])
+    sizes = (len(ds.x_train), len(ds.x_val), len(ds.x_test))
+    assert sizes == {(0.1, 0.2): (105, 15, 30), (0.25, 0.35): (60, 38, 52)}[fractions]
+    record = split_record(ds, *fractions)
+    assert record == {
+        "train": sizes[0],
+        "val": sizes[1],
+        "test": sizes[2],
+        "val_fraction": fractions[0],
+        "test_fraction": fractions[1],
+        "test_source": "split",
+    }
+
+
+def test_split_record_says_when_the_data_bring_their_own_test_or_are_not_split(tmp_path):
+    _write_fake_mnist(tmp_path)
+    record = split_record(load_dataset("mnist", data_dir=str(tmp_path)), 0.1, 0.2)
+    assert record == {
+        "train": 45,
+        "val": 5,
+        "test": 20,
+        "val_fraction": 0.1,
+        "test_fraction": None,
+        "test_source": "own",
+    }
+    record = split_record(load_dataset("xor"), 0.1, 0.2)
+    assert (record["test_source"], record["val_fraction"], record["test_fraction"]) == (
+        "all",
+        None,
+        None,
+    )
+
+
+def _train_and_test_csv(tmp_path, n_train=50, n_test=12, test_columns=None):
+    rng = np.random.default_rng(2)
+    train = {
+        "a": np.round(rng.normal(size=n_train), 4),
+        "label": [("cat", "dog")[i % 2] for i in range(n_train)],
+        "b": np.round(rng.normal(size=n_train), 4),
+    }
+    test = {
+        "b": np.round(rng.normal(size=n_test), 4),
+        "a": np.round(rng.normal(size=n_test), 4),
+        "label": [("dog", "cat", "cat")[i % 3] for i in range(n_test)],
+    }
+    test = test if test_columns is None else test_columns(test)
+    return (
+        write_columns_csv(tmp_path / "train.csv", train),
+        write_columns_csv(tmp_path / "test.csv", test),
+        train,
+        test,
+    )
+
+
+def test_a_csv_brings_its_own_test_file_and_validation_comes_from_the_training_file(tmp_path):
+    train_path, test_path, train, test = _train_and_test_csv(tmp_path)
+    ds = load_dataset("csv", path=train_path, target_column="label", test_path=test_path)
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (45, 5, 12)
+    assert ds.test_source == "own" and ds.feature_names == ("a", "b")
+    # the test file's columns come in the training file's order
+    expected = np.column_stack([test["a"], test["b"]])
+    np.testing.assert_allclose(unstandardise(ds, ds.x_test), expected, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_test[:, 0], [t == "dog" for t in test["label"]])
+    rows = np.concatenate([unstandardise(ds, ds.x_train), unstandardise(ds, ds.x_val)])
+    expected = np.column_stack([train["a"], train["b"]])
+    distance = np.abs(rows[:, None, :] - expected[None, :, :]).max(axis=2)  # (50, 50)
+    assert (distance.min(axis=0) < 1e-5).all() and (distance.min(axis=1) < 1e-5).all()
+    record = split_record(ds, 0.1, 0.2)
+    assert (record["test_source"], record["test_fraction"], record["test"]) == ("own", None, 12)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda t: {**t, "c": t["a"]}, r"its header adds \['c'\] against the training file"),
+        (lambda t: {"a": t["a"], "label": t["label"]}, r"its header lacks \['b'\]"),
+        (lambda t: {"a": t["a"], "b": t["b"]}, "target_column 'label' is not in the header"),
+        (lambda t: {**t, "label": [1.0] * len(t["a"])}, "holds numbers, but in the training"),
+    ],
+    ids=["extra", "missing", "no-target", "numeric-target"],
+)
+def test_a_csv_test_file_with_other_columns_is_refused_by_name(tmp_path, change, match):
+    train_path, test_path, _, _ = _train_and_test_csv(tmp_path, test_columns=change)
+    with pytest.raises(ValueError, match=match) as error:
+        load_dataset("csv", path=train_path, target_column="label", test_path=test_path)
+    assert "test.csv" in str(error.value)
+
+
+def test_a_test_file_is_for_csv_only(tmp_path):
+    path, _ = _prices_npz(tmp_path)
+    with pytest.raises(ValueError, match="test_path=.* was given for 'npz', but only csv use"):
+        load_dataset("npz", path=path, test_path=path, task="regression")

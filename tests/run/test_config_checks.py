@@ -62,6 +62,13 @@ def test_dataset_defaults_name_real_fields_and_validate():
         (dict(dp_accountant="pld"), "dp_accountant", "applies to DP-SGD only"),
         (dict(dp_noise_multiplier=1.0, clip_per_example=1.0, dp_delta=1.0), "dp_delta", "below"),
         (dict(dp_accountant="moments"), "dp_accountant", "expected one of rdp, pld"),
+        (dict(task="numbers"), "task", "expected one of auto, classification, regression"),
+        (dict(task="regression"), "task", "dataset=iris is a classification data set"),
+        (dict(val_fraction=0.0), "val_fraction", r"in \(0, 1\)"),
+        (dict(val_fraction=1.0), "val_fraction", r"in \(0, 1\)"),
+        (dict(test_fraction=math.nan), "test_fraction", r"in \(0, 1\)"),
+        (dict(val_fraction=0.5, test_fraction=0.5), "test_fraction", "leaves no training data"),
+        (dict(test_path="t.csv"), "test_path", "does not apply to dataset=iris; it is for csv"),
     ],
 )
 def test_bad_values_name_the_field_and_the_fix(overrides, field, message):
@@ -83,3 +90,19 @@ def test_a_data_set_that_needs_a_file_says_so(tmp_path):
     assert info.value.field == "target_column"
     with pytest.raises(ConfigError, match="no such file"):
         config_checks.validate(config_lib.make_config("npz", data_path=str(tmp_path / "missing")))
+
+
+def test_a_csv_test_file_must_exist_and_a_data_sets_own_task_is_accepted(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n")
+    config = config_lib.make_config(
+        "csv", data_path=str(path), target_column="b", test_path=str(tmp_path / "missing.csv")
+    )
+    with pytest.raises(ConfigError, match="no such file") as info:
+        config_checks.validate(config)
+    assert info.value.field == "test_path"
+    config_checks.validate(config_lib.make_config("iris", task="classification"))
+    config_checks.validate(config_lib.make_config("diabetes", task="regression"))
+    config_checks.validate(
+        config_lib.make_config("csv", data_path=str(path), target_column="b", task="regression")
+    )

@@ -11,7 +11,7 @@ import pytest
 
 from jaxbp import data as data_lib
 from jaxbp import training
-from jaxbp.run import checkpoints, evaluation, inference, loop, recipe
+from jaxbp.run import checkpoints, evaluation, inference, loop, recipe, restore
 from jaxbp.run import config as config_lib
 from jaxbp.run import workdir as workdir_lib
 from jaxbp.run.config import ConfigError
@@ -388,7 +388,7 @@ def test_a_workdir_of_the_earlier_checkpoint_layout_evaluates_and_refuses_to_res
     assert evaluated["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     records = (workdir / "run.json").read_text(), (workdir / "metrics.jsonl").read_text()
     with pytest.raises(
-        checkpoints.EarlierLayoutError,
+        restore.EarlierLayoutError,
         match="earlier checkpoint layout and cannot be resumed .*; train again in a new workdir",
     ):
         _train(workdir, epochs=3)

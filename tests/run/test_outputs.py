@@ -3,9 +3,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from jaxbp.run.outputs import RunOutputs, plot_curves
+from jaxbp.run.outputs import RunOutputs, curves_figure, plot_curves
 
 
 def _record(epoch, task="classification"):
@@ -70,3 +71,81 @@ def test_regression_curves_and_an_empty_start(tmp_path):
     outputs.write(_record(1, "regression"))
     outputs.finish({"test_r2": 0.5, "members": [{"member": 0}]})
     assert os.path.getsize(tmp_path / "curves.png") > 0
+
+
+def _flow_record(epoch, member=None):
+    record = {**_record(epoch), "epoch_loss": 1.2 / epoch}
+    for k in (1, 2):
+        record.update(
+            {
+                f"train_flow/delta_norm/{k}": 0.1 * k / epoch,
+                f"train_flow/grad_norm/{k}": 0.2 * k / epoch,
+                f"train_flow/snr/{k}": 0.5 * k,
+            }
+        )
+    record["train_flow/noise_scale"] = 30.0 * epoch if epoch < 3 else float("inf")  # exact fit
+    return record if member is None else {**record, "member": member}
+
+
+def _close(fig):
+    import matplotlib.pyplot as plt  # after curves_figure chose the Agg backend
+
+    plt.close(fig)
+
+
+def _legend(ax):
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+@pytest.mark.parametrize("member_set", [False, True])
+def test_curves_draw_the_gradient_flow_and_name_the_train_loss(member_set):
+    members = (0, 1) if member_set else (None,)
+    records = [_flow_record(epoch, m) for epoch in (1, 2, 3) for m in members]
+    labels = {0: "lr=0.1", 1: "lr=0.01"} if member_set else None
+    fig = curves_figure(records, "classification", labels)
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles == [
+            "loss",
+            "accuracy",
+            "gradient SNR (train)",
+            "mean ‖δ_i‖ per layer (train)",
+            "‖∂L/∂W‖ per layer (train)",
+            "gradient noise scale (train)",
+        ]
+        ax_loss, _, _, ax_delta, ax_grad, ax_noise = fig.axes
+        assert all(ax.get_yscale() == "log" for ax in (ax_delta, ax_grad, ax_noise))
+        suffix = " lr=0.1" if member_set else ""
+        assert f"layer 1{suffix}" in _legend(ax_delta) and f"layer 2{suffix}" in _legend(ax_grad)
+        # The mean over a label's members: both members record the same, so the same values.
+        np.testing.assert_allclose(ax_delta.lines[0].get_ydata(), [0.1, 0.05, 0.1 / 3])
+        assert np.isnan(ax_noise.lines[0].get_ydata()[-1])  # inf (an exact fit): a gap
+        # The train curve is the end-of-epoch params' loss, the console's the epoch mean.
+        assert f"train (end of epoch){suffix}" in _legend(ax_loss)
+        if not member_set:
+            assert "train (epoch-mean loss)" in _legend(ax_loss)
+            np.testing.assert_allclose(ax_loss.lines[-1].get_ydata(), [1.2, 0.6, 0.4])
+    finally:
+        _close(fig)
+
+
+def test_a_dp_run_without_train_flow_gets_no_flow_panel():
+    # A DP-SGD run's records: the validation split only, the flow measured on it.
+    records = [
+        {
+            "epoch": e,
+            "step": 10 * e,
+            "val_loss": 1.0 / e,
+            "val_accuracy": 0.5,
+            "val_flow/delta_norm/1": 0.3,
+            "privacy/epsilon": 0.5 * e,
+        }
+        for e in (1, 2)
+    ]
+    fig = curves_figure(records, "classification")
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+        assert _legend(fig.axes[0]) == ["val"]
+    finally:
+        _close(fig)

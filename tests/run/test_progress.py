@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxbp.run.config import Member
 from jaxbp.run.programs import EpochLosses
-from jaxbp.run.progress import Progress, member_label, progress_line
+from jaxbp.run.progress import EPOCH_LOSS_LABEL, Progress, member_label, progress_line
 
 
 def test_a_new_progress_has_no_best_and_every_member_training():
@@ -91,7 +91,27 @@ def test_the_progress_line_is_the_mean_over_the_live_members():
         for loss, acc in ((0.5, 0.9), (0.7, 0.7), (9.0, 0.1))
     ]
     line = progress_line(records, 10, 4.2, np.array([True, True, False]))
-    assert line.startswith("epoch  2/10  loss 0.6000 ± 0.1000  train accuracy 80.00% ± 10.00%")
+    assert line.startswith(
+        "epoch  2/10  epoch-mean loss 0.6000 ± 0.1000  train accuracy 80.00% ± 10.00%"
+    )
     assert "3 members (1 diverged, left out)" in line and line.endswith("ETA 5s")
     single = progress_line(records[:1], 10, 0.0, np.array([True]))
     assert "±" not in single and "members" not in single
+
+
+def test_the_progress_line_names_its_loss_and_gives_regression_errors_in_units():
+    record = {
+        "epoch": 1,
+        "epoch_loss": 0.25,
+        "train_r2": 0.5,
+        "val_r2": 0.4,
+        "val_rmse": 51.25,
+        "val_mae": 40.5,
+        "steps_per_second": 10.0,
+    }
+    line = progress_line([record], 5, 1.0, np.array([True]))
+    # The epoch mean of the step losses, named so (curves.png's train loss is another one).
+    assert f"{EPOCH_LOSS_LABEL} 0.2500" in line and EPOCH_LOSS_LABEL == "epoch-mean loss"
+    assert "val r2 0.4000  val RMSE 51.25 MAE 40.5 (target units)" in line
+    pair = [record, {**record, "val_rmse": 48.75, "val_mae": 39.5}]
+    assert "val RMSE 50 ± 1.25 MAE 40 ± 0.5" in progress_line(pair, 5, 1.0, np.ones(2, bool))

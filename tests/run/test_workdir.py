@@ -1,5 +1,7 @@
 """Tests of jaxbp.run.workdir: layout checks, the lock, symlink-safe writes, resume rules."""
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -100,6 +102,9 @@ def _config(**overrides):
         dict(batch_size=16),
         dict(hidden_sizes=(8,)),
         dict(precision="float64"),
+        dict(task="regression"),
+        dict(val_fraction=0.2),
+        dict(test_fraction=0.3),
     ],
 )
 def test_a_fixed_setting_never_changes_on_resume(change):
@@ -123,6 +128,22 @@ def test_an_optimisation_setting_changes_only_when_allowed():
 def test_epochs_and_intervals_change_freely():
     changes = workdir_lib.check_resume(_config(), _config(epochs=80, eval_interval=2))
     assert changes == {"epochs": (40, 80), "eval_interval": (1, 2)}
+
+
+def test_a_run_record_from_before_the_data_settings_resumes_with_their_defaults(tmp_path):
+    config = config_lib.make_config("moons")
+    fields = dataclasses.asdict(config)
+    for name in ("task", "val_fraction", "test_fraction", "test_path"):
+        del fields[name]  # what run.json held before these settings existed
+    (tmp_path / "run.json").write_text(json.dumps({"config": fields, "starts": []}))
+    stored = workdir_lib.config_from_record(workdir_lib.read_run_record(str(tmp_path)))
+    assert (stored.task, stored.val_fraction, stored.test_fraction, stored.test_path) == (
+        "auto",
+        0.1,
+        0.2,
+        None,
+    )
+    assert workdir_lib.check_resume(stored, config) == {}
 
 
 def test_a_damaged_run_record_is_named(tmp_path):
