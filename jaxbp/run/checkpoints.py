@@ -20,10 +20,9 @@ one), and its optimizer state carries the learning rate (`jaxbp.training.inject_
 the meta's ``layout`` says so (`jaxbp.run.restore.LAYOUT`). A workdir of an earlier layout
 (a single run's unstacked state, an optimizer state without the rate) is refused for
 resuming (`jaxbp.run.restore.refuse_earlier_layout`); `jaxbp.run.restore` still reads its
-params. A resume takes
-the newest readable checkpoint whose network matches the run's (`check_same_network`); the
-best is always saved just before the state, so a best newer than the state found is not
-the run's own and is redone.
+params. A resume takes the newest readable checkpoint whose network matches the run's
+(`check_same_network`); the best is always saved just before the state, so a best newer
+than the state found is not the run's own and is redone.
 """
 
 from __future__ import annotations

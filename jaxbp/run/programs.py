@@ -115,7 +115,8 @@ def member_step(spec: Spec, hparams: members.Hyperparams) -> training.StepFn:
 
 class EpochLosses(NamedTuple):
     """An epoch's losses: ``steps: (M, steps)`` at each step's params, ``end: (M,)`` at the
-    epoch's final params (on the first batch's rows)."""
+    epoch's final params on the training split's first ``batch_size`` rows (0 in a DP-SGD
+    run, which looks at training rows only in its private step)."""
 
     steps: Any
     end: Any
@@ -155,14 +156,17 @@ def train_epoch(spec: Spec, params, opt_state, hparams, x, y, keys, epoch, activ
     new_params, new_opt_state, metrics = epoch_fn(params, opt_state, hparams, x, y, keys, epoch)
     losses = metrics["loss"]  # (M, steps)
     # Params can end the epoch finite yet so large (1e38) that their loss overflows: the
-    # loss at the final params, on the first batch's rows, must be finite too.
+    # loss at the final params, on the training split's first batch_size rows, must be
+    # finite too (a DP-SGD run looks at training rows only in its private step: params only).
     rows = min(spec.config.batch_size, spec.num_examples)  # x past num_examples is padding
-    end_loss = members.over_members(
-        lambda p: backprop.loss_value(spec.model, spec.loss, p, x[:rows], y[:rows]),
-        num,
-        (0,),
-        spmd_axis_name=parallel.MEMBER_AXIS,
-    )(new_params)
+    end_loss = jnp.zeros(num)
+    if spec.privacy is None:
+        end_loss = members.over_members(
+            lambda p: backprop.loss_value(spec.model, spec.loss, p, x[:rows], y[:rows]),
+            num,
+            (0,),
+            spmd_axis_name=parallel.MEMBER_AXIS,
+        )(new_params)
     finite = jnp.all(jnp.isfinite(losses), axis=1) & jnp.isfinite(end_loss)
     for leaf in jax.tree.leaves(new_params):
         finite &= jnp.all(jnp.isfinite(leaf.reshape(num, -1)), axis=1)
