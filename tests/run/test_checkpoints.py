@@ -68,25 +68,27 @@ _READ_A_DAMAGED_CHECKPOINT = textwrap.dedent(
 )
 
 
-def _python(script, *args):
-    return subprocess.run(
+def _stdout_of_a_clean_run(script, *args):
+    """``script``'s stdout, asserting it exited 0 and printed no traceback."""
+    result = subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return result.stdout
 
 
 def test_a_damaged_checkpoint_is_set_aside_without_closed_loop_tracebacks(tmp_path):
     # A subprocess: the tracebacks (not in every run: a race between threads) come through
     # the unraisable-exception hook, which pytest takes over in-process; the hook itself is
     # pinned above.
-    result = _python(_READ_A_DAMAGED_CHECKPOINT, str(tmp_path / "c"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "checkpoint of epoch 2 is damaged" in result.stdout
-    assert "restored 1 {'n': 1}" in result.stdout
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    stdout = _stdout_of_a_clean_run(_READ_A_DAMAGED_CHECKPOINT, str(tmp_path / "c"))
+    assert "checkpoint of epoch 2 is damaged" in stdout
+    assert "restored 1 {'n': 1}" in stdout
 
 
 def test_a_failed_write_is_one_error_naming_the_cause(tmp_path, monkeypatch):
@@ -123,8 +125,6 @@ _WRITE_BEYOND_A_FILE_SIZE_LIMIT = textwrap.dedent(
 
 
 def test_a_write_the_os_refuses_prints_no_traceback(tmp_path):
-    result = _python(_WRITE_BEYOND_A_FILE_SIZE_LIMIT, str(tmp_path / "c"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "(File too large)" in result.stdout
-    assert "no checkpoint had been written before it" in result.stdout
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    stdout = _stdout_of_a_clean_run(_WRITE_BEYOND_A_FILE_SIZE_LIMIT, str(tmp_path / "c"))
+    assert "(File too large)" in stdout
+    assert "no checkpoint had been written before it" in stdout
