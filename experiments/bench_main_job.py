@@ -2,6 +2,7 @@
 
     python -m experiments.bench_main_job                       # 5 interleaved rounds
     python -m experiments.bench_main_job --rounds=9 --output=main_job.json
+    python -m experiments.bench_main_job --repeats=32          # a member set against 32 fits
 
 Every round runs three processes, each timed from its start to its exit:
 
@@ -12,6 +13,10 @@ Every round runs three processes, each timed from its start to its exit:
   instead: load digits with ``sklearn.datasets``, split it, standardise it, fit one
   ``MLPClassifier`` of the same recipe (one hidden layer of 128 tanh units, adam 3e-3,
   batch 32, 30 epochs, no L2, no early stop) and score it.
+
+With ``--repeats=N`` the job is ``./launch.sh train --dataset=digits --repeats=N`` (N members
+in one program) and the scikit-learn script fits N classifiers one after another, seeded
+0..N-1, in one process (what a user who wants N seeds runs instead).
 
 The rounds interleave the three, so a busy spell on a shared machine slows all of them;
 the report gives the medians, the ratios to scikit-learn and, from the main job's
@@ -38,12 +43,15 @@ _ROLE = flags.DEFINE_enum(
     "role", "bench", ["bench", "sklearn"], "bench: time the three; sklearn: the baseline fit."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 1, "Members of the jaxbp run, and scikit-learn fits of the baseline.", lower_bound=1
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = {"hidden": 128, "learning_rate": 3e-3, "batch_size": 32, "epochs": 30}
 
 
-def fit_sklearn() -> float:
+def fit_sklearn(seed: int = 0) -> float:
     """The scikit-learn script: load, split, standardise, fit, score; returns the accuracy."""
     from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
@@ -62,7 +70,7 @@ def fit_sklearn() -> float:
         batch_size=RECIPE["batch_size"],
         learning_rate_init=RECIPE["learning_rate"],
         max_iter=RECIPE["epochs"],
-        random_state=0,
+        random_state=seed,
         tol=0.0,
         n_iter_no_change=RECIPE["epochs"] + 1,
     )
@@ -82,14 +90,26 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def main_job(workdir: str, cache: str) -> list[str]:
-    return ["./launch.sh", f"--workdir={workdir}", f"--compilation_cache_dir={cache}"]
+def jaxbp_job(workdir: str, cache: str, repeats: int) -> list[str]:
+    """The main job, or with ``repeats`` > 1 the digits member set of that size."""
+    members = [] if repeats == 1 else ["train", "--dataset=digits", f"--repeats={repeats}"]
+    return ["./launch.sh", *members, f"--workdir={workdir}", f"--compilation_cache_dir={cache}"]
 
 
-def bench(rounds: int) -> dict:
+def bench(rounds: int, repeats: int = 1) -> dict:
     """Medians over ``rounds`` interleaved rounds of the three processes, with phases."""
     env = {**os.environ, "PYTHONPATH": ROOT}
-    sklearn = [sys.executable, "-m", "experiments.bench_main_job", "--role=sklearn"]
+    sklearn = [
+        sys.executable,
+        "-m",
+        "experiments.bench_main_job",
+        "--role=sklearn",
+        f"--repeats={repeats}",
+    ]
+
+    def main_job(workdir: str, cache: str) -> list[str]:
+        return jaxbp_job(workdir, cache, repeats)
+
     times: dict[str, list[float]] = {"warm": [], "first": [], "sklearn": []}
     phases: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,6 +132,7 @@ def bench(rounds: int) -> dict:
     phase_medians = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     return {
         "rounds": rounds,
+        "repeats": repeats,
         "seconds": times,
         "median_seconds": medians,
         "warm_vs_sklearn": medians["warm"] / medians["sklearn"],
@@ -127,20 +148,22 @@ def main(argv: list[str]) -> int:
         print(f"bench_main_job.py: unexpected arguments {argv[1:]}.", file=sys.stderr)
         return 2
     if _ROLE.value == "sklearn":
-        print(f"test accuracy {100 * fit_sklearn():.2f}%")
+        accuracies = [fit_sklearn(seed) for seed in range(_REPEATS.value)]
+        print(f"{len(accuracies)} fit(s), test accuracy {100 * statistics.mean(accuracies):.2f}%")
         return 0
-    result = bench(_ROUNDS.value)
+    result = bench(_ROUNDS.value, _REPEATS.value)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(result, f, indent=2)
     m = result["median_seconds"]
+    job = "main job" if result["repeats"] == 1 else f"{result['repeats']} members"
     print(
-        f"\nmedians of {result['rounds']} rounds: jaxbp main job {m['warm']:.2f} s with the "
+        f"\nmedians of {result['rounds']} rounds: jaxbp {job} {m['warm']:.2f} s with the "
         f"compilation cache warm ({result['warm_vs_sklearn']:.2f}x scikit-learn), "
         f"{m['first']:.2f} s on a first run ({result['first_vs_sklearn']:.2f}x); "
-        f"scikit-learn script {m['sklearn']:.2f} s"
+        f"scikit-learn script ({result['repeats']} fit(s)) {m['sklearn']:.2f} s"
     )
-    print("where the warm main job's time goes (median seconds):")
+    print(f"where the warm {job}'s time goes (median seconds):")
     print(f"  {'start':<12} {result['warm_start_seconds']:6.2f}  (python, imports, flags, exit)")
     for name, seconds in result["warm_phase_seconds"].items():
         print(f"  {name:<12} {seconds:6.2f}")
