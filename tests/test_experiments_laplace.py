@@ -24,6 +24,26 @@ def _raw_test_rows(config, path):
     return dataset
 
 
+def _predict_with_laplace(config, workdir, tmp_path):
+    """``predict --laplace`` on the run's raw test rows: the data set and the probabilities
+    (rows checked to sum to one)."""
+    data = tmp_path / "rows.npz"
+    dataset = _raw_test_rows(config, data)
+    output = tmp_path / "p.csv"
+    result = _run(
+        "predict", f"--workdir={workdir}", f"--data_path={data}", f"--output={output}", "--laplace"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "with the Laplace predictive around" in result.stdout
+    with open(output, newline="") as f:
+        rows = list(csv.DictReader(f))
+    probabilities = np.array(
+        [[float(r[k]) for k in r if k.startswith("probability_")] for r in rows]
+    )
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    return dataset, probabilities
+
+
 def test_laplace_writes_the_comparison_and_predict_uses_it(trained, tmp_path):
     workdir, config, summary = trained("iris")
     result = _run("laplace", f"--workdir={workdir}")
@@ -37,18 +57,7 @@ def test_laplace_writes_the_comparison_and_predict_uses_it(trained, tmp_path):
     assert set(written["laplace"]) == {"test_accuracy", "test_nll", "test_ece"}
     assert written["prior_precision"][0] > 0 and written["prior_precision_by_marglik"][0] > 0
     assert os.path.getsize(os.path.join(workdir, "reliability.png")) > 10_000
-    data = tmp_path / "rows.npz"
-    dataset = _raw_test_rows(config, data)
-    output = tmp_path / "p.csv"
-    result = _run(
-        "predict", f"--workdir={workdir}", f"--data_path={data}", f"--output={output}", "--laplace"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "with the Laplace predictive around" in result.stdout
-    with open(output, newline="") as f:
-        rows = list(csv.DictReader(f))
-    probabilities = np.array([[float(v) for v in list(r.values())[1:]] for r in rows])
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    dataset, probabilities = _predict_with_laplace(config, workdir, tmp_path)
     labels = true_indices(dataset.y_test)
     # The stored λ gives back the command's own figures (to the float32 rounding of raw rows
     # standardised again).
@@ -118,19 +127,7 @@ def test_a_member_set_gets_a_posterior_per_member_and_their_mixture(trained, tmp
     with open(os.path.join(workdir, "laplace.json")) as f:
         written = json.load(f)
     assert len(written["prior_precision"]) == 2  # one tuned posterior per member
-    data = tmp_path / "rows.npz"
-    dataset = _raw_test_rows(config, data)
-    output = tmp_path / "p.csv"
-    result = _run(
-        "predict", f"--workdir={workdir}", f"--data_path={data}", f"--output={output}", "--laplace"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    with open(output, newline="") as f:
-        rows = list(csv.DictReader(f))
-    probabilities = np.array(
-        [[float(r[k]) for k in r if k.startswith("probability_")] for r in rows]
-    )
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    dataset, probabilities = _predict_with_laplace(config, workdir, tmp_path)
     # predict's mixture of the two members' predictives is the one laplace.json scored.
     assert calibration.negative_log_likelihood(
         probabilities, true_indices(dataset.y_test)
