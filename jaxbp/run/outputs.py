@@ -57,9 +57,11 @@ class RunOutputs:
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.task = task
         from tensorboardX import SummaryWriter
+        from tensorboardX.proto.summary_pb2 import Summary
 
         # One writer for every member: 32 writers cost a short run more than its training.
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._summary = Summary
 
     def truncate_after(self, epoch: int) -> None:
         """Drops lines written after the checkpoint a resumed run starts from."""
@@ -81,13 +83,22 @@ class RunOutputs:
 
     def write(self, *records: dict[str, Any]) -> None:
         """Appends evaluations (each with ``member``, ``epoch`` and ``step``) to the jsonl and
-        TensorBoard, and flushes once."""
+        TensorBoard, and flushes once.
+
+        The records' scalars of one step go to TensorBoard as one event holding them all:
+        an event per scalar costs a member set's run more than its evaluations.
+        """
+        workdir_lib.append_lines(self.metrics_path, (json.dumps(r) for r in records))
+        by_step: dict[int, list[Any]] = collections.defaultdict(list)
         for record in records:
-            workdir_lib.append_line(self.metrics_path, json.dumps(record))
             suffix = f"/member_{int(record['member']):03d}"
-            for name, value in record.items():
-                if name not in ("epoch", "step", "member") and value is not None:
-                    self._tensorboard.add_scalar(name + suffix, value, record["step"])
+            by_step[int(record["step"])].extend(
+                self._summary.Value(tag=name + suffix, simple_value=float(value))
+                for name, value in record.items()
+                if name not in ("epoch", "step", "member") and value is not None
+            )
+        for step, values in by_step.items():
+            self._tensorboard.file_writer.add_summary(self._summary(value=values), step)
         self._tensorboard.flush()
 
     def _write_lines(self, records: list[dict[str, float]]) -> None:

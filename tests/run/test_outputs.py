@@ -41,6 +41,46 @@ def test_write_truncate_and_finish(tmp_path):
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
 
 
+def _tensorboard_scalars(folder):
+    """Every scalar of the event files in ``folder``: ``{(tag, step): value}`` (their TFRecord
+    framing read by hand: a uint64 length, its CRC, the event, the event's CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        at = 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars[value.tag, event.step] = value.simple_value
+    return scalars
+
+
+def test_tensorboard_gets_every_scalar_of_a_member_set(tmp_path):
+    outputs = RunOutputs(str(tmp_path), "classification")
+    records = {
+        e: [{**_record(e), "member": m, "val_loss": m + 1.5 / e} for m in (0, 1)] for e in (1, 2)
+    }
+    records[2][1]["epoch_loss"] = None  # not logged
+    for epoch in (1, 2):
+        outputs.write(*records[epoch])
+    outputs._tensorboard.close()
+    expected = {
+        (f"{name}/member_{r['member']:03d}", r["step"]): np.float32(value)
+        for rs in records.values()
+        for r in rs
+        for name, value in r.items()
+        if name not in ("epoch", "step", "member") and value is not None
+    }
+    assert _tensorboard_scalars(tmp_path / "tensorboard") == expected
+    assert outputs.records() == [r for rs in records.values() for r in rs]
+
+
 def _png_width(path):
     with open(path, "rb") as f:
         header = f.read(24)
