@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -189,3 +190,18 @@ def test_a_dp_run_without_train_flow_gets_no_flow_panel():
         assert _legend(fig.axes[0]) == ["val"]
     finally:
         _close(fig)
+
+
+def test_the_first_write_starts_loading_matplotlib_once(tmp_path):
+    from jaxbp.run import outputs as outputs_lib
+
+    writer = RunOutputs(str(tmp_path), "classification")
+    writer.write(_record(1))
+    started = outputs_lib._plotting
+    assert started is not None
+    writer.write(_record(2))
+    assert outputs_lib._plotting is started  # one thread per process
+    started.join(timeout=60)
+    assert not started.is_alive() and "matplotlib.pyplot" in sys.modules
+    writer.finish({"test_accuracy": 0.9, "members": [{"member": 0}]})
+    assert os.path.getsize(tmp_path / "curves.png") > 0
