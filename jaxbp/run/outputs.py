@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -57,9 +58,11 @@ class RunOutputs:
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
         self.task = task
         from tensorboardX import SummaryWriter
+        from tensorboardX.proto.summary_pb2 import Summary
 
         # One writer for every member: 32 writers cost a short run more than its training.
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._summary = Summary
 
     def truncate_after(self, epoch: int) -> None:
         """Drops lines written after the checkpoint a resumed run starts from."""
@@ -81,13 +84,25 @@ class RunOutputs:
 
     def write(self, *records: dict[str, Any]) -> None:
         """Appends evaluations (each with ``member``, ``epoch`` and ``step``) to the jsonl and
-        TensorBoard, and flushes once."""
+        TensorBoard, and flushes once.
+
+        The records' scalars of one step go to TensorBoard as one event holding them all:
+        an event per scalar costs a member set's run more than its evaluations. The first
+        call starts `prepare_plotting`: the programs are traced by then (the tracing and an
+        import hold the same lock), and the epochs still to run leave the interpreter idle.
+        """
+        prepare_plotting()
+        workdir_lib.append_lines(self.metrics_path, (json.dumps(r) for r in records))
+        by_step: dict[int, list[Any]] = collections.defaultdict(list)
         for record in records:
-            workdir_lib.append_line(self.metrics_path, json.dumps(record))
             suffix = f"/member_{int(record['member']):03d}"
-            for name, value in record.items():
-                if name not in ("epoch", "step", "member") and value is not None:
-                    self._tensorboard.add_scalar(name + suffix, value, record["step"])
+            by_step[int(record["step"])].extend(
+                self._summary.Value(tag=name + suffix, simple_value=float(value))
+                for name, value in record.items()
+                if name not in ("epoch", "step", "member") and value is not None
+            )
+        for step, values in by_step.items():
+            self._tensorboard.file_writer.add_summary(self._summary(value=values), step)
         self._tensorboard.flush()
 
     def _write_lines(self, records: list[dict[str, float]]) -> None:
@@ -213,6 +228,45 @@ def sweep_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_plotting: threading.Thread | None = None  # `prepare_plotting`'s thread, once per process
+
+
+def prepare_plotting() -> None:
+    """Starts importing matplotlib and drawing a throwaway figure (which loads the fonts and
+    the tick labels' text parser) in a background thread, once per process.
+
+    A run's epochs leave the interpreter idle while XLA computes, so curves.png then costs
+    only its own drawing. `plot_curves` and `curves_figure` wait for the thread before they
+    touch matplotlib, and nothing else does meanwhile; a failure there (matplotlib missing)
+    is left for the import in `curves_figure` to report.
+    """
+    global _plotting
+    if _plotting is None:
+        _plotting = threading.Thread(target=_draw_throwaway, name="prepare_plotting", daemon=True)
+        _plotting.start()
+
+
+def _draw_throwaway() -> None:
+    with contextlib.suppress(Exception):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401  (the import `curves_figure` makes)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(1, 1))
+        ax = fig.add_subplot(yscale="log", title="t", xlabel="x")
+        ax.plot([1, 2], [0.1, 1.0], label="l")
+        ax.legend()
+        fig.savefig(io.BytesIO(), format="png")
+
+
+def _wait_for_plotting() -> None:
+    """Returns once `prepare_plotting`'s thread (if any) is done with matplotlib."""
+    if _plotting is not None:
+        _plotting.join()
+
+
 def plot_curves(
     records: list[dict[str, float]],
     task: str,
@@ -220,6 +274,7 @@ def plot_curves(
     labels: dict[int, str] | None = None,
 ) -> None:
     """`curves_figure` of the records, written as a PNG to ``path``."""
+    _wait_for_plotting()
     import matplotlib.pyplot as plt
 
     fig = curves_figure(records, task, labels)
@@ -253,6 +308,7 @@ def curves_figure(
     label gets one colour, its mean over members drawn with a ±1 std band (validation
     solid, train dashed); the flow panels show the mean over each label's members.
     """
+    _wait_for_plotting()
     import matplotlib
 
     matplotlib.use("Agg")

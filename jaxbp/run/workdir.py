@@ -25,7 +25,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from jaxbp.run import config as config_lib
@@ -164,11 +164,12 @@ def write_atomic(path: str, content: str | bytes) -> None:
         raise
 
 
-def append_line(path: str, line: str) -> None:
-    """Appends one line to ``path`` without following a symlink there."""
+def append_lines(path: str, lines: Iterable[str]) -> None:
+    """Appends ``lines`` (each given without its newline) to ``path`` in one write, without
+    following a symlink there."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
+        f.write("".join(line.rstrip("\n") + "\n" for line in lines))
 
 
 def read_run_record(workdir: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +40,46 @@ def test_write_truncate_and_finish(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def _tensorboard_scalars(folder):
+    """Every scalar of the event files in ``folder``: ``{(tag, step): value}`` (their TFRecord
+    framing read by hand: a uint64 length, its CRC, the event, the event's CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        at = 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars[value.tag, event.step] = value.simple_value
+    return scalars
+
+
+def test_tensorboard_gets_every_scalar_of_a_member_set(tmp_path):
+    outputs = RunOutputs(str(tmp_path), "classification")
+    records = {
+        e: [{**_record(e), "member": m, "val_loss": m + 1.5 / e} for m in (0, 1)] for e in (1, 2)
+    }
+    records[2][1]["epoch_loss"] = None  # not logged
+    for epoch in (1, 2):
+        outputs.write(*records[epoch])
+    outputs._tensorboard.close()
+    expected = {
+        (f"{name}/member_{r['member']:03d}", r["step"]): np.float32(value)
+        for rs in records.values()
+        for r in rs
+        for name, value in r.items()
+        if name not in ("epoch", "step", "member") and value is not None
+    }
+    assert _tensorboard_scalars(tmp_path / "tensorboard") == expected
+    assert outputs.records() == [r for rs in records.values() for r in rs]
 
 
 def _png_width(path):
@@ -149,3 +190,18 @@ def test_a_dp_run_without_train_flow_gets_no_flow_panel():
         assert _legend(fig.axes[0]) == ["val"]
     finally:
         _close(fig)
+
+
+def test_the_first_write_starts_loading_matplotlib_once(tmp_path):
+    from jaxbp.run import outputs as outputs_lib
+
+    writer = RunOutputs(str(tmp_path), "classification")
+    writer.write(_record(1))
+    started = outputs_lib._plotting
+    assert started is not None
+    writer.write(_record(2))
+    assert outputs_lib._plotting is started  # one thread per process
+    started.join(timeout=60)
+    assert not started.is_alive() and "matplotlib.pyplot" in sys.modules
+    writer.finish({"test_accuracy": 0.9, "members": [{"member": 0}]})
+    assert os.path.getsize(tmp_path / "curves.png") > 0

@@ -41,12 +41,12 @@ def test_write_atomic_replaces_a_symlink_instead_of_following_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["outside.json", "summary.json"]  # no temp left
 
 
-def test_append_line_refuses_a_symlink(tmp_path):
+def test_append_lines_refuses_a_symlink(tmp_path):
     outside = tmp_path / "outside"
     outside.write_text("keep me\n")
     os.symlink(outside, tmp_path / "metrics.jsonl")
     with pytest.raises(OSError):
-        workdir_lib.append_line(str(tmp_path / "metrics.jsonl"), "{}")
+        workdir_lib.append_lines(str(tmp_path / "metrics.jsonl"), ["{}"])
     assert outside.read_text() == "keep me\n"
 
 
