@@ -9,10 +9,11 @@ Every round runs three processes, each timed from its start to its exit:
 - ``./launch.sh --workdir=W`` (the main job: digits, defaults) with the compilation cache
   warm (a folder that an earlier run of the same shapes filled);
 - the same on a first run: an empty cache folder, so every program compiles;
-- ``python -m experiments.bench_main_job --role=sklearn``: what a scikit-learn user runs
-  instead: load digits with ``sklearn.datasets``, split it, standardise it, fit one
-  ``MLPClassifier`` of the same recipe (one hidden layer of 128 tanh units, adam 3e-3,
-  batch 32, 30 epochs, no L2, no early stop) and score it.
+- ``python experiments/bench_main_job.py --role=sklearn`` (by its path, so without the
+  jax import of the ``experiments`` package): what a scikit-learn user runs instead: load
+  digits with ``sklearn.datasets``, split it, standardise it, fit one ``MLPClassifier`` of
+  the same recipe (one hidden layer of 128 tanh units, adam 3e-3, batch 32, 30 epochs, no
+  L2, no early stop) and score it.
 
 With ``--repeats=N`` the job is ``./launch.sh train --dataset=digits --repeats=N`` (N members
 in one program) and the scikit-learn script fits N classifiers one after another, seeded
@@ -99,13 +100,9 @@ def jaxbp_job(workdir: str, cache: str, repeats: int) -> list[str]:
 def bench(rounds: int, repeats: int = 1) -> dict:
     """Medians over ``rounds`` interleaved rounds of the three processes, with phases."""
     env = {**os.environ, "PYTHONPATH": ROOT}
-    sklearn = [
-        sys.executable,
-        "-m",
-        "experiments.bench_main_job",
-        "--role=sklearn",
-        f"--repeats={repeats}",
-    ]
+    # By path, not `-m experiments...`: the package's __init__ imports jax (its extras
+    # check), which a scikit-learn script would not pay.
+    sklearn = [sys.executable, os.path.abspath(__file__), "--role=sklearn", f"--repeats={repeats}"]
 
     def main_job(workdir: str, cache: str) -> list[str]:
         return jaxbp_job(workdir, cache, repeats)

@@ -12,15 +12,14 @@ printed side by side on iris, with the largest element-wise relative error.
 ./launch.sh curvature --activation=relu --loss=mse     # relu: the Hessian's diagonal is the GGN's
 """
 
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from jax.flatten_util import ravel_pytree
 
 import jaxbp
+from experiments import cli
 from jaxbp import data, gradient_check
 from jaxbp.losses import LOSSES
 
@@ -145,4 +144,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

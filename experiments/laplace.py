@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import cli, laplace_run
 from jaxbp import laplace
@@ -156,4 +155,4 @@ def print_report(result: dict[str, Any], workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.run(main)

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 
 from experiments import laplace_run
 from jaxbp import laplace
+from jaxbp.run import inference
 
 _DIGITS = flags.DEFINE_list("digits", [], "Digits workdirs: structures, tunings and noise.")
 _OVERTRAINED = flags.DEFINE_list("overtrained", [], "Digits workdirs: structures and tunings.")
@@ -81,7 +82,7 @@ def structures(workdir: str) -> Any:
     """Prints the structures × tunings table; returns the default posterior (kron, last
     layer, λ by validation NLL) with its run and data."""
     trained, dataset = laplace_run.load_run(workdir)
-    labels = laplace_run.labels_of(np.asarray(dataset.y_test))
+    labels = inference.class_indices(np.asarray(dataset.y_test))
     with jax.enable_x64(True):
         (map_outputs,) = laplace_run.map_outputs(trained, dataset.x_test)
         map_probs = laplace_run.class_probabilities(map_outputs)
@@ -138,7 +139,7 @@ def far_away(workdir: str) -> None:
     """Moons: test NLL and mean confidence on circles far from the data, MAP and Laplace."""
     trained, dataset = laplace_run.load_run(workdir)
     pre = trained.preprocessing
-    labels = laplace_run.labels_of(np.asarray(dataset.y_test))
+    labels = inference.class_indices(np.asarray(dataset.y_test))
     angles = np.linspace(0, 2 * np.pi, NUM_NOISE, endpoint=False)
     circle = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     with jax.enable_x64(True):

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxbp import backprop, calibration, laplace
 from jaxbp.data import Dataset
+from jaxbp.run import inference
 from jaxbp.run import workdir as workdir_lib
 
 LAPLACE_FILE = "laplace.json"
@@ -31,15 +32,12 @@ class Settings(NamedTuple):
 
 
 def load_run(workdir: str) -> tuple[Any, Dataset]:
-    """The trained run and its data split: with `load_split`, the one place this command
-    reads the run layer.
+    """The trained run and its data split.
 
     Raises:
       jaxbp.run.inference.NotTrainedError, jaxbp.run.workdir.WorkdirError: no trained run in W.
       jaxbp.run.evaluation.DataChangedError: the data differ from those it was trained on.
     """
-    from jaxbp.run import inference
-
     trained = inference.load_trained(workdir)
     return trained, load_split(trained, workdir)
 
@@ -163,11 +161,6 @@ def gaussian_metrics(mean: np.ndarray, var: np.ndarray, y: np.ndarray) -> dict[s
     }
 
 
-def labels_of(y: np.ndarray) -> np.ndarray:
-    """Class indices of one-hot ``(n, C)`` or ``(n, 1)`` 0/1 targets."""
-    return (y[:, 0] > 0.5).astype(np.int64) if y.shape[1] == 1 else np.argmax(y, axis=1)
-
-
 def evaluate(
     trained: Any, dataset: Dataset, posteriors: list[laplace.Posterior]
 ) -> tuple[dict[str, Any], Any]:
@@ -182,7 +175,7 @@ def evaluate(
             "map": gaussian_metrics(mean, np.full_like(mean, sigma2), y),
             "laplace": gaussian_metrics(laplace_mean, laplace_var, y),
         }, None
-    labels = labels_of(y)
+    labels = inference.class_indices(y)
     map_probs = np.mean([class_probabilities(o) for o in outputs], axis=0)
     laplace_probs = mixture(posteriors, dataset.x_test)
     assert isinstance(laplace_probs, np.ndarray)

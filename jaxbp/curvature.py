@@ -88,7 +88,7 @@ def _check_sampling(mc_samples: int, key: Array | None) -> int:
     return mc_samples
 
 
-def _carry_back(
+def carry_back(
     model: MLP, residuals: backprop.Residuals, layer: int, columns: Array
 ) -> tuple[Array, ...]:
     """Columns ``(B, C, n_layer)`` at ``z^[layer]`` sent back to layers 1..layer (eq. (5.7)).
@@ -131,7 +131,7 @@ def _sqrt_ggn(
     if not loss_fn.fused:
         # Split at ŷ: the output activation is part of the network, eq. (5.7)'s f'.
         columns = model.layer_activations[-1].vjp(y_hat[:, None, :], columns)
-    return SqrtGGN(residuals, _carry_back(model, residuals, model.num_layers, columns))
+    return SqrtGGN(residuals, carry_back(model, residuals, model.num_layers, columns))
 
 
 def backpropagated_sqrt_ggn(
@@ -332,7 +332,7 @@ def diag_hessian(
 
     def add_weighted(layer: int, columns: Array, weights: Array) -> None:
         # Columns at z^[layer] with signed weights: Σ_c weight_c (D_c^[k])² for k ≤ layer.
-        for k, d in enumerate(_carry_back(model, residuals, layer, columns)):
+        for k, d in enumerate(carry_back(model, residuals, layer, columns)):
             h[k] = h[k] + jnp.einsum("bc,bcn->bn", weights, d * d)
 
     output_residual = _output_residual(model, loss_fn, y_hat, y)

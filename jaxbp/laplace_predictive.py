@@ -45,7 +45,8 @@ def output_columns(
 
     Row v of ``D^[k]`` for example i is ``∂f_v(x_i)/∂z_i^[k]`` (eq. (7.7)): at the top the
     unit vectors (the logits are f) or, for a Gaussian likelihood on ``ŷ``, the output
-    activation's rows ``∂ŷ_v/∂z^[L]``; below, each column through `backprop.layer_deltas`.
+    activation's rows ``∂ŷ_v/∂z^[L]``; below, the columns carried back by
+    `jaxbp.curvature.carry_back`.
 
     Args:
       model: the network.
@@ -55,21 +56,13 @@ def output_columns(
     """
     y_hat = residuals.activations[-1]
     batch, num_out = y_hat.shape
-    unit = jnp.broadcast_to(jnp.eye(num_out, dtype=y_hat.dtype), (batch, num_out, num_out))
-    top = unit
-    if gaussian and model.output_activation != "identity":
-
-        def output_row(e_v: Array) -> Array:
-            return backprop.output_delta(model, y_hat, e_v)
-
-        top = jax.vmap(output_row, in_axes=1, out_axes=1)(unit)
+    top = jnp.broadcast_to(jnp.eye(num_out, dtype=y_hat.dtype), (batch, num_out, num_out))
+    if not top_is_identity(model, gaussian):
+        # f is ŷ: row v is ∂ŷ_v/∂z^[L], the output activation's vjp of e_v (eq. (5.7)'s f').
+        top = model.layer_activations[-1].vjp(y_hat[:, None, :], top)
     if layers == (model.num_layers - 1,):
         return (top,)  # the last layer alone: no recursion
-
-    def recursion(column: Array) -> tuple[Array, ...]:
-        return backprop.layer_deltas(model, residuals, column)
-
-    columns = jax.vmap(recursion, in_axes=1, out_axes=1)(top)
+    columns = curvature.carry_back(model, residuals, model.num_layers, top)
     return tuple(columns[k] for k in layers)
 
 

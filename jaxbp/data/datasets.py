@@ -276,8 +276,8 @@ def _standardiser(x: np.ndarray, per_feature: bool) -> tuple[np.ndarray, np.ndar
 def _assemble(
     name: str, raw: Raw, rng: np.random.Generator, val_fraction: float, test_fraction: float, dtype
 ) -> Dataset:
-    source = SOURCES[name]
     """Splits `raw`, standardises x (and regression y) with train statistics, encodes targets."""
+    source = SOURCES[name]
     x = flat(raw.x).astype(dtype, copy=False)
     labels = raw.y if raw.task == "classification" else None
     splits: list[tuple[np.ndarray, np.ndarray]]

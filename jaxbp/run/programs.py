@@ -244,7 +244,8 @@ def compile_programs(
     ).compile()
     for name in reported_splits(spec):  # the calls fill the jit caches
         member_metrics(spec, state.params, *splits[name], name == flow_split(spec))
-    select_best(spec.num_members, everyone, state.params, state.params)
+    # With a host mask, as the loop passes it (a placed one would be another program).
+    select_best(spec.num_members, np.ones(spec.num_members, bool), state.params, state.params)
     seconds = time.perf_counter() - started
     return Programs(spec, epoch, placed_hparams, train_rows, splits, seconds)
 
